@@ -1,0 +1,313 @@
+"""The shared engine behind TokenKeep-v0: observations, cached full-context data and batched rewards.
+
+One :class:`TokenKeepCore` holds the frozen model, the tokenised example pool, the reward score and two
+bounded LRU caches (per-example features and full-context scores). The single env and the batched vec env
+both call :meth:`TokenKeepCore.observe` and :meth:`TokenKeepCore.step_batch`, so a batch of n episodes costs
+one frozen-model forward (per micro-batch), and full-context work is done once per example.
+
+Observation layout (all arrays padded to ``max_len``)::
+
+    position:   0 .. q-1          q .. q+c-1           q+c .. max_len-1
+    tokens:     question tokens   context tokens       padding
+    reducible:  0                 1                    0
+
+The question comes first so that, for feature layers > 0, the causal frozen model's context features can
+attend to the question. Actions are aligned with these positions; only reducible positions count.
+
+Reward: ``r = s - token_cost * kept / context_tokens`` where ``s`` is the task score of the reduced prompt,
+minus the full-context score when the score is relative (``loglik``).
+
+Contexts longer than the room left by the question (``max_len - len(question)``) are handled by
+``too_long``: ``"error"`` (default) raises a ValueError naming the example; ``"skip"`` drops such examples from
+the pool when it is built and reports how many. Nothing is ever truncated silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from envs.frozen_lm import FrozenLM
+from envs.scoring import TaskScore, make_score
+from envs.tasks import EncodedExample, Example, encode_example, load_tasks
+
+
+class LRUCache:
+    """A size-bounded least-recently-used cache; ``cost(value)`` gives each entry's size."""
+
+    def __init__(self, capacity: float, cost: Callable[[Any], float] = lambda v: 1.0) -> None:
+        self.capacity = capacity
+        self.cost = cost
+        self.used = 0.0
+        self.data: OrderedDict[Any, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any) -> Any | None:
+        """Value for ``key`` or None, marking it recently used."""
+        if key in self.data:
+            self.data.move_to_end(key)
+            self.hits += 1
+            return self.data[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        """Insert, evicting the least recently used entries beyond capacity."""
+        if key in self.data:
+            self.used -= self.cost(self.data.pop(key))
+        self.data[key] = value
+        self.used += self.cost(value)
+        while self.used > self.capacity and len(self.data) > 1:
+            _, old = self.data.popitem(last=False)
+            self.used -= self.cost(old)
+
+
+@dataclass
+class StepResult:
+    """Outcome of a batch of keep decisions.
+
+    Attributes:
+        rewards: ``[B]`` rewards.
+        infos: One info dict per episode (kept_ratio, task_score, full_score, token_cost, reduced_text, ...).
+    """
+
+    rewards: np.ndarray
+    infos: list[dict[str, Any]]
+
+
+def _tensor_bytes(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        return float(v.numel() * v.element_size())
+    if isinstance(v, tuple):
+        return sum(_tensor_bytes(x) for x in v)
+    return 64.0
+
+
+class TokenKeepCore:
+    """Shared state and batched computation for TokenKeep environments.
+
+    Args:
+        model: A loaded :class:`FrozenLM` (shared, never reloaded) or a model spec to load.
+        tasks: A task spec string (see :mod:`envs.tasks`) or a list of examples.
+        max_len: Observation length (question + context tokens).
+        token_cost: Fixed token cost, used when ``cost_range`` is None.
+        cost_range: ``(low, high)``: each episode draws its token cost uniformly from this range and the
+            policy sees it in the observation (budget conditioning).
+        reward: ``loglik``, ``em``, ``kl``, a :class:`TaskScore` or a callable (see :mod:`envs.scoring`).
+        feature_layer: Frozen-model layer whose hidden states are the per-token features (0 = embeddings).
+        num_examples: Examples per synthetic task spec in the pool.
+        task_seed: Seed used to generate synthetic examples.
+        too_long: ``"error"`` or ``"skip"`` for contexts that do not fit (see the module docstring).
+        cache_bytes: Memory bound of the feature and full-score caches together.
+        dtype: Model dtype when ``model`` is a spec.
+    """
+
+    def __init__(
+        self,
+        model: FrozenLM | str = "smollm2-135m",
+        tasks: str | Sequence[Example] = "passkey:train",
+        *,
+        max_len: int = 256,
+        token_cost: float = 0.5,
+        cost_range: tuple[float, float] | None = None,
+        reward: str | TaskScore | Callable[..., Sequence[float]] = "loglik",
+        feature_layer: int = 0,
+        num_examples: int = 256,
+        task_seed: int = 0,
+        too_long: str = "error",
+        cache_bytes: float = 2**30,
+        dtype: str = "float32",
+    ) -> None:
+        self.lm = model if isinstance(model, FrozenLM) else FrozenLM.load(model, dtype=dtype)
+        if max_len < 2:
+            raise ValueError(f"max_len must be >= 2, got {max_len}")
+        if too_long not in ("error", "skip"):
+            raise ValueError(f"too_long must be 'error' or 'skip', got {too_long!r}")
+        if cost_range is not None:
+            lo, hi = (float(x) for x in cost_range)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"cost_range must satisfy 0 <= low <= high, got {cost_range}")
+            self.cost_range: tuple[float, float] = (lo, hi)
+        else:
+            if token_cost < 0:
+                raise ValueError(f"token_cost must be >= 0, got {token_cost}")
+            self.cost_range = (float(token_cost), float(token_cost))
+        self.max_len = max_len
+        self.feature_layer = self.lm.feature_model(feature_layer).layer
+        self.score = make_score(reward)
+        examples = load_tasks(tasks, default_n=num_examples, seed=task_seed) if isinstance(tasks, str) else list(tasks)
+        if not examples:
+            raise ValueError("the task pool is empty")
+        self.pool: list[EncodedExample] = []
+        skipped = 0
+        for i, ex in enumerate(examples):
+            enc = encode_example(self.lm.tokenizer, ex)
+            if len(enc.question) + len(enc.context) > max_len:
+                if too_long == "error":
+                    raise ValueError(
+                        f"example {i} ({ex.family}) needs {len(enc.question)} question + {len(enc.context)} "
+                        f"context tokens > max_len={max_len}; raise max_len or pass too_long='skip'"
+                    )
+                skipped += 1
+                continue
+            self.pool.append(enc)
+        if not self.pool:
+            raise ValueError(f"every example is longer than max_len={max_len}")
+        if skipped:
+            warnings.warn(f"skipped {skipped} of {len(examples)} examples longer than max_len={max_len}", stacklevel=2)
+        self.skipped = skipped
+        self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
+        d = self.lm.hidden_size
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, self.lm.vocab_size - 1, (max_len,), np.int64),
+                "features": spaces.Box(-np.inf, np.inf, (max_len, d), np.float32),
+                "attention_mask": spaces.Box(0, 1, (max_len,), np.int8),
+                "reducible_mask": spaces.Box(0, 1, (max_len,), np.int8),
+                "token_cost": spaces.Box(self.cost_range[0], max(self.cost_range[1], 1e-6), (1,), np.float32),
+            }
+        )
+        self.action_space = spaces.MultiBinary(max_len)
+
+    # ------------------------------------------------------------------ episodes
+    def sample(self, rng: np.random.Generator) -> tuple[int, float]:
+        """Draw an example index and a token cost."""
+        idx = int(rng.integers(len(self.pool)))
+        lo, hi = self.cost_range
+        cost = float(rng.uniform(lo, hi)) if hi > lo else lo
+        return idx, cost
+
+    def _features(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Per-token features of each example's observation sequence, computed in one batch for misses."""
+        out: dict[int, torch.Tensor] = {}
+        missing = []
+        for i in dict.fromkeys(indices):
+            hit = self.cache.get(("feat", i))
+            if hit is None:
+                missing.append(i)
+            else:
+                out[i] = hit
+        if missing:
+            seqs = [self.pool[i].question + self.pool[i].context for i in missing]
+            for i, f in zip(missing, self.lm.features(seqs, self.feature_layer), strict=True):
+                f = f.half()  # halves cache memory; features are cast back to float32 in the observation
+                self.cache.put(("feat", i), f)
+                out[i] = f
+        return [out[i] for i in indices]
+
+    def observe(self, indices: Sequence[int], costs: Sequence[float]) -> dict[str, np.ndarray]:
+        """Stacked observations ``[B, ...]`` for examples ``indices`` at token costs ``costs``."""
+        b, n, d = len(indices), self.max_len, self.lm.hidden_size
+        obs = {
+            "input_ids": np.zeros((b, n), np.int64),
+            "features": np.zeros((b, n, d), np.float32),
+            "attention_mask": np.zeros((b, n), np.int8),
+            "reducible_mask": np.zeros((b, n), np.int8),
+            "token_cost": np.asarray(costs, np.float32).reshape(b, 1),
+        }
+        obs["input_ids"][:] = self.lm.pad_id
+        for r, (i, f) in enumerate(zip(indices, self._features(indices), strict=True)):
+            e = self.pool[i]
+            q, c = len(e.question), len(e.context)
+            obs["input_ids"][r, : q + c] = e.question + e.context
+            obs["features"][r, : q + c] = f.float().numpy()
+            obs["attention_mask"][r, : q + c] = 1
+            obs["reducible_mask"][r, q : q + c] = 1
+        return obs
+
+    def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
+        """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""
+        out: dict[int, tuple[float, Any]] = {}
+        missing = []
+        for i in dict.fromkeys(indices):
+            hit = self.cache.get(("full", i))
+            if hit is None:
+                missing.append(i)
+            else:
+                out[i] = hit
+        if missing:
+            res = self.score(self.lm, [self.pool[i] for i in missing])
+            for i, s, ref in zip(missing, res.scores.tolist(), res.references, strict=True):
+                entry = (float(s), ref)
+                self.cache.put(("full", i), entry)
+                out[i] = entry
+        return [out[i] for i in indices]
+
+    def check_action(self, action: Any) -> np.ndarray:
+        """Validate one action and return it as a bool keep mask of shape ``(max_len,)``.
+
+        Accepts bool, integer or float arrays holding only 0 and 1 (SB3's Bernoulli samples are floats).
+
+        Raises:
+            ValueError: On a wrong shape, a non-numeric dtype or values other than 0/1.
+        """
+        a = np.asarray(action)
+        if a.shape != (self.max_len,):
+            raise ValueError(f"action must have shape ({self.max_len},), got {a.shape}")
+        if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise ValueError(f"action must be a bool, integer or float array of 0/1, got dtype {a.dtype}")
+        if not np.isin(a, (0, 1)).all():
+            bad = a[~np.isin(a, (0, 1))][:3]
+            raise ValueError(f"action values must be 0 or 1, got e.g. {bad.tolist()}")
+        return a.astype(bool)
+
+    def step_batch(self, indices: Sequence[int], costs: Sequence[float], actions: Sequence[Any]) -> StepResult:
+        """Score a batch of keep decisions with one frozen-model call.
+
+        Args:
+            indices: Example index per episode.
+            costs: Token cost per episode.
+            actions: Keep mask per episode, aligned with the observation positions.
+
+        Returns:
+            Rewards and infos.
+        """
+        masks = [self.check_action(a) for a in actions]
+        full = self.full_scores(indices)
+        kept_ids: list[tuple[int, ...]] = []
+        for i, m in zip(indices, masks, strict=True):
+            e = self.pool[i]
+            q = len(e.question)
+            keep = m[q : q + len(e.context)]
+            kept_ids.append(tuple(t for t, k in zip(e.context, keep, strict=True) if k))
+        # Episodes that keep everything reuse the cached full-context score: exact, and no forward needed.
+        todo = [r for r, (i, k) in enumerate(zip(indices, kept_ids, strict=True)) if len(k) < len(self.pool[i].context)]
+        scores = [f[0] for f in full]
+        if todo:
+            res = self.score(
+                self.lm,
+                [self.pool[indices[r]] for r in todo],
+                [kept_ids[r] for r in todo],
+                [full[r][1] for r in todo],
+            )
+            for r, s in zip(todo, res.scores.tolist(), strict=True):
+                scores[r] = float(s)
+        rewards = np.zeros(len(indices), np.float32)
+        infos = []
+        for r, i in enumerate(indices):
+            e = self.pool[i]
+            ratio = len(kept_ids[r]) / len(e.context)
+            gain = scores[r] - full[r][0] if self.score.relative else scores[r]
+            rewards[r] = gain - costs[r] * ratio
+            infos.append(
+                {
+                    "kept_ratio": ratio,
+                    "kept_tokens": len(kept_ids[r]),
+                    "context_tokens": len(e.context),
+                    "task_score": scores[r],
+                    "full_score": full[r][0],
+                    "token_cost": float(costs[r]),
+                    "example_index": int(i),
+                    "family": e.example.family,
+                    "reduced_text": self.lm.decode(kept_ids[r]),
+                }
+            )
+        return StepResult(rewards, infos)

@@ -1,0 +1,214 @@
+"""Task scores of (possibly reduced) prompts under a frozen model, batched.
+
+Every function takes a batch of :class:`~envs.tasks.EncodedExample` and, optionally, one replacement context
+(token ids) per example; ``contexts=None`` scores the full contexts. Each runs one
+:meth:`~envs.frozen_lm.FrozenLM.score_answers` call, i.e. one forward pass per micro-batch.
+
+Reward scores (higher is better) used by the environment:
+
+* ``loglik``: mean log p(answer token | prompt), per answer token. Relative: the reward uses
+  ``score - full_context_score``, so keeping everything scores 0.
+* ``em``: 1.0 when greedy decoding emits the answer tokens first, else 0.0 (computed by teacher forcing:
+  greedy decoding emits the answer iff each answer token is the argmax given the ones before it).
+* ``kl``: minus the mean KL divergence, per answer position, from the full-context next-token distribution
+  to the reduced one. 0 for the full context.
+* a user-supplied callable ``fn(lm, encs, contexts) -> sequence of floats`` (see :class:`CallableScore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from envs.frozen_lm import FrozenLM
+from envs.tasks import EncodedExample
+
+Contexts = Sequence[Sequence[int]] | None
+
+
+def build_prompts(lm: FrozenLM, encs: Sequence[EncodedExample], contexts: Contexts = None) -> list[list[int]]:
+    """Prompt ids for each example, with its full context or the given replacement."""
+    ctxs = [e.context for e in encs] if contexts is None else contexts
+    return [lm.build_prompt(c, e.question, e.answer_prefix)[0] for e, c in zip(encs, ctxs, strict=True)]
+
+
+def exact_match(lm: FrozenLM, encs: Sequence[EncodedExample], contexts: Contexts = None) -> torch.Tensor:
+    """``[B]`` bool: greedy decoding emits the answer tokens first (teacher-forced check)."""
+    return lm.score_answers(build_prompts(lm, encs, contexts), [e.answer for e in encs]).greedy_match
+
+
+def answer_loglik(lm: FrozenLM, encs: Sequence[EncodedExample], contexts: Contexts = None) -> torch.Tensor:
+    """``[B]`` mean log-probability per answer token."""
+    s = lm.score_answers(build_prompts(lm, encs, contexts), [e.answer for e in encs])
+    return torch.stack([t.mean() for t in s.token_logprobs])
+
+
+def choice_accuracy(
+    lm: FrozenLM, encs: Sequence[EncodedExample], contexts: Contexts = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw and calibrated multiple-choice accuracy, in one batched scoring call.
+
+    A choice's raw score is its summed log-probability; its calibrated score subtracts the log-probability of
+    the same choice under the same prompt with an empty context, which removes the small model's prior
+    over answers.
+
+    Args:
+        lm: The frozen model.
+        encs: Examples that all have choices.
+        contexts: Replacement contexts, or None for the full ones.
+
+    Returns:
+        Two ``[B]`` bool tensors: raw correct and calibrated correct.
+
+    Raises:
+        ValueError: If an example has no choices.
+    """
+    if any(e.choices is None for e in encs):
+        raise ValueError("choice_accuracy needs examples with choices")
+    prompts = build_prompts(lm, encs, contexts)
+    empty = build_prompts(lm, encs, [()] * len(encs))
+    pairs_p, pairs_a = [], []
+    for e, p, q in zip(encs, prompts, empty, strict=True):
+        for c in e.choices:
+            pairs_p += [p, q]
+            pairs_a += [c, c]
+    lp = lm.score_answers(pairs_p, pairs_a).logprob
+    raw, cal = [], []
+    k = 0
+    for e in encs:
+        n = len(e.choices)
+        full = lp[k : k + 2 * n : 2]
+        prior = lp[k + 1 : k + 2 * n : 2]
+        raw.append(int(full.argmax()) == e.answer_index)
+        cal.append(int((full - prior).argmax()) == e.answer_index)
+        k += 2 * n
+    return torch.tensor(raw), torch.tensor(cal)
+
+
+@dataclass
+class ScoreResult:
+    """Scores for a batch plus, for full-context calls, per-example reference data to cache.
+
+    Attributes:
+        scores: ``[B]`` float32 scores, higher is better.
+        references: Per-example data a later reduced-context call needs (e.g. full-context distributions for
+            KL), or None entries when the score needs none.
+    """
+
+    scores: torch.Tensor
+    references: list[Any]
+
+
+class TaskScore:
+    """Base class of reward scores.
+
+    Attributes:
+        name: Registry name.
+        relative: If True the env's reward uses ``score - full_context_score``.
+    """
+
+    name = "base"
+    relative = False
+
+    def __call__(
+        self,
+        lm: FrozenLM,
+        encs: Sequence[EncodedExample],
+        contexts: Contexts = None,
+        references: Sequence[Any] | None = None,
+    ) -> ScoreResult:
+        """Score a batch.
+
+        Args:
+            lm: The frozen model.
+            encs: The examples.
+            contexts: Reduced contexts, or None for the full contexts.
+            references: For reduced calls, the references returned by the full-context call.
+
+        Returns:
+            Scores and references.
+        """
+        raise NotImplementedError
+
+
+class LogLikScore(TaskScore):
+    """Mean answer log-likelihood per answer token; the reward is relative to the full context."""
+
+    name = "loglik"
+    relative = True
+
+    def __call__(self, lm, encs, contexts=None, references=None) -> ScoreResult:  # noqa: D102
+        s = answer_loglik(lm, encs, contexts)
+        return ScoreResult(s, [None] * len(encs))
+
+
+class ExactMatchScore(TaskScore):
+    """1.0 when greedy decoding emits the answer tokens first, else 0.0."""
+
+    name = "em"
+
+    def __call__(self, lm, encs, contexts=None, references=None) -> ScoreResult:  # noqa: D102
+        return ScoreResult(exact_match(lm, encs, contexts).float(), [None] * len(encs))
+
+
+class KLScore(TaskScore):
+    """Minus the mean per-position KL(full || reduced) over the answer positions (0 for the full context).
+
+    The full-context distributions are kept as references (``[n_answer, vocab]`` float16 per example).
+    """
+
+    name = "kl"
+
+    def __call__(self, lm, encs, contexts=None, references=None) -> ScoreResult:  # noqa: D102
+        s = lm.score_answers(build_prompts(lm, encs, contexts), [e.answer for e in encs], return_distributions=True)
+        assert s.answer_logprobs_full is not None
+        if contexts is None or references is None:
+            return ScoreResult(torch.zeros(len(encs)), [d.half() for d in s.answer_logprobs_full])
+        scores = []
+        for full, red in zip(references, s.answer_logprobs_full, strict=True):
+            full = full.float()
+            kl = (full.exp() * (full - red)).sum(-1).mean()
+            scores.append(-kl)
+        return ScoreResult(torch.stack(scores).float(), [None] * len(encs))
+
+
+class CallableScore(TaskScore):
+    """Wrap a user function ``fn(lm, encs, contexts) -> sequence of B floats`` as a reward score.
+
+    Args:
+        fn: The function; ``contexts`` is None for the full-context call.
+        relative: Whether the reward subtracts the full-context score.
+        name: A name for logs.
+    """
+
+    def __init__(self, fn: Callable[..., Sequence[float]], relative: bool = False, name: str = "custom") -> None:
+        self.fn = fn
+        self.relative = relative
+        self.name = name
+
+    def __call__(self, lm, encs, contexts=None, references=None) -> ScoreResult:  # noqa: D102
+        out = torch.as_tensor(list(self.fn(lm, encs, contexts)), dtype=torch.float32)
+        if out.shape != (len(encs),):
+            raise ValueError(f"score function {self.name!r} returned shape {tuple(out.shape)}, expected ({len(encs)},)")
+        return ScoreResult(out, [None] * len(encs))
+
+
+SCORES: dict[str, type[TaskScore]] = {"loglik": LogLikScore, "em": ExactMatchScore, "kl": KLScore}
+
+
+def make_score(score: str | TaskScore | Callable[..., Sequence[float]]) -> TaskScore:
+    """Resolve a score name, instance or user callable.
+
+    Raises:
+        ValueError: On an unknown name.
+    """
+    if isinstance(score, TaskScore):
+        return score
+    if callable(score):
+        return CallableScore(score)
+    if score not in SCORES:
+        raise ValueError(f"unknown reward score {score!r}; choose one of {sorted(SCORES)} or pass a callable")
+    return SCORES[score]()

@@ -1,0 +1,70 @@
+"""TokenKeep-v0: a one-step gymnasium environment in which a policy chooses which context tokens to keep.
+
+Each episode is one example. ``reset`` returns a padded observation of the question and context tokens (see
+:mod:`envs.core` for the layout); ``step`` takes a ``MultiBinary(max_len)`` keep mask (1 = keep; positions
+outside the reducible mask are ignored), scores the reduced prompt with the frozen model and ends the episode.
+
+Reward: ``task_score(reduced) [- full_score if relative] - token_cost * kept_context / context_tokens``.
+``info`` carries ``kept_ratio``, ``task_score``, ``full_score``, ``token_cost`` and ``reduced_text``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.core import TokenKeepCore
+
+
+class TokenKeepEnv(gym.Env):
+    """Gymnasium environment over a frozen generative model.
+
+    Args:
+        model: A loaded :class:`~envs.frozen_lm.FrozenLM` (shared, never reloaded) or a model spec.
+        tasks: Task spec string or list of examples.
+        core: An existing :class:`~envs.core.TokenKeepCore` to share (its caches too); when given, every
+            other argument is ignored.
+        **kwargs: Further :class:`~envs.core.TokenKeepCore` options (``max_len``, ``token_cost``,
+            ``cost_range``, ``reward``, ``feature_layer``, ``num_examples``, ``too_long``, ...).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        model: Any = "smollm2-135m",
+        tasks: Any = "passkey:train",
+        *,
+        core: TokenKeepCore | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.core = core if core is not None else TokenKeepCore(model, tasks, **kwargs)
+        self.observation_space = self.core.observation_space
+        self.action_space = self.core.action_space
+        self._current: tuple[int, float] | None = None
+        self._obs: dict[str, np.ndarray] | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """Start an episode on a random example (``options={"index": i, "token_cost": c}`` pins them)."""
+        super().reset(seed=seed)
+        idx, cost = self.core.sample(self.np_random)
+        if options:
+            idx = int(options.get("index", idx))
+            cost = float(options.get("token_cost", cost))
+            if not 0 <= idx < len(self.core.pool):
+                raise ValueError(f"options['index'] must be in [0, {len(self.core.pool)}), got {idx}")
+        self._current = (idx, cost)
+        obs = self.core.observe([idx], [cost])
+        self._obs = {k: v[0] for k, v in obs.items()}
+        return self._obs, {"example_index": idx, "token_cost": cost}
+
+    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
+        """Apply a keep mask; the episode ends after this step."""
+        if self._current is None or self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        idx, cost = self._current
+        res = self.core.step_batch([idx], [cost], [action])
+        self._current = None
+        return self._obs, float(res.rewards[0]), True, False, res.infos[0]

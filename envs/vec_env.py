@@ -1,0 +1,89 @@
+"""A stable-baselines3 ``VecEnv`` that steps n TokenKeep episodes with one frozen-model forward.
+
+``DummyVecEnv`` of n :class:`~envs.token_keep_env.TokenKeepEnv` copies would score each env's prompt in its
+own forward pass; :class:`BatchedTokenKeepVecEnv` scores all n reduced prompts together (sorted by length into
+micro-batches, see :class:`~envs.frozen_lm.FrozenLM`) and computes features for all new episodes at once.
+Episodes are one step long, so every step ends every episode and auto-resets it, as SB3 expects
+(``info["terminal_observation"]`` holds the finished observation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from envs.core import TokenKeepCore
+
+
+class BatchedTokenKeepVecEnv(VecEnv):
+    """n TokenKeep episodes in lock-step over one shared :class:`~envs.core.TokenKeepCore`.
+
+    Args:
+        core: The shared core (model, task pool, caches).
+        n_envs: Number of parallel episodes.
+        seed: Base seed; env i draws from ``seed + i``.
+    """
+
+    def __init__(self, core: TokenKeepCore, n_envs: int = 8, seed: int | None = None) -> None:
+        if n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        self.core = core
+        super().__init__(n_envs, core.observation_space, core.action_space)
+        self._rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(n_envs)]
+        self._episodes: list[tuple[int, float]] = [(0, 0.0)] * n_envs
+        self._obs: dict[str, np.ndarray] | None = None
+        self._actions: np.ndarray | None = None
+
+    def seed(self, seed: int | None = None) -> Sequence[None | int]:  # noqa: D102
+        self._rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(self.num_envs)]
+        return [None if seed is None else seed + i for i in range(self.num_envs)]
+
+    def _new_episodes(self) -> dict[str, np.ndarray]:
+        self._episodes = [self.core.sample(rng) for rng in self._rngs]
+        return self.core.observe([i for i, _ in self._episodes], [c for _, c in self._episodes])
+
+    def reset(self) -> dict[str, np.ndarray]:
+        """Reset every env; returns the stacked observations."""
+        if self._seeds[0] is not None:
+            self.seed(self._seeds[0])
+            self._seeds = [None] * self.num_envs
+        self._obs = self._new_episodes()
+        return self._obs
+
+    def step_async(self, actions: np.ndarray) -> None:  # noqa: D102
+        self._actions = np.asarray(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Score all n keep masks in one batch, then start n new episodes."""
+        if self._obs is None or self._actions is None:
+            raise RuntimeError("call reset() and step_async() before step_wait()")
+        if self._actions.shape[0] != self.num_envs:
+            raise ValueError(f"expected actions for {self.num_envs} envs, got shape {self._actions.shape}")
+        res = self.core.step_batch([i for i, _ in self._episodes], [c for _, c in self._episodes], list(self._actions))
+        finished = self._obs
+        self._obs = self._new_episodes()
+        for r, info in enumerate(res.infos):
+            info["terminal_observation"] = {k: v[r] for k, v in finished.items()}
+            info["TimeLimit.truncated"] = False
+            info["episode"] = {"r": float(res.rewards[r]), "l": 1, "t": 0.0}
+        self._actions = None
+        return self._obs, res.rewards.copy(), np.ones(self.num_envs, dtype=bool), res.infos
+
+    def close(self) -> None:  # noqa: D102
+        pass
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:  # noqa: D102
+        return [getattr(self.core, attr_name) for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:  # noqa: D102
+        setattr(self.core, attr_name, value)
+
+    def env_method(self, method_name: str, *args: Any, indices: VecEnvIndices = None, **kwargs: Any) -> list[Any]:  # noqa: D102
+        return [getattr(self.core, method_name)(*args, **kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:  # noqa: D102
+        return [False for _ in self._get_indices(indices)]

