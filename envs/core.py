@@ -172,7 +172,7 @@ class TokenKeepCore:
                 "features": spaces.Box(-np.inf, np.inf, (max_len, d), np.float32),
                 "attention_mask": spaces.Box(0, 1, (max_len,), np.int8),
                 "reducible_mask": spaces.Box(0, 1, (max_len,), np.int8),
-                "token_cost": spaces.Box(self.cost_range[0], max(self.cost_range[1], 1e-6), (1,), np.float32),
+                "token_cost": spaces.Box(0.0, max(self.cost_range[1], 1.0), (1,), np.float32),
             }
         )
         self.action_space = spaces.MultiBinary(max_len)

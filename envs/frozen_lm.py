@@ -275,6 +275,7 @@ class FrozenLM:
             rendered = f"{user}\nAnswer: "
         head, rest = rendered.split(ctx_slot)
         middle, tail = rest.split(q_slot)
+
         # Special tokens in the chat template (e.g. <|im_start|>) are real tokens here, so encode with
         # special-token parsing on but no automatic BOS: the template decides.
         def enc(s: str) -> tuple[int, ...]:

@@ -67,4 +67,5 @@ class TokenKeepEnv(gym.Env):
         idx, cost = self._current
         res = self.core.step_batch([idx], [cost], [action])
         self._current = None
-        return self._obs, float(res.rewards[0]), True, False, res.infos[0]
+        obs = {k: v.copy() for k, v in self._obs.items()}  # callers may keep what reset returned
+        return obs, float(res.rewards[0]), True, False, res.infos[0]

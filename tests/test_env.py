@@ -1,0 +1,221 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import envs  # noqa: F401  (registers the env)
+from envs.core import LRUCache, TokenKeepCore
+from envs.tasks import make_examples
+from envs.token_keep_env import TokenKeepEnv
+from envs.vec_env import BatchedTokenKeepVecEnv
+
+KW = dict(tasks="kv:train:n=12,distractors=3", max_len=96, token_cost=0.3)
+
+
+def _keep_all(env):
+    return np.ones(env.action_space.shape, dtype=np.int8)
+
+
+def test_registered_and_shares_loaded_model(tiny_lm):
+    env = gym.make("tokenkeep/TokenKeep-v0", model=tiny_lm, **KW)
+    assert env.unwrapped.core.lm is tiny_lm
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+
+
+def test_gymnasium_and_sb3_checkers_pass(tiny_lm):
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+
+    env = TokenKeepEnv(tiny_lm, **KW)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(TokenKeepEnv(tiny_lm, **KW), warn=True)
+
+
+def test_same_seed_same_episodes(tiny_lm):
+    def run(seed):
+        env = TokenKeepEnv(tiny_lm, cost_range=(0.1, 0.9), **{k: v for k, v in KW.items() if k != "token_cost"})
+        env.action_space.seed(seed)
+        out = []
+        obs, _ = env.reset(seed=seed)
+        for _ in range(5):
+            a = env.action_space.sample()
+            obs2, r, term, trunc, info = env.step(a)
+            out.append((obs["input_ids"].tolist(), float(obs["token_cost"][0]), r, info["kept_ratio"]))
+            obs, _ = env.reset()
+        return out
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_keep_everything_costs_exactly_token_cost(tiny_lm):
+    for reward in ("loglik", "em", "kl"):
+        env = TokenKeepEnv(tiny_lm, reward=reward, **KW)
+        env.reset(seed=1)
+        _, r, term, trunc, info = env.step(_keep_all(env))
+        assert term and not trunc
+        assert info["kept_ratio"] == 1.0
+        assert info["task_score"] == info["full_score"]
+        expected = -0.3 if reward in ("loglik", "kl") else info["full_score"] - 0.3
+        assert r == pytest.approx(expected, abs=1e-6)
+
+
+def test_kept_ratio_and_ignored_positions(tiny_lm):
+    env = TokenKeepEnv(tiny_lm, **KW)
+    obs, _ = env.reset(seed=2)
+    red = obs["reducible_mask"].astype(bool)
+    a = np.zeros(env.action_space.shape, np.int8)
+    a[~red] = 1  # non-reducible positions are ignored whatever the action
+    idx = np.flatnonzero(red)
+    a[idx[: len(idx) // 2]] = 1
+    _, r, _, _, info = env.step(a)
+    assert info["kept_tokens"] == len(idx) // 2
+    assert info["kept_ratio"] == pytest.approx((len(idx) // 2) / len(idx))
+    gain = info["task_score"] - info["full_score"]
+    assert r == pytest.approx(gain - 0.3 * info["kept_ratio"], abs=1e-5)
+    assert isinstance(info["reduced_text"], str)
+
+
+def test_observation_layout(tiny_lm):
+    core = TokenKeepCore(tiny_lm, **KW)
+    obs = core.observe([0], [0.3])
+    e = core.pool[0]
+    q, c = len(e.question), len(e.context)
+    assert obs["input_ids"][0, :q].tolist() == list(e.question)
+    assert obs["input_ids"][0, q : q + c].tolist() == list(e.context)
+    assert obs["reducible_mask"][0].sum() == c and obs["attention_mask"][0].sum() == q + c
+    emb = tiny_lm.model.get_input_embeddings().weight
+    assert np.allclose(obs["features"][0, q], emb[e.context[0]].half().float().numpy())
+
+
+@pytest.mark.parametrize(
+    "action,msg",
+    [
+        (np.ones(5, np.int8), "shape"),
+        (np.full(96, 2, np.int64), "0 or 1"),
+        (np.full(96, 0.5, np.float32), "0 or 1"),
+        (np.array(["1"] * 96), "dtype"),
+    ],
+)
+def test_bad_actions(tiny_lm, action, msg):
+    env = TokenKeepEnv(tiny_lm, **KW)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=msg):
+        env.step(action)
+
+
+def test_step_before_reset(tiny_lm):
+    with pytest.raises(RuntimeError, match="reset"):
+        TokenKeepEnv(tiny_lm, **KW).step(np.ones(96, np.int8))
+
+
+def test_long_contexts_error_or_skip(tiny_lm):
+    with pytest.raises(ValueError, match="max_len=40"):
+        TokenKeepCore(tiny_lm, "passkey:train:n=4,filler=6", max_len=40)
+    short = make_examples("passkey", "train", 3, filler=0)
+    long = make_examples("passkey", "train", 3, filler=12)
+    with pytest.warns(UserWarning, match="skipped 3 of 6"):
+        core = TokenKeepCore(tiny_lm, short + long, max_len=60, too_long="skip")
+    assert len(core.pool) == 3
+    with pytest.raises(ValueError, match="every example"):
+        TokenKeepCore(tiny_lm, long, max_len=30, too_long="skip")
+
+
+def test_batched_vec_env_equals_single_envs(tiny_lm):
+    core = TokenKeepCore(tiny_lm, cost_range=(0.0, 1.0), **{k: v for k, v in KW.items() if k != "token_cost"})
+    venv = BatchedTokenKeepVecEnv(core, n_envs=4, seed=11)
+    obs = venv.reset()
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 2, size=(4, 96))
+    episodes = list(venv._episodes)
+    _, rewards, dones, infos = venv.step(actions)
+    assert dones.all()
+    for r in range(4):
+        env = TokenKeepEnv(
+            core=TokenKeepCore(tiny_lm, cost_range=(0.0, 1.0), **{k: v for k, v in KW.items() if k != "token_cost"})
+        )
+        o, _ = env.reset(options={"index": episodes[r][0], "token_cost": episodes[r][1]})
+        assert np.array_equal(o["input_ids"], obs["input_ids"][r])
+        _, rew, _, _, info = env.step(actions[r])
+        assert rew == pytest.approx(float(rewards[r]), abs=1e-4)
+        assert info["kept_ratio"] == infos[r]["kept_ratio"]
+        assert np.array_equal(infos[r]["terminal_observation"]["input_ids"], obs["input_ids"][r])
+
+
+def test_vec_env_uses_one_forward_per_step(tiny_lm, monkeypatch):
+    core = TokenKeepCore(tiny_lm, **KW)
+    venv = BatchedTokenKeepVecEnv(core, n_envs=6, seed=0)
+    venv.reset()
+    venv.step(np.ones((6, 96), np.int8))  # warms the full-score cache for those examples
+    calls = []
+    orig = tiny_lm.score_answers
+    monkeypatch.setattr(tiny_lm, "score_answers", lambda *a, **k: calls.append(len(a[0])) or orig(*a, **k))
+    core.full_scores(range(len(core.pool)))  # warm every example
+    calls.clear()
+    venv.step(np.random.default_rng(1).integers(0, 2, (6, 96)))
+    assert calls == [6], calls
+
+
+def test_dummy_vec_env_still_works(tiny_lm):
+    venv = DummyVecEnv([lambda: TokenKeepEnv(tiny_lm, **KW) for _ in range(2)])
+    venv.seed(0)
+    venv.reset()
+    _, rewards, dones, _ = venv.step(np.ones((2, 96), np.int8))
+    assert rewards.shape == (2,) and dones.all()
+    assert rewards == pytest.approx([-0.3, -0.3], abs=1e-6)
+
+
+def test_caches_are_bounded(tiny_lm):
+    cache = LRUCache(capacity=3)
+    for i in range(5):
+        cache.put(i, i)
+    assert list(cache.data) == [2, 3, 4]
+    core = TokenKeepCore(tiny_lm, cache_bytes=20_000, **KW)
+    core.observe(list(range(len(core.pool))), [0.3] * len(core.pool))
+    assert core.cache.used <= 20_000 or len(core.cache.data) == 1
+
+
+def test_custom_score_function(tiny_lm):
+    def evidence_recall(lm, encs, contexts):
+        if contexts is None:
+            return [1.0] * len(encs)
+        return [
+            float(all(t in c for t, k in zip(e.context, e.evidence, strict=True) if k))
+            for e, c in zip(encs, contexts, strict=True)
+        ]
+
+    env = TokenKeepEnv(tiny_lm, reward=evidence_recall, **KW)
+    obs, _ = env.reset(seed=0)
+    _, r, _, _, info = env.step(np.zeros(96, np.int8))
+    assert info["task_score"] == 0.0 and r == 0.0
+
+
+def test_full_scores_are_cached(tiny_lm, monkeypatch):
+    core = TokenKeepCore(tiny_lm, **KW)
+    core.full_scores([0, 1])
+    calls = []
+    orig = tiny_lm.score_answers
+    monkeypatch.setattr(tiny_lm, "score_answers", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    core.full_scores([0, 1])
+    assert not calls
+    core.observe([0], [0.3])
+    assert torch.is_tensor(core.cache.get(("feat", 0)))
+
+
+@pytest.mark.slow
+def test_default_model_keep_nothing_scores_lower():
+    from envs.frozen_lm import FrozenLM
+
+    lm = FrozenLM.load()
+    env = TokenKeepEnv(lm, tasks="passkey:train:n=4,filler=2", max_len=128, token_cost=0.0)
+    gaps = []
+    for i in range(4):
+        env.reset(options={"index": i})
+        _, r_all, _, _, info_all = env.step(np.ones(128, np.int8))
+        env.reset(options={"index": i})
+        _, r_none, _, _, info_none = env.step(np.zeros(128, np.int8))
+        gaps.append(info_all["task_score"] - info_none["task_score"])
+        assert r_all == 0.0
+    assert min(gaps) > 1.0, gaps

@@ -1,0 +1,130 @@
+import json
+
+import pytest
+
+from envs.tasks import (
+    TaskSpec,
+    encode_example,
+    load_jsonl,
+    load_tasks,
+    make_examples,
+    split_specs,
+)
+
+NAMES_TRAIN = {"Alice", "Bob", "Carol"}
+
+
+@pytest.mark.parametrize("family", ["passkey", "kv", "qa"])
+def test_generation_is_deterministic_and_records_evidence(family):
+    a = make_examples(family, "train", 5, seed=3)
+    b = make_examples(family, "train", 5, seed=3)
+    assert a == b
+    assert a != make_examples(family, "train", 5, seed=4)
+    for ex in a:
+        assert ex.evidence, "every synthetic example records where its evidence is"
+        for s, e in ex.evidence:
+            assert 0 <= s < e <= len(ex.context)
+        # the answer is recoverable from the evidence text
+        evidence_text = " ".join(ex.context[s:e] for s, e in ex.evidence)
+        assert ex.answer.strip() in evidence_text
+        if ex.choices is not None:
+            assert ex.answer in ex.choices
+            assert len(set(ex.choices)) == len(ex.choices)
+
+
+@pytest.mark.parametrize("family", ["passkey", "kv", "qa"])
+def test_heldout_differs_beyond_seed(family):
+    train = make_examples(family, "train", 60, seed=0)
+    held = make_examples(family, "heldout", 60, seed=0)
+    words = lambda exs: {w.strip(".,?") for ex in exs for w in ex.context.split()}  # noqa: E731
+    # vocabulary beyond shared function words is disjoint-ish: held-out introduces many new words
+    new = words(held) - words(train)
+    assert len(new) >= 10
+    # held-out contexts are longer on average (lengths never seen in training)
+    mean = lambda exs: sum(len(ex.context) for ex in exs) / len(exs)  # noqa: E731
+    assert mean(held) > mean(train)
+
+
+def test_heldout_names_and_keys_unseen():
+    from envs import tasks
+
+    assert not set(tasks._NAMES["train"]) & set(tasks._NAMES["heldout"])
+    assert not set(tasks._KV_KEYS["train"]) & set(tasks._KV_KEYS["heldout"])
+    assert not set(tasks._FILLER["train"]) & set(tasks._FILLER["heldout"])
+    assert not set(tasks._CITIES["train"]) & set(tasks._CITIES["heldout"])
+
+
+def test_distractors_and_filler_parameters():
+    short = make_examples("kv", "train", 10, distractors=2)
+    long = make_examples("kv", "train", 10, distractors=12)
+    assert all(ex.context.count("The code for") == 3 for ex in short)
+    assert all(ex.context.count("The code for") == 13 for ex in long)
+    p1 = make_examples("passkey", "train", 10, filler=1)
+    p9 = make_examples("passkey", "train", 10, filler=9)
+    assert max(len(e.context) for e in p1) < min(len(e.context) for e in p9)
+
+
+def test_spec_parsing():
+    s = TaskSpec.parse("kv:heldout:n=7,distractors=3")
+    assert (s.family, s.split, s.options) == ("kv", "heldout", {"n": 7, "distractors": 3})
+    assert len(s.examples()) == 7
+    assert TaskSpec.parse("passkey").split == "train"
+    assert split_specs("kv:train:n=5,seed=2,qa:heldout") == ["kv:train:n=5,seed=2", "qa:heldout"]
+    mix = load_tasks("kv:train:n=3,qa:heldout:n=3")
+    assert [e.family for e in mix] == ["kv:train", "qa:heldout"] * 3
+    for bad, msg in [
+        ("nope:train", "unknown task spec"),
+        ("kv:test", "unknown split"),
+        ("kv:train:n=x", "integer"),
+        ("kv:train:size=3", "bad option"),
+        ("jsonl:", "needs a path"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            TaskSpec.parse(bad)
+
+
+def test_jsonl_loader(tmp_path):
+    p = tmp_path / "t.jsonl"
+    rows = [
+        {"context": "Sky is blue.", "question": "Color?", "answer": " blue", "choices": [" blue", " red"]},
+        {"context": "x y z", "question": "q", "answer": "z", "evidence": [[4, 5]]},
+    ]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    exs = load_jsonl(p)
+    assert len(exs) == 2 and exs[0].choices == (" blue", " red") and exs[1].evidence == ((4, 5),)
+    assert load_tasks(f"jsonl:{p}") == exs
+
+
+@pytest.mark.parametrize(
+    "line,msg",
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"context": "a", "question": "b"}', "'answer'"),
+        ('{"context": "", "question": "b", "answer": "c"}', "empty context"),
+        ('{"context": "a", "question": "b", "answer": "c", "choices": ["d"]}', "not one of"),
+        ('{"context": "a", "question": "b", "answer": "c", "evidence": [[0, 9]]}', "outside"),
+    ],
+)
+def test_jsonl_errors_name_file_and_line(tmp_path, line, msg):
+    p = tmp_path / "bad.jsonl"
+    good = json.dumps({"context": "a b", "question": "q", "answer": "b"})
+    p.write_text(good + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=msg) as err:
+        load_jsonl(p)
+    assert f"{p}:2" in str(err.value)
+
+
+def test_jsonl_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_encode_example_maps_evidence_to_tokens(tiny_tokenizer):
+    ex = make_examples("kv", "train", 1, seed=1)[0]
+    enc = encode_example(tiny_tokenizer, ex)
+    assert len(enc.evidence) == len(enc.context)
+    kept = [t for t, k in zip(enc.context, enc.evidence, strict=True) if k]
+    text = tiny_tokenizer.decode(kept)
+    assert ex.answer.strip() in text
+    assert 0 < sum(enc.evidence) < len(enc.context)
