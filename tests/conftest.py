@@ -9,8 +9,7 @@ from envs.frozen_lm import FrozenLM
 from envs.tasks import make_examples
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
+def build_tiny_tokenizer():
     """A byte-level BPE tokenizer trained in memory on text from every task family and split."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -29,6 +28,12 @@ def tiny_tokenizer():
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """Session-wide tiny tokenizer."""
+    return build_tiny_tokenizer()
 
 
 def make_tiny_lm(tokenizer, seed: int = 0, layers: int = 2) -> FrozenLM:

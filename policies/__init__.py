@@ -1,0 +1,1 @@
+"""tokenkeep policies: the token-level policy network, its SB3 wrapper, and the deployable TokenReducer."""
