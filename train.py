@@ -22,9 +22,10 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_config_arguments(parser)
     args = vars(parser.parse_args())
+    preset, out, resume = args.pop("preset"), args.pop("out"), args.pop("resume")
     try:
-        config = resolve_config(args.pop("preset"), args)
-        final = train(config, args.pop("out"), resume=args.pop("resume"))
+        config = resolve_config(preset, args)
+        final = train(config, out, resume=resume)
     except (ValueError, RunDirectoryError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:

@@ -473,6 +473,8 @@ class FrozenLM:
     def features(self, seqs: Sequence[Sequence[int]], layer: int = 0) -> list[torch.Tensor]:
         """Per-token hidden states of ``layer`` for each sequence (float32, ``[len_i, hidden_size]``).
 
+        Layer k is the raw output of block k (before the model's final norm), as in ``hidden_states[k]``.
+
         Args:
             seqs: Token-id sequences.
             layer: 0 = input embeddings, k = output of block k.
@@ -498,7 +500,7 @@ class _TruncatedDecoder(nn.Module):
         self.layer = layer
         self.lm = [lm]  # a list, so the full model is not registered as a submodule
         decoder = lm.get_decoder()
-        self.fast = hasattr(decoder, "layers") and hasattr(decoder, "embed_tokens")
+        self.fast = all(hasattr(decoder, a) for a in ("layers", "embed_tokens", "norm"))
         self.decoder = [decoder]
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -506,14 +508,15 @@ class _TruncatedDecoder(nn.Module):
         if self.layer == 0:
             return decoder.get_input_embeddings()(ids)
         if self.fast:
-            full = decoder.layers
+            # Run only the first k blocks, and skip the final norm: the result is block k's raw output, the
+            # same tensor as the full model's hidden_states[k] for k < L.
+            layers, norm = decoder.layers, decoder.norm
             try:
-                decoder.layers = full[: self.layer]
-                out = decoder(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+                decoder.layers, decoder.norm = layers[: self.layer], nn.Identity()
+                return decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             finally:
-                decoder.layers = full
-        else:
-            out = decoder(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+                decoder.layers, decoder.norm = layers, norm
+        out = decoder(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
         return out.hidden_states[self.layer]
 
 

@@ -217,9 +217,9 @@ _PETS = {
 
 # Default sizes per split; held-out lengths lie outside the training range.
 _DEFAULTS = {
-    "passkey": {"train": {"filler": 6, "distractors": 0}, "heldout": {"filler": 14, "distractors": 0}},
+    "passkey": {"train": {"filler": 6, "distractors": 0}, "heldout": {"filler": 10, "distractors": 0}},
     "kv": {"train": {"filler": 0, "distractors": 10}, "heldout": {"filler": 0, "distractors": 16}},
-    "qa": {"train": {"filler": 4, "distractors": 6}, "heldout": {"filler": 6, "distractors": 9}},
+    "qa": {"train": {"filler": 4, "distractors": 6}, "heldout": {"filler": 4, "distractors": 8}},
 }
 _SPLIT_SEED = {"train": 0, "heldout": 1_000_003}
 

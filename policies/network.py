@@ -56,6 +56,38 @@ class NetworkConfig:
         return asdict(self)
 
 
+class EncoderBlock(nn.Module):
+    """Pre-norm bidirectional self-attention + MLP block; padding keys are masked out.
+
+    Written with ``scaled_dot_product_attention`` rather than ``nn.TransformerEncoderLayer`` so that it traces
+    to ONNX with dynamic batch and length.
+    """
+
+    def __init__(self, d: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[B, L, d]``; ``valid``: ``[B, L]`` bool. Returns ``[B, L, d]``."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        # Every query may attend to every real token; padding keys get -inf. A row with no real token at all
+        # would be NaN, so padding queries also see themselves (their outputs are masked downstream).
+        pos = torch.arange(n, device=x.device)
+        allowed = valid[:, None, None, :] | (pos[:, None] == pos[None, :])[None, None]
+        att = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.proj(att.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
 class TokenKeepNetwork(nn.Module):
     """Per-token keep logits and a pooled value from frozen-model features (see the module docstring).
 
@@ -75,10 +107,9 @@ class TokenKeepNetwork(nn.Module):
         self.cost_embed = nn.Sequential(nn.Linear(1, d), nn.SiLU(), nn.Linear(d, d))
         self.conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2, groups=d)
         self.conv_norm = nn.LayerNorm(d)
-        layer = nn.TransformerEncoderLayer(
-            d, config.n_heads, dim_feedforward=2 * d, dropout=config.dropout, batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        if d % config.n_heads:
+            raise ValueError(f"d_model {d} must be divisible by n_heads {config.n_heads}")
+        self.blocks = nn.ModuleList(EncoderBlock(d, config.n_heads, config.dropout) for _ in range(config.n_layers))
         self.out_norm = nn.LayerNorm(d)
         self.keep_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
         self.value_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
@@ -101,10 +132,8 @@ class TokenKeepNetwork(nn.Module):
         x = x + self.segment(reducible.long()) + cost[:, None, :]
         x = x * valid[..., None]
         x = x + self.conv(self.conv_norm(x).transpose(1, 2)).transpose(1, 2) * valid[..., None]
-        # A fully padded row would make attention NaN; such rows only occur as padding in a batch.
-        pad = ~valid
-        pad[:, 0] = pad[:, 0] & valid.any(dim=1)
-        x = self.encoder(x, src_key_padding_mask=pad)
+        for block in self.blocks:
+            x = block(x, valid)
         return self.out_norm(x), cost
 
     def forward(

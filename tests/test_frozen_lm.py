@@ -4,6 +4,7 @@ import torch
 from envs.frozen_lm import DEFAULT_MODEL_SPEC, FrozenLM, embedded_gguf_path
 from envs.scoring import build_prompts, exact_match
 from envs.tasks import encode_example, make_examples
+from tests.conftest import make_tiny_lm
 
 
 def _encs(lm, family="kv", n=6, split="train"):
@@ -81,14 +82,24 @@ def test_features_shapes_and_layers(tiny_lm):
     emb = tiny_lm.model.get_input_embeddings().weight
     assert f0[0].shape == (4, tiny_lm.hidden_size)
     assert torch.allclose(f0[1], emb[[9, 10]])
-    f2 = tiny_lm.features(seqs, layer=2)
-    with torch.no_grad():
-        ref = tiny_lm.model(torch.tensor([seqs[0]]), output_hidden_states=True).hidden_states[2][0]
-    assert torch.allclose(f2[0], ref, atol=1e-5)
-    # padding invariance of features
-    assert torch.allclose(tiny_lm.features([seqs[1]], layer=2)[0], f2[1], atol=1e-5)
     with pytest.raises(ValueError, match="feature layer"):
         tiny_lm.features(seqs, layer=99)
+
+
+def test_truncated_features_match_full_model_hidden_states(tiny_tokenizer):
+    lm = make_tiny_lm(tiny_tokenizer, layers=3)
+    seqs = [[5, 6, 7, 8], [9, 10]]
+    with torch.no_grad():
+        ref = lm.model(torch.tensor([seqs[0]]), output_hidden_states=True).hidden_states
+    for k in (1, 2):
+        fk = lm.features(seqs, layer=k)
+        assert torch.allclose(fk[0], ref[k][0], atol=1e-5), k
+        # padding invariance of features
+        assert torch.allclose(lm.features([seqs[1]], layer=k)[0], fk[1], atol=1e-5)
+    # the truncation is temporary: the full model is intact afterwards
+    with torch.no_grad():
+        again = lm.model(torch.tensor([seqs[0]]), output_hidden_states=True).hidden_states
+    assert torch.equal(again[3], ref[3])
 
 
 def test_prompt_layout_keeps_context_span(tiny_lm):
