@@ -150,7 +150,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             type=lambda s, k=f.type: _parse_value(k, s),
             metavar=type(base).__name__.upper() if base is not None else "VALUE",
-            help=f"{f.metadata['help']} [base: {base}]",
+            help=f"{f.metadata['help']} [base: {base}]".replace("%", "%%"),
         )
 
 

@@ -1,0 +1,223 @@
+"""Reduction methods behind one interface: the trained TokenReducer and heuristic baselines.
+
+Every method ranks the context tokens of a batch of examples (:meth:`KeepMethod.scores`, higher = keep first);
+:func:`select` then keeps the top ``round(rate * n)`` tokens (at least one) with ties broken by position, so
+every method meets the requested rate within one token and methods are compared at equal kept ratios.
+
+Methods:
+    full               no reduction (rate ignored)
+    random             uniform random ranking
+    head / tail        keep the first / last tokens
+    selective_context  Selective-Context-style: rank by self-information -log p(token | preceding context)
+                       under the frozen model
+    llmlingua          LLMLingua-style: rank by perplexity (surprisal) under a small LM, question-aware
+                       (the question is placed before the context, as LongLLMLingua does)
+    oracle             the task's recorded evidence tokens first (only for tasks that record evidence)
+    reducer:NAME       a trained :class:`~policies.reducer.TokenReducer`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from envs.frozen_lm import FrozenLM
+from envs.tasks import EncodedExample
+from policies.reducer import TokenReducer
+
+
+class KeepMethod:
+    """A way to rank context tokens for keeping.
+
+    Attributes:
+        name: Label in reports.
+        uses_rate: False for methods that ignore the rate (``full``).
+    """
+
+    name = "base"
+    uses_rate = True
+
+    def scores(self, encs: Sequence[EncodedExample]) -> list[np.ndarray]:
+        """Per-context-token keep scores for each example (higher = keep first)."""
+        raise NotImplementedError
+
+    def available(self, encs: Sequence[EncodedExample]) -> bool:
+        """Whether the method applies to these examples."""
+        return True
+
+
+def select(scores: np.ndarray, rate: float) -> np.ndarray:
+    """Bool keep mask of the top ``round(rate * n)`` scores (>= 1), ties to the earlier position."""
+    n = len(scores)
+    k = max(1, min(n, round(rate * n)))
+    order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=np.float64)))
+    keep = np.zeros(n, dtype=bool)
+    keep[order[:k]] = True
+    return keep
+
+
+class FullContext(KeepMethod):
+    """Keep everything."""
+
+    name = "full"
+    uses_rate = False
+
+    def scores(self, encs):  # noqa: D102
+        return [np.ones(len(e.context)) for e in encs]
+
+
+class RandomKeep(KeepMethod):
+    """Uniform random ranking, seeded per example position in the batch."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def scores(self, encs):  # noqa: D102
+        return [np.random.default_rng([self.seed, i]).random(len(e.context)) for i, e in enumerate(encs)]
+
+
+class HeadKeep(KeepMethod):
+    """Keep the first tokens."""
+
+    name = "head"
+
+    def scores(self, encs):  # noqa: D102
+        return [-np.arange(len(e.context), dtype=np.float64) for e in encs]
+
+
+class TailKeep(KeepMethod):
+    """Keep the last tokens."""
+
+    name = "tail"
+
+    def scores(self, encs):  # noqa: D102
+        return [np.arange(len(e.context), dtype=np.float64) for e in encs]
+
+
+def _surprisal(lm: FrozenLM, prefixes: Sequence[Sequence[int]], contexts: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """-log p(context token | prefix, preceding context) for every context token, in one batched call.
+
+    The first context token has no left context when the prefix is empty; it gets +inf (always kept first).
+    """
+    prompts, answers, first_free = [], [], []
+    for p, c in zip(prefixes, contexts, strict=True):
+        if p:
+            prompts.append(list(p))
+            answers.append(list(c))
+            first_free.append(False)
+        else:
+            prompts.append(list(c[:1]))
+            answers.append(list(c[1:]) or list(c[:1]))
+            first_free.append(True)
+    res = lm.score_answers(prompts, answers)
+    out = []
+    for c, lp, free in zip(contexts, res.token_logprobs, first_free, strict=True):
+        s = -lp.numpy().astype(np.float64)
+        if free:
+            s = np.concatenate([[np.inf], s])[: len(c)]
+        out.append(s)
+    return out
+
+
+class SelectiveContext(KeepMethod):
+    """Self-information of each context token under the frozen model (context alone, no question)."""
+
+    name = "selective_context"
+
+    def __init__(self, lm: FrozenLM) -> None:
+        self.lm = lm
+
+    def scores(self, encs):  # noqa: D102
+        return _surprisal(self.lm, [()] * len(encs), [e.context for e in encs])
+
+
+class LLMLinguaStyle(KeepMethod):
+    """Token surprisal under a small LM with the question placed before the context (question-aware).
+
+    Args:
+        small_lm: The small scoring LM; it must share the frozen model's tokenizer.
+    """
+
+    name = "llmlingua"
+
+    def __init__(self, small_lm: FrozenLM) -> None:
+        self.lm = small_lm
+
+    def scores(self, encs):  # noqa: D102
+        prefixes = [tuple(self.lm.encode("Question:")) + e.question + tuple(self.lm.encode("\n")) for e in encs]
+        return _surprisal(self.lm, prefixes, [e.context for e in encs])
+
+
+class Oracle(KeepMethod):
+    """Evidence tokens first (in order), then the rest by position."""
+
+    name = "oracle"
+
+    def available(self, encs):  # noqa: D102
+        return all(any(e.evidence) for e in encs)
+
+    def scores(self, encs):  # noqa: D102
+        out = []
+        for e in encs:
+            n = len(e.context)
+            out.append(np.asarray(e.evidence, dtype=np.float64) * n + (n - np.arange(n)) / (n + 1))
+        return out
+
+
+class ReducerMethod(KeepMethod):
+    """A trained TokenReducer, ranking by its keep logits at a given token cost.
+
+    Args:
+        reducer: The reducer.
+        name: Label in reports.
+        token_cost: Token cost the policy is conditioned on (default: the reducer's).
+    """
+
+    def __init__(self, reducer: TokenReducer, name: str, token_cost: float | None = None) -> None:
+        self.reducer = reducer
+        self.name = name
+        self.token_cost = reducer.default_token_cost if token_cost is None else token_cost
+
+    def scores(self, encs):  # noqa: D102
+        logits = self.reducer.keep_logits(
+            [e.context for e in encs], [e.question for e in encs], [self.token_cost] * len(encs)
+        )
+        return [lg.numpy().astype(np.float64) for lg in logits]
+
+
+BASELINES = ("full", "random", "head", "tail", "selective_context", "llmlingua", "oracle")
+
+
+def make_baselines(
+    names: Sequence[str], lm: FrozenLM, small_lm: FrozenLM | None = None, seed: int = 0
+) -> list[KeepMethod]:
+    """Instantiate baselines by name.
+
+    Raises:
+        ValueError: On an unknown name, or a small LM whose tokenizer differs from the frozen model's.
+    """
+    out: list[KeepMethod] = []
+    for n in names:
+        if n == "full":
+            out.append(FullContext())
+        elif n == "random":
+            out.append(RandomKeep(seed))
+        elif n == "head":
+            out.append(HeadKeep())
+        elif n == "tail":
+            out.append(TailKeep())
+        elif n == "selective_context":
+            out.append(SelectiveContext(lm))
+        elif n == "llmlingua":
+            small = small_lm or lm
+            if small.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+                raise ValueError("the llmlingua small LM must share the frozen model's tokenizer")
+            out.append(LLMLinguaStyle(small))
+        elif n == "oracle":
+            out.append(Oracle())
+        else:
+            raise ValueError(f"unknown baseline {n!r}; choose from {', '.join(BASELINES)}")
+    return out

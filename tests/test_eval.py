@@ -1,0 +1,170 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.baselines import BASELINES, make_baselines, select
+from agents.config import resolve_config
+from agents.evaluate import evaluate
+from agents.ppo import train
+from agents.run_eval import EvalArgs, run_eval
+from envs.tasks import encode_example, make_examples
+from policies.reducer import ReducerError
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = {
+    "task",
+    "method",
+    "rate",
+    "n",
+    "kept_ratio",
+    "tokens_in",
+    "tokens_out",
+    "em",
+    "em_ci",
+    "loglik",
+    "loglik_ci",
+    "choice_acc",
+    "choice_acc_ci",
+    "evidence_recall",
+    "reducer_ms",
+    "model_ms",
+}
+
+
+def _encs(lm, family="qa", n=6):
+    return [encode_example(lm.tokenizer, ex) for ex in make_examples(family, "heldout", n, seed=2)]
+
+
+def test_select_meets_rate_and_breaks_ties_by_position():
+    for n in (1, 2, 7, 50):
+        for rate in (0.01, 0.3, 0.5, 0.99, 1.0):
+            keep = select(np.zeros(n), rate)
+            assert abs(keep.sum() - rate * n) <= 1 and keep.sum() >= 1
+            assert keep[: keep.sum()].all(), "ties go to earlier tokens"
+
+
+def test_every_baseline_meets_its_rate(tiny_lm):
+    encs = _encs(tiny_lm)
+    for method in make_baselines(BASELINES, tiny_lm):
+        scores = method.scores(encs)
+        assert [len(s) for s in scores] == [len(e.context) for e in encs], method.name
+        for rate in (0.2, 0.5, 0.8):
+            for e, s in zip(encs, scores, strict=True):
+                kept = select(s, rate).sum() if method.uses_rate else len(s)
+                expected = rate * len(e.context) if method.uses_rate else len(e.context)
+                assert abs(kept - expected) <= 1, (method.name, rate)
+
+
+def test_report_keys_and_oracle_beats_random_on_evidence(tiny_lm):
+    tasks = {"qa:heldout": _encs(tiny_lm, "qa", 8), "kv:heldout": _encs(tiny_lm, "kv", 8)}
+    methods = make_baselines(["full", "random", "oracle", "head"], tiny_lm)
+    report = evaluate(tiny_lm, methods, tasks, [0.3, 0.6], n_boot=200, progress=False)
+    assert {"schema_version", "created", "machine", "model", "rates", "tasks", "methods", "results", "examples"} <= set(
+        report
+    )
+    for row in report["results"]:
+        assert ROW_KEYS <= set(row)
+        lo, hi = row["em_ci"]
+        assert lo <= row["em"] <= hi
+    rows = {(r["task"], r["method"], r["rate"]): r for r in report["results"]}
+    assert rows[("qa:heldout", "full", None)]["kept_ratio"] == 1.0
+    assert rows[("qa:heldout", "full", None)]["choice_acc"] is not None
+    assert rows[("kv:heldout", "full", None)]["choice_acc"] is None
+    for task in tasks:
+        for rate in (0.3, 0.6):
+            oracle, rand = rows[(task, "oracle", rate)], rows[(task, "random", rate)]
+            assert abs(oracle["kept_ratio"] - rand["kept_ratio"]) < 0.05
+            assert oracle["evidence_recall"] > rand["evidence_recall"] + 0.3
+
+
+def test_eval_errors(tiny_lm, tmp_path):
+    base = dict(out=str(tmp_path / "r"), baselines=["full"])
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        run_eval(EvalArgs(tasks="kv:heldout", rates=[0.5, 1.5], **base), lm=tiny_lm)
+    with pytest.raises(ValueError, match="unknown task spec"):
+        run_eval(EvalArgs(tasks="nope:heldout", **base), lm=tiny_lm)
+    with pytest.raises(ReducerError, match="not found"):
+        run_eval(EvalArgs(tasks="kv:heldout", reducers=[str(tmp_path / "missing")], **base), lm=tiny_lm)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "a", "question": "q", "answer": "a"}\n{"context": 1}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        run_eval(EvalArgs(tasks=f"jsonl:{bad}", **base), lm=tiny_lm)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        run_eval(EvalArgs(tasks="kv:heldout", out=str(tmp_path / "r"), baselines=["magic"]), lm=tiny_lm)
+
+
+def test_end_to_end_smoke_train_export_eval(tiny_lm, tmp_path):
+    cfg = resolve_config(
+        "smoke",
+        dict(
+            tasks="kv:train:n=16,distractors=2",
+            eval_freq=0,
+            max_len=128,
+            total_timesteps=64,
+            n_envs=4,
+            n_steps=8,
+            batch_size=16,
+            progress_bar=False,
+        ),
+    )
+    train(cfg, tmp_path / "run", lm=tiny_lm)
+    reducer_dir = tmp_path / "run" / "reducer"
+    assert (reducer_dir / "model.safetensors").exists()
+    data = tmp_path / "t.jsonl"
+    rows = [
+        {
+            "context": f"The code for otter is {1000 + i}. The sky is blue.",
+            "question": "What is the code for otter?",
+            "answer": f" {1000 + i}",
+            "answer_prefix": "The code for otter is",
+        }
+        for i in range(4)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = run_eval(
+        EvalArgs(
+            tasks=f"kv:heldout:n=4,distractors=2,jsonl:{data}",
+            out=str(tmp_path / "report"),
+            reducers=[str(reducer_dir)],
+            baselines=["full", "random", "oracle"],
+            rates=[0.5],
+            progress=False,
+        ),
+        lm=tiny_lm,
+    )
+    out = tmp_path / "report"
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "pareto.png", "examples.html"}
+    report = json.loads((out / "report.json").read_text())
+    methods = {r["method"] for r in report["results"]}
+    assert methods == {"tokenkeep:run", "full", "random", "oracle"}  # oracle only where evidence exists
+    assert not [r for r in report["results"] if r["method"] == "oracle" and r["task"].startswith("jsonl")]
+    assert "tokenkeep:run" in table and "<span class='k'>" in (out / "examples.html").read_text()
+    with pytest.raises(FileExistsError):
+        run_eval(EvalArgs(tasks="kv:heldout:n=2", out=str(out), baselines=["full"]), lm=tiny_lm)
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_cli_help(script):
+    out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "--out" in out.stdout
+    if script == "train.py":
+        for opt in ("--preset", "--resume", "--total-timesteps", "--cost-low", "--seed"):
+            assert opt in out.stdout
+
+
+def test_cli_errors_are_clear():
+    out = subprocess.run(
+        [sys.executable, "eval.py", "--tasks", "kv:heldout", "--rates", "0,2", "--out", "/tmp/x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "(0, 1]" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "train.py", "--preset", "nope", "--out", "/tmp/x"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "invalid choice" in out.stderr
