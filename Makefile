@@ -26,11 +26,14 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
+RUN ?= runs/default
 train: install
-	$(PY) train.py --preset default --out runs/default
+	$(PY) train.py --preset default --out $(RUN)
+	$(PY) eval.py --reducer $(RUN)/reducer --tasks passkey:heldout,kv:heldout --out $(RUN)/eval
 
 bench: install
 	$(PY) bench/env_throughput.py
+	$(PY) bench/reducer_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
