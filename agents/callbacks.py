@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import obs_as_tensor
 
 from envs.core import TokenKeepCore
 
@@ -50,14 +52,18 @@ class ReductionStatsCallback(BaseCallback):
         self._reset()
 
 
-def evaluate_policy_on_core(policy, core: TokenKeepCore, token_cost: float, seed: int = 0) -> dict:
-    """Deterministic policy on every example of ``core``'s pool, plus random keeping at the same ratio.
+def evaluate_policy_on_core(
+    policy, core: TokenKeepCore, token_cost: float, seed: int = 0, rate: float | None = None
+) -> dict:
+    """The policy on every example of ``core``'s pool, plus random keeping at the same ratio.
 
     Args:
-        policy: An SB3 policy (``policy.predict``).
+        policy: An SB3 :class:`~policies.sb3_policy.TokenKeepPolicy`.
         core: A core over held-out examples.
         token_cost: The token cost asked for.
         seed: Seed of the random-keep comparison.
+        rate: None: the deterministic action (keep where p > 0.5). A float: keep the ``round(rate * n)``
+            tokens with the highest keep probability, as the deployed reducer does for a requested rate.
 
     Returns:
         Means of reward, task_score, full_score and kept_ratio, the random baseline's task score, and per-example
@@ -65,7 +71,17 @@ def evaluate_policy_on_core(policy, core: TokenKeepCore, token_cost: float, seed
     """
     idx = list(range(len(core.pool)))
     obs = core.observe(idx, [token_cost] * len(idx))
-    actions, _ = policy.predict(obs, deterministic=True)
+    if rate is None:
+        actions, _ = policy.predict(obs, deterministic=True)
+    else:
+        with torch.no_grad():
+            dist = policy.get_distribution(obs_as_tensor(obs, policy.device))
+        actions = np.zeros((len(idx), core.max_len), np.int8)
+        for r, lg in enumerate(dist.logits.cpu().numpy()):
+            red = np.flatnonzero(obs["reducible_mask"][r])
+            k = max(1, min(len(red), round(rate * len(red))))
+            top = red[np.lexsort((red, -lg[red]))[:k]]
+            actions[r, top] = 1
     res = core.step_batch(idx, [token_cost] * len(idx), list(actions))
     # Random keeping at each example's achieved ratio: same budget, no learning.
     rng = np.random.default_rng(seed)
@@ -134,14 +150,21 @@ class HeldoutEvalCallback(BaseCallback):
         return True
 
     def run_eval(self) -> dict:
-        """Evaluate now and log under ``eval/``."""
+        """Evaluate now (deterministic action, and ranking at rate 0.5) and log under ``eval/``."""
         r = evaluate_policy_on_core(self.model.policy, self.core, self.token_cost)
         for k in ("reward", "task_score", "full_score", "kept_ratio", "random_task_score"):
             self.logger.record(f"eval/{k}", r[k])
+        half = evaluate_policy_on_core(self.model.policy, self.core, self.token_cost, rate=0.5)
+        self.logger.record("eval/rate0.5_task_score", half["task_score"])
+        self.logger.record("eval/rate0.5_random_task_score", half["random_task_score"])
         texts = [mark_tokens(self.core.lm.tokenizer, ids, keep) for ids, keep in r["masks"][: self.n_text_examples]]
         self.logger.record("eval/examples", "\n\n---\n\n".join(texts), exclude=("stdout", "log", "json", "csv"))
         self.logger.dump(self.num_timesteps)
-        summary = {k: v for k, v in r.items() if k != "masks"} | {"timesteps": self.num_timesteps}
+        summary = {k: v for k, v in r.items() if k != "masks"} | {
+            "timesteps": self.num_timesteps,
+            "rate0.5_task_score": half["task_score"],
+            "rate0.5_random_task_score": half["random_task_score"],
+        }
         self.history.append(summary)
         return summary
 

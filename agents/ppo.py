@@ -210,7 +210,8 @@ def train(
         print(f"\ninterrupted: saved {path}; continue with: python train.py --resume --out {out}", file=sys.stderr)
         raise
     if evaluator is not None:
-        evaluator.run_eval()
+        if evaluator.last_eval != model.num_timesteps:
+            evaluator.run_eval()
         history_path = out / "eval_history.json"
         old = json.loads(history_path.read_text()) if history_path.exists() else []
         write_atomic(history_path, json.dumps(old + evaluator.history, indent=2) + "\n")
