@@ -159,7 +159,8 @@ def test_policy_learns_to_beat_random_keeping(tiny_lm):
     torch.manual_seed(0)
     model = build_ppo(cfg, BatchedTokenKeepVecEnv(core, n_envs=16, seed=0), None)
     model.learn(cfg.total_timesteps)
-    r = evaluate_policy_on_core(model.policy, held, token_cost=0.6)
-    # Same kept ratio for both; the policy must keep the evidence far more often than chance.
-    assert r["kept_ratio"] < 0.8
+    # Ranked by keep probability at rate 0.3 (as the deployed reducer does), against random keeping at the same
+    # ratio: the policy must keep far more of the evidence than chance.
+    r = evaluate_policy_on_core(model.policy, held, token_cost=0.6, rate=0.3)
+    assert r["kept_ratio"] == pytest.approx(0.3, abs=0.02)
     assert r["task_score"] > r["random_task_score"] + 0.25, r
