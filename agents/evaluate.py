@@ -25,8 +25,6 @@ import html
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +38,7 @@ from agents.baselines import KeepMethod, select
 from envs.frozen_lm import FrozenLM
 from envs.scoring import build_prompts, choice_accuracy
 from envs.tasks import EncodedExample
+from policies.atomic import atomic_directory
 
 SCHEMA_VERSION = 1
 
@@ -279,20 +278,9 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     Raises:
         FileExistsError: If ``out`` exists and is not empty.
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(markdown_table(report) + "\n")
         pareto_plot(report, tmp / "pareto.png")
         (tmp / "examples.html").write_text(examples_html(report) + "\n")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)

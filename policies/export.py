@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from policies.atomic import atomic_directory
 from policies.network import TokenKeepNetwork
 from policies.reducer import TokenReducer, build_feature_module, package_version, tokenizer_fingerprint
 
@@ -133,23 +132,11 @@ def export_reducer(model: Any, lm: Any, config: Any, out: str | os.PathLike[str]
     """
     policy = getattr(model, "policy", model)
     reducer = reducer_from_policy(policy, lm, config)
-    out = Path(out)
-    if not onnx:
-        reducer.save_pretrained(out)
-        return out
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; refusing to overwrite a reducer")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=out.parent if out.parent.exists() else None))
-    try:
-        reducer.save_pretrained(staging / "r")
-        export_onnx(reducer, staging / "r" / "policy.onnx")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging / "r", out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    with atomic_directory(out) as tmp:
+        reducer.write_files(tmp)
+        if onnx:
+            export_onnx(reducer, tmp / "policy.onnx")
+    return Path(out)
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, Path]:

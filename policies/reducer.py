@@ -22,8 +22,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from policies.atomic import atomic_directory
 from policies.network import NetworkConfig, TokenKeepNetwork
 
 FORMAT_VERSION = 1
@@ -163,28 +162,21 @@ class TokenReducer(nn.Module):
         Raises:
             FileExistsError: If ``directory`` exists and is not empty.
         """
-        target = Path(directory)
-        if target.exists() and any(target.iterdir()):
-            raise FileExistsError(f"{target} exists and is not empty; refusing to overwrite a reducer")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            tensors = {f"network.{k}": v.contiguous() for k, v in self.network.state_dict().items()}
-            tensors |= {f"features.{k}": v.contiguous() for k, v in self.features.state_dict().items()}
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            config = dict(self.config)
-            config["weights_sha256"] = _sha256(tmp / WEIGHTS_NAME)
-            config["tokenizer"] = dict(config["tokenizer"], fingerprint=tokenizer_fingerprint(self.tokenizer))
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            self.tokenizer.save_pretrained(tmp)
-            if target.exists():
-                target.rmdir()
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with atomic_directory(directory) as tmp:
+            self.write_files(tmp)
+        return Path(directory)
+
+    def write_files(self, directory: Path) -> None:
+        """Write the reducer's files into an existing directory (use :meth:`save_pretrained` for atomicity)."""
+        tensors = {f"network.{k}": v.contiguous() for k, v in self.network.state_dict().items()}
+        tensors |= {f"features.{k}": v.contiguous() for k, v in self.features.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = dict(self.config)
+        config["weights_sha256"] = _sha256(directory / WEIGHTS_NAME)
+        config["tokenizer"] = dict(config["tokenizer"], fingerprint=tokenizer_fingerprint(self.tokenizer))
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        self.tokenizer.save_pretrained(directory)
         self.config = config
-        return target
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> TokenReducer:
