@@ -38,7 +38,7 @@ from agents.baselines import KeepMethod, select
 from envs.frozen_lm import FrozenLM
 from envs.scoring import build_prompts, choice_accuracy
 from envs.tasks import EncodedExample
-from policies.atomic import atomic_directory
+from policies.fileio import atomic_directory
 
 SCHEMA_VERSION = 1
 

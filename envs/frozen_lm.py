@@ -21,17 +21,16 @@ Model specs accepted by :meth:`FrozenLM.load`:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from policies.fileio import atomic_directory, file_sha256
 
 DEFAULT_MODEL_SPEC = "smollm2-135m"
 """The embedded default model spec."""
@@ -80,15 +79,6 @@ def embedded_gguf_path(spec: str = DEFAULT_MODEL_SPEC) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{dist_name} is installed but {path} is missing; reinstall it")
     return path
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -498,7 +488,6 @@ class _TruncatedDecoder(nn.Module):
     def __init__(self, lm: nn.Module, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.lm = [lm]  # a list, so the full model is not registered as a submodule
         decoder = lm.get_decoder()
         self.fast = all(hasattr(decoder, a) for a in ("layers", "embed_tokens", "norm"))
         self.decoder = [decoder]
@@ -533,24 +522,19 @@ def _cached_gguf_conversion(gguf: Path, file_hash: str) -> Path:
     target = root / f"gguf-{file_hash[:16]}-v{_CACHE_FORMAT}"
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = src.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(src.state_dict(), strict=True)
-        plain.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf}\nsha256={file_hash}\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished first; keep theirs.
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(target) as tmp:
+            src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = src.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(src.state_dict(), strict=True)
+            plain.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            (tmp / "SOURCE").write_text(f"{gguf}\nsha256={file_hash}\n")
+    except OSError:
+        # Another process may have finished the same conversion first; keep theirs.
+        if not (target / "model.safetensors").is_file():
+            raise
     return target

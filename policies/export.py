@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from policies.atomic import atomic_directory
+from policies.fileio import atomic_directory
 from policies.network import TokenKeepNetwork
 from policies.reducer import TokenReducer, build_feature_module, package_version, tokenizer_fingerprint
 

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from policies.atomic import atomic_directory
+from policies.fileio import atomic_directory, file_sha256
 from policies.network import NetworkConfig, TokenKeepNetwork
 
 FORMAT_VERSION = 1
@@ -172,7 +172,7 @@ class TokenReducer(nn.Module):
         tensors |= {f"features.{k}": v.contiguous() for k, v in self.features.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         config = dict(self.config)
-        config["weights_sha256"] = _sha256(directory / WEIGHTS_NAME)
+        config["weights_sha256"] = file_sha256(directory / WEIGHTS_NAME)
         config["tokenizer"] = dict(config["tokenizer"], fingerprint=tokenizer_fingerprint(self.tokenizer))
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         self.tokenizer.save_pretrained(directory)
@@ -203,7 +203,7 @@ class TokenReducer(nn.Module):
             raise ReducerError(
                 f"{d / CONFIG_NAME} has format_version {version!r}; this tokenkeep reads {FORMAT_VERSION}"
             )
-        if config.get("weights_sha256") and _sha256(d / WEIGHTS_NAME) != config["weights_sha256"]:
+        if config.get("weights_sha256") and file_sha256(d / WEIGHTS_NAME) != config["weights_sha256"]:
             raise ReducerError(f"{d / WEIGHTS_NAME} is corrupted: its SHA-256 does not match {CONFIG_NAME}")
         try:
             tensors = load_file(str(d / WEIGHTS_NAME))
@@ -427,11 +427,3 @@ class TokenReducer(nn.Module):
         red = self.reduce(context, question, **reduce_kwargs)
         prompt, _ = lm.build_prompt(red.kept_ids, lm.encode(" " + question.strip()), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
