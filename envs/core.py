@@ -185,23 +185,29 @@ class TokenKeepCore:
         cost = float(rng.uniform(lo, hi)) if hi > lo else lo
         return idx, cost
 
-    def _features(self, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Per-token features of each example's observation sequence, computed in one batch for misses."""
-        out: dict[int, torch.Tensor] = {}
-        missing = []
+    def _cached(self, kind: str, indices: Sequence[int], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
+        """Per-example values from the cache; the misses are computed together by one ``compute(missing)`` call."""
+        out: dict[int, Any] = {}
         for i in dict.fromkeys(indices):
-            hit = self.cache.get(("feat", i))
-            if hit is None:
-                missing.append(i)
-            else:
+            hit = self.cache.get((kind, i))
+            if hit is not None:
                 out[i] = hit
+        missing = [i for i in dict.fromkeys(indices) if i not in out]
         if missing:
-            seqs = [self.pool[i].question + self.pool[i].context for i in missing]
-            for i, f in zip(missing, self.lm.features(seqs, self.feature_layer), strict=True):
-                f = f.half()  # halves cache memory; features are cast back to float32 in the observation
-                self.cache.put(("feat", i), f)
-                out[i] = f
+            for i, value in zip(missing, compute(missing), strict=True):
+                self.cache.put((kind, i), value)
+                out[i] = value
         return [out[i] for i in indices]
+
+    def _features(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Per-token features of each example's observation sequence (question + context)."""
+
+        def compute(missing: list[int]) -> list[torch.Tensor]:
+            seqs = [self.pool[i].question + self.pool[i].context for i in missing]
+            # float16 halves cache memory; features are cast back to float32 in the observation.
+            return [f.half() for f in self.lm.features(seqs, self.feature_layer)]
+
+        return self._cached("feat", indices, compute)
 
     def observe(self, indices: Sequence[int], costs: Sequence[float]) -> dict[str, np.ndarray]:
         """Stacked observations ``[B, ...]`` for examples ``indices`` at token costs ``costs``."""
@@ -225,21 +231,12 @@ class TokenKeepCore:
 
     def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
         """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""
-        out: dict[int, tuple[float, Any]] = {}
-        missing = []
-        for i in dict.fromkeys(indices):
-            hit = self.cache.get(("full", i))
-            if hit is None:
-                missing.append(i)
-            else:
-                out[i] = hit
-        if missing:
+
+        def compute(missing: list[int]) -> list[tuple[float, Any]]:
             res = self.score(self.lm, [self.pool[i] for i in missing])
-            for i, s, ref in zip(missing, res.scores.tolist(), res.references, strict=True):
-                entry = (float(s), ref)
-                self.cache.put(("full", i), entry)
-                out[i] = entry
-        return [out[i] for i in indices]
+            return [(float(s), ref) for s, ref in zip(res.scores.tolist(), res.references, strict=True)]
+
+        return self._cached("full", indices, compute)
 
     def check_action(self, action: Any) -> np.ndarray:
         """Validate one action and return it as a bool keep mask of shape ``(max_len,)``.
