@@ -24,7 +24,7 @@ import numpy as np
 
 from envs.frozen_lm import FrozenLM
 from envs.tasks import EncodedExample
-from policies.reducer import TokenReducer
+from policies.reducer import TokenReducer, keep_top
 
 
 class KeepMethod:
@@ -49,12 +49,7 @@ class KeepMethod:
 
 def select(scores: np.ndarray, rate: float) -> np.ndarray:
     """Bool keep mask of the top ``round(rate * n)`` scores (>= 1), ties to the earlier position."""
-    n = len(scores)
-    k = max(1, min(n, round(rate * n)))
-    order = np.lexsort((np.arange(n), -np.asarray(scores, dtype=np.float64)))
-    keep = np.zeros(n, dtype=bool)
-    keep[order[:k]] = True
-    return keep
+    return keep_top(scores, rate=rate)
 
 
 class FullContext(KeepMethod):

@@ -19,6 +19,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
 from envs.core import TokenKeepCore
+from policies.reducer import keep_top
 
 
 class ReductionStatsCallback(BaseCallback):
@@ -79,9 +80,7 @@ def evaluate_policy_on_core(
         actions = np.zeros((len(idx), core.max_len), np.int8)
         for r, lg in enumerate(dist.logits.cpu().numpy()):
             red = np.flatnonzero(obs["reducible_mask"][r])
-            k = max(1, min(len(red), round(rate * len(red))))
-            top = red[np.lexsort((red, -lg[red]))[:k]]
-            actions[r, top] = 1
+            actions[r, red[keep_top(lg[red], rate=rate)]] = 1
     res = core.step_batch(idx, [token_cost] * len(idx), list(actions))
     # Random keeping at each example's achieved ratio: same budget, no learning.
     rng = np.random.default_rng(seed)

@@ -65,6 +65,24 @@ class Reduction:
     kept_tokens: int
 
 
+def keep_top(scores: Any, k: int | None = None, *, rate: float | None = None) -> np.ndarray:
+    """Bool keep mask of the ``k`` highest scores (or ``round(rate * n)``, at least 1); ties go to earlier tokens.
+
+    The one ranking rule shared by the reducer, the baselines and the training-time evaluation, so every method
+    meets a requested rate the same way and results are deterministic.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    if k is None:
+        if rate is None:
+            raise ValueError("give k or rate")
+        k = max(1, round(rate * n))
+    order = np.lexsort((np.arange(n), -scores))
+    keep = np.zeros(n, dtype=bool)
+    keep[order[: min(n, k)]] = True
+    return keep
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """SHA-256 over a tokenizer's vocabulary and special tokens: equal fingerprints tokenise identically."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
@@ -347,11 +365,7 @@ class TokenReducer(nn.Module):
         for c, lg in zip(ctx_ids, logits, strict=True):
             n = len(c)
             if rate is not None or target_tokens is not None:
-                k = min(n, target_tokens) if target_tokens is not None else max(1, min(n, round(rate * n)))
-                # Stable ranking: ties go to the earlier token, so results are deterministic.
-                order = np.lexsort((np.arange(n), -lg.numpy()))
-                keep = np.zeros(n, dtype=bool)
-                keep[order[:k]] = True
+                keep = keep_top(lg.numpy(), target_tokens, rate=rate)
             else:
                 keep = (lg > 0).numpy()
             kept = [t for t, k_ in zip(c, keep, strict=True) if k_]
