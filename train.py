@@ -1,31 +1,23 @@
-"""Train a token-keeping policy with PPO on a frozen generative model.
+"""Train a token-keeping policy with PPO on a frozen generative model, then export its reducer.
 
 Examples:
     python train.py --preset smoke --out runs/smoke
     python train.py --preset default --out runs/default
-    python train.py --preset default --out runs/cheap --total-timesteps 1024 --tasks kv:train
+    python train.py --preset default --out runs/cheap --ppo.total-timesteps 1024 --tasks.train kv:train
     python train.py --resume --out runs/default        # continue an interrupted run
 """
 
-import argparse
 import sys
 
-from agents.config import PRESETS, add_config_arguments, resolve_config
+from agents.config import parse_train_command
 from agents.ppo import RunDirectoryError, train
 
 
 def main() -> None:
     """Parse the command line and train."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="base config to start from")
-    parser.add_argument("--out", required=True, help="run directory (config, logs, checkpoints, reducer/)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    add_config_arguments(parser)
-    args = vars(parser.parse_args())
-    preset, out, resume = args.pop("preset"), args.pop("out"), args.pop("resume")
+    cmd = parse_train_command(description=__doc__)
     try:
-        config = resolve_config(preset, args)
-        final = train(config, out, resume=resume)
+        final = train(cmd.config, cmd.out, resume=cmd.resume)
     except (ValueError, RunDirectoryError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:

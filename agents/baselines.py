@@ -1,8 +1,10 @@
 """Reduction methods behind one interface: the trained TokenReducer and heuristic baselines.
 
-Every method ranks the context tokens of a batch of examples (:meth:`KeepMethod.scores`, higher = keep first);
-:func:`select` then keeps the top ``round(rate * n)`` tokens (at least one) with ties broken by position, so
-every method meets the requested rate within one token and methods are compared at equal kept ratios.
+Every method turns a batch of examples and a :class:`~policies.budget.Budget` into keep masks over their
+context tokens (:meth:`KeepMethod.keep`). Heuristics rank the tokens (:meth:`KeepMethod.scores`, higher = keep
+first) and keep the top ones with :func:`policies.budget.keep_top`, the rule the reducer uses; a trained
+reducer reduces the example's *text* through :meth:`~policies.reducer.TokenReducer.reduce_batch`, the API
+users call. So every method meets a requested rate the same way and methods compare at equal kept ratios.
 
 Methods:
     full               no reduction (rate ignored)
@@ -22,34 +24,36 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
-from envs.tasks import EncodedExample
-from policies.reducer import TokenReducer, keep_top
+from policies.budget import Budget, keep_top
+from policies.reducer import TokenReducer
 
 
 class KeepMethod:
-    """A way to rank context tokens for keeping.
+    """A way to choose which context tokens to keep.
 
     Attributes:
         name: Label in reports.
-        uses_rate: False for methods that ignore the rate (``full``).
+        uses_rate: False for methods that ignore the budget (``full``).
+        static: True when the method's choices never change (heuristics), so an evaluation may reuse them.
     """
 
     name = "base"
     uses_rate = True
+    static = True
 
     def scores(self, encs: Sequence[EncodedExample]) -> list[np.ndarray]:
         """Per-context-token keep scores for each example (higher = keep first)."""
         raise NotImplementedError
 
+    def keep(self, encs: Sequence[EncodedExample], budget: Budget) -> list[np.ndarray]:
+        """Bool keep masks over each example's context tokens under ``budget``."""
+        return [keep_top(s, budget.keep_count(len(s))) for s in self.scores(encs)]
+
     def available(self, encs: Sequence[EncodedExample]) -> bool:
         """Whether the method applies to these examples."""
         return True
-
-
-def select(scores: np.ndarray, rate: float) -> np.ndarray:
-    """Bool keep mask of the top ``round(rate * n)`` scores (>= 1), ties to the earlier position."""
-    return keep_top(scores, rate=rate)
 
 
 class FullContext(KeepMethod):
@@ -60,6 +64,9 @@ class FullContext(KeepMethod):
 
     def scores(self, encs):  # noqa: D102
         return [np.ones(len(e.context)) for e in encs]
+
+    def keep(self, encs, budget):  # noqa: D102
+        return [np.ones(len(e.context), dtype=bool) for e in encs]
 
 
 class RandomKeep(KeepMethod):
@@ -163,24 +170,38 @@ class Oracle(KeepMethod):
 
 
 class ReducerMethod(KeepMethod):
-    """A trained TokenReducer, ranking by its keep logits at a given token cost.
+    """A TokenReducer, called through its text API (:meth:`~policies.reducer.TokenReducer.reduce_batch`).
 
     Args:
         reducer: The reducer.
         name: Label in reports.
-        token_cost: Token cost the policy is conditioned on (default: the reducer's).
+        token_cost: Token cost the policy is conditioned on (None: the reducer's default).
     """
+
+    static = False
 
     def __init__(self, reducer: TokenReducer, name: str, token_cost: float | None = None) -> None:
         self.reducer = reducer
         self.name = name
-        self.token_cost = reducer.default_token_cost if token_cost is None else token_cost
+        self.token_cost = token_cost
 
-    def scores(self, encs):  # noqa: D102
-        logits = self.reducer.keep_logits(
-            [e.context for e in encs], [e.question for e in encs], [self.token_cost] * len(encs)
+    def keep(self, encs, budget):  # noqa: D102
+        reductions = self.reducer.reduce_batch(
+            [e.example.context for e in encs],
+            [e.example.question for e in encs],
+            rate=budget.rate,
+            target_tokens=budget.target_tokens,
+            token_cost=self.token_cost if budget.token_cost is None else budget.token_cost,
         )
-        return [lg.numpy().astype(np.float64) for lg in logits]
+        masks = []
+        for e, red in zip(encs, reductions, strict=True):
+            if red.original_tokens != len(e.context):
+                raise ValueError(
+                    f"{self.name}: the reducer tokenised a {e.example.family} context into {red.original_tokens} "
+                    f"tokens, the evaluation into {len(e.context)}; they must share a tokenizer"
+                )
+            masks.append(np.asarray(red.keep_mask, dtype=bool))
+        return masks
 
 
 BASELINES = ("full", "random", "head", "tail", "selective_context", "llmlingua", "oracle")

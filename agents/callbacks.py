@@ -1,9 +1,13 @@
 """Training callbacks: reduction scalars, periodic held-out evaluation with text examples, atomic checkpoints.
 
 Tensorboard prefixes are stable: ``rollout/`` (reward, episodes_per_second), ``reduction/`` (task_score,
-full_score, kept_ratio, token_cost), ``eval/`` (held-out reward, task_score, full_score, kept_ratio,
-random_task_score, examples as text). SB3 itself logs ``train/`` (entropy_loss, approx_kl, clip_fraction,
-explained_variance, ...).
+full_score, kept_ratio, token_cost), ``eval/`` (per held-out task and rate: the policy's task metric, the best
+heuristic's, random's, the full context's; examples as text). SB3 itself logs ``train/`` (entropy_loss,
+approx_kl, clip_fraction, explained_variance, ...).
+
+The held-out evaluation is :func:`agents.evaluate.evaluate`, the evaluator of ``eval.py``, run on a reducer
+built from the current policy (:func:`agents.export.reducer_from_policy`), so the curves measure the code
+that ships.
 """
 
 from __future__ import annotations
@@ -11,15 +15,22 @@ from __future__ import annotations
 import html
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.utils import obs_as_tensor
 
-from envs.core import TokenKeepCore
-from policies.reducer import keep_top
+from agents.baselines import KeepMethod, ReducerMethod, make_baselines
+from agents.config import TrainConfig
+from agents.evaluate import evaluate, task_metric
+from agents.export import reducer_from_policy
+from envs.examples import EncodedExample
+from envs.frozen_lm import FrozenLM
+
+EVAL_HEURISTICS = ("random", "head", "tail", "selective_context", "llmlingua")
+"""Heuristics the training-time evaluation compares the policy with (the best of them is logged)."""
 
 
 class ReductionStatsCallback(BaseCallback):
@@ -53,61 +64,7 @@ class ReductionStatsCallback(BaseCallback):
         self._reset()
 
 
-def evaluate_policy_on_core(
-    policy, core: TokenKeepCore, token_cost: float, seed: int = 0, rate: float | None = None
-) -> dict:
-    """The policy on every example of ``core``'s pool, plus random keeping at the same ratio.
-
-    Args:
-        policy: An SB3 :class:`~policies.sb3_policy.TokenKeepPolicy`.
-        core: A core over held-out examples.
-        token_cost: The token cost asked for.
-        seed: Seed of the random-keep comparison.
-        rate: None: the deterministic action (keep where p > 0.5). A float: keep the ``round(rate * n)``
-            tokens with the highest keep probability, as the deployed reducer does for a requested rate.
-
-    Returns:
-        Means of reward, task_score, full_score and kept_ratio, the random baseline's task score, and per-example
-        ``(context ids, keep mask)`` pairs for text examples.
-    """
-    idx = list(range(len(core.pool)))
-    obs = core.observe(idx, [token_cost] * len(idx))
-    if rate is None:
-        actions, _ = policy.predict(obs, deterministic=True)
-    else:
-        with torch.no_grad():
-            dist = policy.get_distribution(obs_as_tensor(obs, policy.device))
-        actions = np.zeros((len(idx), core.max_len), np.int8)
-        for r, lg in enumerate(dist.logits.cpu().numpy()):
-            red = np.flatnonzero(obs["reducible_mask"][r])
-            actions[r, red[keep_top(lg[red], rate=rate)]] = 1
-    res = core.step_batch(idx, [token_cost] * len(idx), list(actions))
-    # Random keeping at each example's achieved ratio: same budget, no learning.
-    rng = np.random.default_rng(seed)
-    rand_actions = []
-    for r, info in enumerate(res.infos):
-        red = np.flatnonzero(obs["reducible_mask"][r])
-        k = info["kept_tokens"]
-        a = np.zeros(core.max_len, np.int8)
-        a[rng.choice(red, size=k, replace=False)] = 1
-        rand_actions.append(a)
-    rand = core.step_batch(idx, [token_cost] * len(idx), rand_actions)
-    masks = []
-    for r, i in enumerate(idx):
-        e = core.pool[i]
-        q = len(e.question)
-        masks.append((e.context, np.asarray(actions[r][q : q + len(e.context)]).astype(bool)))
-    return {
-        "reward": float(np.mean(res.rewards)),
-        "task_score": float(np.mean([x["task_score"] for x in res.infos])),
-        "full_score": float(np.mean([x["full_score"] for x in res.infos])),
-        "kept_ratio": float(np.mean([x["kept_ratio"] for x in res.infos])),
-        "random_task_score": float(np.mean([x["task_score"] for x in rand.infos])),
-        "masks": masks,
-    }
-
-
-def mark_tokens(tokenizer, ids, keep) -> str:
+def mark_tokens(tokenizer: Any, ids: Sequence[int], keep: Sequence[int]) -> str:
     """Markdown text with dropped tokens struck through: ``kept ~~dropped~~ kept``."""
     out, run, run_keep = [], [], None
     for t, k in zip(ids, keep, strict=True):
@@ -124,23 +81,37 @@ def mark_tokens(tokenizer, ids, keep) -> str:
 
 
 class HeldoutEvalCallback(BaseCallback):
-    """Evaluates the deterministic policy on a held-out core every ``eval_freq`` episodes.
+    """Evaluates the current policy on held-out tasks every ``eval_freq`` episodes, against heuristics.
 
     Args:
-        core: Core over the held-out examples (sharing the training model).
+        lm: The frozen model (shared with training).
+        config: The run's config (processor, budget, the held-out rates).
+        tasks: Held-out task name -> encoded examples.
         eval_freq: Episodes between evaluations.
-        token_cost: Token cost asked for.
+        heuristics: Baseline names to compare with; their rows are computed once and reused.
         n_text_examples: How many examples to log as text with dropped tokens struck through.
     """
 
-    def __init__(self, core: TokenKeepCore, eval_freq: int, token_cost: float, n_text_examples: int = 3) -> None:
+    def __init__(
+        self,
+        lm: FrozenLM,
+        config: TrainConfig,
+        tasks: dict[str, list[EncodedExample]],
+        eval_freq: int,
+        heuristics: Sequence[str] = EVAL_HEURISTICS,
+        n_text_examples: int = 3,
+    ) -> None:
         super().__init__()
-        self.core = core
+        self.lm = lm
+        self.config = config
+        self.tasks = tasks
         self.eval_freq = eval_freq
-        self.token_cost = token_cost
+        self.rates = list(config.run.eval_rates)
+        self.heuristic_names = list(heuristics)
         self.n_text_examples = n_text_examples
         self.last_eval = 0
-        self.history: list[dict] = []
+        self.history: list[dict[str, Any]] = []
+        self._baseline_rows: list[dict[str, Any]] | None = None
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self.last_eval >= self.eval_freq:
@@ -148,22 +119,51 @@ class HeldoutEvalCallback(BaseCallback):
             self.run_eval()
         return True
 
-    def run_eval(self) -> dict:
-        """Evaluate now (deterministic action, and ranking at rate 0.5) and log under ``eval/``."""
-        r = evaluate_policy_on_core(self.model.policy, self.core, self.token_cost)
-        for k in ("reward", "task_score", "full_score", "kept_ratio", "random_task_score"):
-            self.logger.record(f"eval/{k}", r[k])
-        half = evaluate_policy_on_core(self.model.policy, self.core, self.token_cost, rate=0.5)
-        self.logger.record("eval/rate0.5_task_score", half["task_score"])
-        self.logger.record("eval/rate0.5_random_task_score", half["random_task_score"])
-        texts = [mark_tokens(self.core.lm.tokenizer, ids, keep) for ids, keep in r["masks"][: self.n_text_examples]]
+    def _baselines(self) -> list[dict[str, Any]]:
+        if self._baseline_rows is None:
+            names = ["full", *self.heuristic_names]
+            methods: list[KeepMethod] = make_baselines(names, self.lm, seed=self.config.run.seed)
+            self._baseline_rows = evaluate(self.lm, methods, self.tasks, self.rates, progress=False)["results"]
+        return self._baseline_rows
+
+    def run_eval(self) -> dict[str, Any]:
+        """Evaluate now, log under ``eval/`` and append a summary to :attr:`history`."""
+        reducer = reducer_from_policy(self.model.policy, self.lm, self.config)
+        policy = ReducerMethod(reducer, "policy")
+        report = evaluate(self.lm, [policy], self.tasks, self.rates, progress=False, n_html_examples=1)
+        rows = report["results"] + self._baselines()
+        summary: dict[str, Any] = {"timesteps": self.num_timesteps}
+        for task in self.tasks:
+            mine = [r for r in rows if r["task"] == task]
+            full = next(r for r in mine if r["method"] == "full")
+            self.logger.record(f"eval/{task}/full", task_metric(full))
+            summary[f"{task}/full"] = task_metric(full)
+            for rate in self.rates:
+                at = [r for r in mine if r["rate"] == rate]
+                ours = next(r for r in at if r["method"] == "policy")
+                heur = [r for r in at if r["method"] in self.heuristic_names]
+                best = max(heur, key=task_metric) if heur else None
+                values = {
+                    f"policy_rate{rate}": task_metric(ours),
+                    f"policy_loglik_rate{rate}": ours["loglik"],
+                    f"policy_kept_rate{rate}": ours["kept_ratio"],
+                }
+                if best is not None:
+                    values[f"best_heuristic_rate{rate}"] = task_metric(best)
+                rand = next((r for r in at if r["method"] == "random"), None)
+                if rand is not None:
+                    values[f"random_rate{rate}"] = task_metric(rand)
+                for k, v in values.items():
+                    self.logger.record(f"eval/{task}/{k}", v)
+                    summary[f"{task}/{k}"] = v
+                if best is not None:
+                    summary[f"{task}/best_heuristic_name_rate{rate}"] = best["method"]
+        texts = [
+            mark_tokens(self.lm.tokenizer, ex["token_ids"], ex["keep"])
+            for ex in report["examples"][: self.n_text_examples]
+        ]
         self.logger.record("eval/examples", "\n\n---\n\n".join(texts), exclude=("stdout", "log", "json", "csv"))
         self.logger.dump(self.num_timesteps)
-        summary = {k: v for k, v in r.items() if k != "masks"} | {
-            "timesteps": self.num_timesteps,
-            "rate0.5_task_score": half["task_score"],
-            "rate0.5_random_task_score": half["random_task_score"],
-        }
         self.history.append(summary)
         return summary
 

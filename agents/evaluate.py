@@ -1,7 +1,9 @@
-"""Held-out evaluation of reduction methods at equal kept ratios, and the reports it writes.
+"""Held-out evaluation of reduction methods at equal kept ratios: the one evaluator.
 
-For every task x method x rate the frozen model scores the reduced prompts in one batched pass per
-micro-batch. Metrics (means over examples, with 95% bootstrap confidence intervals on the task scores):
+``eval.py`` and the training-time evaluation (:class:`agents.callbacks.HeldoutEvalCallback`) both call
+:func:`evaluate`. A trained reducer is evaluated through its text API (``TokenReducer.reduce_batch``), the
+code users run. For every task x method x rate the frozen model scores the reduced prompts in one batched pass
+per micro-batch. Metrics (means over examples, with 95% bootstrap confidence intervals on the task scores):
 
     em          greedy decoding emits the gold answer (teacher-forced check, exact)
     loglik      mean log-probability per answer token
@@ -21,24 +23,22 @@ the metrics above, and ``<metric>_ci`` = [low, high] for em, loglik and choice_a
 from __future__ import annotations
 
 import datetime as _dt
-import html
-import json
 import os
 import platform
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.baselines import KeepMethod, select
+from agents.baselines import KeepMethod
+from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
 from envs.scoring import build_prompts, choice_accuracy
-from envs.tasks import EncodedExample
-from policies.fileio import atomic_directory
+from envs.task_specs import TaskSpec, split_specs
+from policies.budget import Budget, keep_top
 
 SCHEMA_VERSION = 1
 
@@ -99,11 +99,19 @@ def evaluate(
     results, examples = [], []
     for task, method in jobs:
         encs = tasks[task]
-        t0 = time.perf_counter()
-        scores = method.scores(encs)
-        reducer_ms = 1000 * (time.perf_counter() - t0) / len(encs)
+        score_s, scores = 0.0, None
+        if method.static and method.uses_rate:  # rank once, select at every rate
+            t0 = time.perf_counter()
+            scores = method.scores(encs)
+            score_s = time.perf_counter() - t0
         for rate in rates if method.uses_rate else [1.0]:
-            masks = [select(s, rate) if method.uses_rate else np.ones(len(s), bool) for s in scores]
+            t0 = time.perf_counter()
+            budget = Budget(rate=rate)
+            if scores is not None:
+                masks = [keep_top(s, budget.keep_count(len(s))) for s in scores]
+            else:
+                masks = method.keep(encs, budget)
+            reducer_ms = 1000 * (score_s + time.perf_counter() - t0) / len(encs)
             contexts = [
                 tuple(t for t, k in zip(e.context, m, strict=True) if k) for e, m in zip(encs, masks, strict=True)
             ]
@@ -150,6 +158,7 @@ def evaluate(
                         "question": encs[i].example.question,
                         "answer": encs[i].example.answer,
                         "tokens": [lm.decode([t]) for t in encs[i].context],
+                        "token_ids": list(encs[i].context),
                         "keep": masks[i].astype(int).tolist(),
                         "correct": bool(em[i]),
                     }
@@ -158,7 +167,7 @@ def evaluate(
     bar.close()
     return {
         "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "model": lm.spec,
         "rates": [float(r) for r in rates],
@@ -169,118 +178,26 @@ def evaluate(
     }
 
 
-def _fmt(value: float | None, ci: list[float] | None = None, pct: bool = True) -> str:
-    if value is None:
-        return "-"
-    if pct:
-        s = f"{100 * value:.0f}%"
-        return s + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
-    s = f"{value:.2f}"
-    return s + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[str, list[EncodedExample]]:
+    """Encoded examples of each task spec in a comma-joined spec string, keyed by the spec text.
 
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """One table per task: rows are method @ rate; 95% bootstrap intervals in brackets."""
-    lines = [f"Model: `{report['model']}` - {report['created']} - {report['machine']['platform']}", ""]
-    for task, n in report["tasks"].items():
-        rows = [r for r in report["results"] if r["task"] == task]
-        has_choice = any(r["choice_acc"] is not None for r in rows)
-        lines += [f"### {task} (n={n})", ""]
-        head = "| method | rate | kept | tokens in -> out | EM | answer log-lik/token |"
-        sep = "|---|---|---|---|---|---|"
-        if has_choice:
-            head += " choice acc (calibrated) |"
-            sep += "---|"
-        head += " reducer ms | model ms |"
-        sep += "---|---|"
-        lines += [head, sep]
-        for r in rows:
-            rate = "-" if r["rate"] is None else f"{r['rate']:.1f}"
-            cells = [
-                r["method"],
-                rate,
-                f"{100 * r['kept_ratio']:.0f}%",
-                f"{r['tokens_in']:.0f} -> {r['tokens_out']:.0f}",
-                _fmt(r["em"], r["em_ci"]),
-                _fmt(r["loglik"], r["loglik_ci"], pct=False),
-            ]
-            if has_choice:
-                cells.append(_fmt(r["choice_acc"], r["choice_acc_ci"]))
-            cells += [f"{r['reducer_ms']:.1f}", f"{r['model_ms']:.0f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def pareto_plot(report: dict[str, Any], path: Path) -> None:
-    """EM against kept ratio, one line per method, one panel per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for method in report["methods"]:
-            rows = sorted(
-                (r for r in report["results"] if r["task"] == task and r["method"] == method),
-                key=lambda r: r["kept_ratio"],
-            )
-            if not rows:
-                continue
-            xs, ys = [r["kept_ratio"] for r in rows], [r["em"] for r in rows]
-            ax.plot(
-                xs, ys, marker="*" if method == "full" else "o", label=method, markersize=10 if method == "full" else 5
-            )
-        ax.set_title(task)
-        ax.set_xlabel("kept ratio of context tokens")
-        ax.set_ylabel("exact match")
-        ax.set_xlim(0, 1.05)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def examples_html(report: dict[str, Any]) -> str:
-    """A page with a few examples per task and method; kept tokens highlighted, dropped tokens greyed."""
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>tokenkeep examples</title>",
-        "<style>body{font-family:sans-serif;max-width:980px;margin:auto}"
-        " .k{background:#ffe58a} .d{color:#aaa} .ex{border:1px solid #ddd;padding:8px;margin:8px 0}"
-        " .ok{color:#080} .bad{color:#c00}</style>",
-        f"<h1>tokenkeep: kept tokens</h1><p>Model {html.escape(report['model'])}, {report['created']}. "
-        "<span class='k'>highlighted</span> = kept, <span class='d'>grey</span> = dropped.</p>",
-    ]
-    mid = report["rates"][len(report["rates"]) // 2] if report["rates"] else None
-    for ex in report["examples"]:
-        if ex["rate"] is not None and ex["rate"] != mid:
-            continue
-        body = "".join(
-            f"<span class='{'k' if k else 'd'}'>{html.escape(t)}</span>"
-            for t, k in zip(ex["tokens"], ex["keep"], strict=True)
-        )
-        verdict = "<span class='ok'>correct</span>" if ex["correct"] else "<span class='bad'>wrong</span>"
-        rate = "full" if ex["rate"] is None else f"rate {ex['rate']}"
-        parts.append(
-            f"<div class='ex'><b>{html.escape(ex['task'])} #{ex['index']} - {html.escape(ex['method'])} ({rate})"
-            f"</b> {verdict}<br>Q: {html.escape(ex['question'])} A: {html.escape(ex['answer'])}<p>{body}</p></div>"
-        )
-    return "\n".join(parts)
-
-
-def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
-    """Write report.json, report.md, pareto.png and examples.html atomically into ``out``.
+    Args:
+        spec: E.g. ``"passkey:heldout,kv:heldout:n=50,jsonl:data.jsonl"``.
+        tokenizer: The frozen model's tokenizer.
+        n: Examples per synthetic spec that gives no ``n``.
+        seed: Seed for synthetic specs that give none.
 
     Raises:
-        FileExistsError: If ``out`` exists and is not empty.
+        ValueError: On an unknown or malformed spec, or a bad JSONL line.
     """
-    with atomic_directory(out) as tmp:
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "report.md").write_text(markdown_table(report) + "\n")
-        pareto_plot(report, tmp / "pareto.png")
-        (tmp / "examples.html").write_text(examples_html(report) + "\n")
-    return Path(out)
+    specs = split_specs(spec)
+    parsed = [TaskSpec.parse(s) for s in specs]  # fail early on a bad spec, before any file is read
+    return {
+        text: [encode_example(tokenizer, ex) for ex in p.examples(n, seed)]
+        for text, p in zip(specs, parsed, strict=True)
+    }
+
+
+def task_metric(row: dict[str, Any]) -> float:
+    """The headline score of a report row: calibrated choice accuracy where the task has choices, else EM."""
+    return row["choice_acc"] if row["choice_acc"] is not None else row["em"]

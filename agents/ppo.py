@@ -34,6 +34,8 @@ from agents.callbacks import (
     save_checkpoint,
 )
 from agents.config import TrainConfig, load_config
+from agents.evaluate import load_eval_tasks
+from agents.export import export_reducer
 from envs.core import TokenKeepCore
 from envs.frozen_lm import FrozenLM
 from envs.vec_env import BatchedTokenKeepVecEnv
@@ -62,64 +64,44 @@ def linear_schedule(start: float, end_fraction: float = 0.1) -> Callable[[float]
     return schedule
 
 
-def make_cores(config: TrainConfig, lm: FrozenLM | None = None) -> tuple[FrozenLM, TokenKeepCore, TokenKeepCore | None]:
-    """Load the frozen model once and build the training and held-out cores that share it."""
+def make_core(config: TrainConfig, lm: FrozenLM | None = None) -> TokenKeepCore:
+    """The training core: the frozen model (loaded once unless given) and the training task pool."""
     if lm is None:
-        lm = FrozenLM.load(config.model, dtype=config.dtype, device=config.device)
-    common = dict(
-        max_len=config.max_len,
-        reward=config.reward,
-        feature_layer=config.feature_layer,
-        too_long=config.too_long,
-        task_seed=config.seed,
-    )
-    train_core = TokenKeepCore(
+        lm = FrozenLM.load(config.model.spec, dtype=config.model.dtype, device=config.model.device)
+    return TokenKeepCore(
         lm,
-        config.tasks,
-        cost_range=(config.cost_low, config.cost_high),
-        num_examples=config.num_examples,
-        **common,
+        config.tasks.train,
+        processor=config.processor,
+        budget=config.budget,
+        reward=config.tasks.reward,
+        num_examples=config.tasks.num_examples,
+        task_seed=config.run.seed,
+        too_long=config.tasks.too_long,
     )
-    eval_core = None
-    if config.eval_freq > 0 and config.eval_tasks:
-        eval_core = TokenKeepCore(
-            lm,
-            config.eval_tasks,
-            cost_range=(config.cost_low, config.cost_high),
-            num_examples=config.eval_examples,
-            **common,
-        )
-    return lm, train_core, eval_core
 
 
 def build_ppo(config: TrainConfig, venv: BatchedTokenKeepVecEnv, tensorboard_log: str | None) -> PPO:
     """PPO with :class:`TokenKeepPolicy`; every hyperparameter comes from ``config``."""
+    p = config.ppo
     return PPO(
         TokenKeepPolicy,
         venv,
-        learning_rate=linear_schedule(config.learning_rate),
-        n_steps=config.n_steps,
-        batch_size=config.batch_size,
-        n_epochs=config.n_epochs,
+        learning_rate=linear_schedule(p.learning_rate),
+        n_steps=p.n_steps,
+        batch_size=p.batch_size,
+        n_epochs=p.n_epochs,
         gamma=1.0,  # one-step episodes: nothing to discount
         gae_lambda=1.0,
-        clip_range=config.clip_range,
-        ent_coef=config.ent_coef,
-        vf_coef=config.vf_coef,
-        max_grad_norm=config.max_grad_norm,
-        target_kl=config.target_kl,
+        clip_range=p.clip_range,
+        ent_coef=p.ent_coef,
+        vf_coef=p.vf_coef,
+        max_grad_norm=p.max_grad_norm,
+        target_kl=p.target_kl,
         normalize_advantage=True,
         tensorboard_log=tensorboard_log,
-        policy_kwargs=dict(
-            d_model=config.d_model,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            conv_kernel=config.conv_kernel,
-            init_keep_prob=config.init_keep_prob,
-            cost_scale=config.cost_high,
-        ),
-        seed=config.seed,
-        device=config.device,
+        policy_kwargs=dict(network=config.network),
+        seed=config.run.seed,
+        device=config.model.device,
         verbose=0,
     )
 
@@ -138,7 +120,7 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, command: Seque
     if resume:
         if not started or latest_checkpoint(out / "checkpoints") is None:
             raise RunDirectoryError(f"--resume: {out} has no config.json and checkpoint to resume from")
-        return load_config(str(out / "config.json"))
+        return load_config(out / "config.json")
     if started:
         raise RunDirectoryError(f"{out} already holds a run in progress; pass --resume to continue it")
     if out.exists() and any(out.iterdir()):
@@ -175,27 +157,30 @@ def train(
     """
     out = Path(out)
     config = prepare_run_dir(out, config, resume, command)
-    if config.torch_threads > 0:
-        torch.set_num_threads(config.torch_threads)
-    set_random_seed(config.seed)
-    lm, train_core, eval_core = make_cores(config, lm)
-    venv = BatchedTokenKeepVecEnv(train_core, n_envs=config.n_envs, seed=config.seed)
+    run = config.run
+    if run.torch_threads > 0:
+        torch.set_num_threads(run.torch_threads)
+    set_random_seed(run.seed)
+    core = make_core(config, lm)
+    lm = core.lm
+    venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=run.seed)
     if resume:
         ckpt = latest_checkpoint(out / "checkpoints")
-        model = PPO.load(ckpt, env=venv, device=config.device, tensorboard_log=str(out / "tb"))
+        model = PPO.load(ckpt, env=venv, device=config.model.device, tensorboard_log=str(out / "tb"))
         print(f"resuming from {ckpt} at {model.num_timesteps} episodes")
     else:
         model = build_ppo(config, venv, str(out / "tb"))
     callbacks: list = [
         ReductionStatsCallback(),
-        AtomicCheckpointCallback(out / "checkpoints", config.checkpoint_freq, config.keep_checkpoints),
+        AtomicCheckpointCallback(out / "checkpoints", run.checkpoint_freq, run.keep_checkpoints),
     ]
     evaluator = None
-    if eval_core is not None:
-        evaluator = HeldoutEvalCallback(eval_core, config.eval_freq, config.eval_cost)
+    if run.eval_freq > 0 and config.tasks.heldout.strip():
+        heldout = load_eval_tasks(config.tasks.heldout, lm.tokenizer, config.tasks.eval_examples, seed=run.seed)
+        evaluator = HeldoutEvalCallback(lm, config, heldout, run.eval_freq)
         evaluator.last_eval = model.num_timesteps
         callbacks.append(evaluator)
-    remaining = config.total_timesteps - model.num_timesteps
+    remaining = config.ppo.total_timesteps - model.num_timesteps
     try:
         if remaining > 0:
             model.learn(
@@ -203,10 +188,10 @@ def train(
                 callback=CallbackList(callbacks),
                 reset_num_timesteps=not resume,
                 tb_log_name="ppo",
-                progress_bar=config.progress_bar,
+                progress_bar=run.progress_bar,
             )
     except KeyboardInterrupt:
-        path = save_checkpoint(model, out / "checkpoints", config.keep_checkpoints)
+        path = save_checkpoint(model, out / "checkpoints", run.keep_checkpoints)
         print(f"\ninterrupted: saved {path}; continue with: python train.py --resume --out {out}", file=sys.stderr)
         raise
     if evaluator is not None:
@@ -215,11 +200,9 @@ def train(
         history_path = out / "eval_history.json"
         old = json.loads(history_path.read_text()) if history_path.exists() else []
         write_atomic(history_path, json.dumps(old + evaluator.history, indent=2) + "\n")
-    save_checkpoint(model, out / "checkpoints", config.keep_checkpoints)
+    save_checkpoint(model, out / "checkpoints", run.keep_checkpoints)
     final = out / "final_model.zip"
     if export:
-        from policies.export import export_reducer
-
         export_reducer(model, lm, config, out / "reducer")
     tmp = out / ".final_model.tmp.zip"
     model.save(tmp)

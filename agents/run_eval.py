@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from agents.baselines import KeepMethod, ReducerMethod, make_baselines
-from agents.evaluate import evaluate, markdown_table, write_report
-from envs.frozen_lm import DEFAULT_MODEL_SPEC, FrozenLM
-from envs.tasks import TaskSpec, encode_example, split_specs
+from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baselines
+from agents.evaluate import evaluate, load_eval_tasks
+from agents.report import markdown_table, write_report
+from envs.frozen_lm import FrozenLM
+from envs.model_cache import DEFAULT_MODEL_SPEC
 from policies.reducer import TokenReducer
 
 
 @dataclass
 class EvalArgs:
-    """Options of one evaluation (see ``python eval.py --help``)."""
+    """Evaluate trained reducers against baselines on held-out tasks, at equal kept ratios.
+
+    Attributes:
+        tasks: Task spec(s), comma-separated, e.g. passkey:heldout,kv:heldout,jsonl:my.jsonl.
+        out: Report directory to write (must not exist or be empty).
+        reducer: Reducer directories to evaluate (several compare side by side).
+        model: Frozen model spec that answers (default: the first reducer's base model).
+        small_lm: Small LM spec for the llmlingua baseline (default: the frozen model).
+        rates: Kept ratios to compare at, each in (0, 1].
+        baselines: Baselines to include.
+        n: Examples per synthetic task spec without its own n=.
+        seed: Seed for synthetic tasks, random keeping and the bootstrap.
+        dtype: Frozen model dtype.
+        token_cost: Token cost the reducers are conditioned on (default: each reducer's own).
+        progress: Show a progress bar.
+    """
 
     tasks: str
     out: str
-    reducers: list[str] = field(default_factory=list)
+    reducer: tuple[str, ...] = ()
     model: str | None = None
     small_lm: str | None = None
-    rates: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
-    baselines: list[str] = field(default_factory=list)
+    rates: tuple[float, ...] = (0.3, 0.5, 0.7)
+    baselines: tuple[str, ...] = BASELINES
     n: int = 24
     seed: int = 0
     dtype: str = "float32"
@@ -39,6 +55,7 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
 
     Raises:
         ValueError: On bad rates, task specs or baselines.
+        FileExistsError: If ``args.out`` exists and is not empty.
         ReducerError: On an unreadable reducer or one trained for another model.
     """
     if not args.rates:
@@ -46,14 +63,17 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     bad = [r for r in args.rates if not 0 < r <= 1]
     if bad:
         raise ValueError(f"rates must lie in (0, 1], got {bad}")
-    specs = [TaskSpec.parse(s) for s in split_specs(args.tasks)]  # fails early on unknown specs
+    unknown = [b for b in args.baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out")
-    reducers = [(Path(d), TokenReducer.from_pretrained(d)) for d in args.reducers]
+    reducers = [(Path(d), TokenReducer.from_pretrained(d)) for d in args.reducer]
     if lm is None:
-        spec = args.model or (reducers[0][1].config["base_model"]["spec"] if reducers else DEFAULT_MODEL_SPEC)
+        spec = args.model or (reducers[0][1].config.base_model.spec if reducers else DEFAULT_MODEL_SPEC)
         lm = FrozenLM.load(spec, dtype=args.dtype)
+    tasks = load_eval_tasks(args.tasks, lm.tokenizer, args.n, seed=args.seed)
     methods: list[KeepMethod] = []
     names = set()
     for path, reducer in reducers:
@@ -67,10 +87,6 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     methods += make_baselines(args.baselines, lm, small, seed=args.seed)
     if not methods:
         raise ValueError("nothing to evaluate: give --reducer or --baselines")
-    tasks = {}
-    for spec, text in zip(specs, split_specs(args.tasks), strict=True):
-        examples = spec.examples(default_n=args.n, seed=args.seed)
-        tasks[text] = [encode_example(lm.tokenizer, ex) for ex in examples]
     report = evaluate(lm, methods, tasks, args.rates, seed=args.seed, progress=args.progress)
     write_report(report, out)
     return markdown_table(report)

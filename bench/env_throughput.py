@@ -28,6 +28,8 @@ from envs.core import TokenKeepCore  # noqa: E402
 from envs.frozen_lm import FrozenLM  # noqa: E402
 from envs.scoring import build_prompts  # noqa: E402
 from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
+from policies.budget import Budget, BudgetConfig  # noqa: E402
+from policies.processor import ProcessorConfig  # noqa: E402
 
 
 def main() -> None:
@@ -45,12 +47,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     lm = FrozenLM.load(args.model, dtype=args.dtype)
-    core = TokenKeepCore(lm, args.tasks, max_len=256, num_examples=args.pool, token_cost=0.5)
+    budget = BudgetConfig(cost_low=0.5, cost_high=0.5, default_token_cost=0.5)
+    core = TokenKeepCore(lm, args.tasks, processor=ProcessorConfig(max_len=256), budget=budget, num_examples=args.pool)
     venv = BatchedTokenKeepVecEnv(core, n_envs=args.n_envs, seed=0)
     print(f"model {args.model} ({args.dtype}), pool {len(core.pool)} examples, n_envs {args.n_envs}")
     t = time.perf_counter()
     core.full_scores(range(len(core.pool)))
-    core.observe(list(range(len(core.pool))), [0.5] * len(core.pool))
+    core.observe(list(range(len(core.pool))), [Budget()] * len(core.pool))
     print(f"warm-up (full-context scores and features for the pool): {time.perf_counter() - t:.1f}s")
 
     rng = np.random.default_rng(0)

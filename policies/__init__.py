@@ -1,1 +1,28 @@
-"""tokenkeep policies: the token-level policy network, its SB3 wrapper, and the deployable TokenReducer."""
+"""What ships: the keep network, the train/deploy contract and the deployable ``TokenReducer``.
+
+Plain torch, safetensors and tokenizers: nothing here imports ``envs`` or ``agents``, and only
+:mod:`policies.sb3_policy` (the training adapter, never imported by deployable code) imports
+stable-baselines3 or gymnasium. ``tests/test_layers.py`` keeps it so.
+
+    from policies import TokenReducer
+    reducer = TokenReducer.from_pretrained("runs/default/reducer")
+    reducer.reduce(context, question, rate=0.3).text
+"""
+
+from policies.budget import Budget, BudgetConfig, BudgetError
+from policies.network import NetworkConfig, TokenKeepNetwork
+from policies.processor import ProcessorConfig
+from policies.reducer import ReducerConfig, ReducerError, Reduction, TokenReducer
+
+__all__ = [
+    "Budget",
+    "BudgetConfig",
+    "BudgetError",
+    "NetworkConfig",
+    "ProcessorConfig",
+    "ReducerConfig",
+    "ReducerError",
+    "Reduction",
+    "TokenKeepNetwork",
+    "TokenReducer",
+]

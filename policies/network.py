@@ -1,27 +1,29 @@
-"""The token-level keep network: a small bidirectional encoder over frozen-model features, cost-conditioned.
+"""The token-level keep network: a small bidirectional encoder over frozen-model features, budget-conditioned.
 
 Pure torch (no stable-baselines3, no gymnasium), shared by the SB3 training policy
 (:mod:`policies.sb3_policy`) and the deployable :class:`~policies.reducer.TokenReducer`.
 
-Inputs, for a batch of B sequences padded to length L:
+Input: an observation dict packed by :func:`policies.processor.pack_observations`, as tensors, for a batch
+of B sequences padded to length L:
     features: ``[B, L, D]`` frozen-model hidden states of the question + context tokens.
     attention_mask: ``[B, L]`` 1 for real tokens (question and context), 0 for padding.
     reducible_mask: ``[B, L]`` 1 for context tokens (the ones a policy may drop).
-    token_cost: ``[B, 1]`` the requested token cost (budget conditioning).
+    budget: ``[B, K]`` the budget vector (:meth:`policies.budget.BudgetConfig.observe`).
 
 Outputs:
     keep_logits: ``[B, L]`` per-token keep logits (meaningful at reducible positions only).
     value: ``[B]`` state value, pooled over the reducible tokens.
 
 Architecture: LayerNorm + linear projection of the features, a learned segment embedding (question vs context),
-a cost embedding added to every token, a depthwise convolution for local (neighbouring-token) context, a
+a budget embedding added to every token, a depthwise convolution for local (neighbouring-token) context, a
 pre-norm transformer encoder that lets context tokens attend to the question and to each other, then a
 per-token head. Nothing depends on absolute positions, so a trained network applies to any length.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,31 +31,31 @@ from torch import nn
 
 @dataclass
 class NetworkConfig:
-    """Shape of a :class:`TokenKeepNetwork`.
+    """Shape of a :class:`TokenKeepNetwork` (its input widths come from the processor and the budget).
 
     Attributes:
-        feature_dim: Width of the frozen-model features.
-        d_model: Width of the encoder.
-        n_layers: Transformer encoder layers.
-        n_heads: Attention heads.
+        d_model: Width of the policy encoder.
+        n_layers: Bidirectional attention blocks.
+        n_heads: Attention heads per block.
         conv_kernel: Kernel size of the local depthwise convolution (odd).
         dropout: Dropout in the encoder (0 for RL).
-        cost_scale: Token costs are divided by this before embedding (the top of the training range).
-        init_keep_prob: Initial keep probability of every token (sets the head's bias).
+        init_keep_prob: Initial keep probability of every token (sets the keep head's bias).
     """
 
-    feature_dim: int
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
     conv_kernel: int = 5
     dropout: float = 0.0
-    cost_scale: float = 1.0
     init_keep_prob: float = 0.7
 
-    def to_dict(self) -> dict:
-        """JSON-serialisable form."""
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.conv_kernel % 2 != 1:
+            raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+        if not 0 < self.init_keep_prob < 1:
+            raise ValueError(f"init_keep_prob must be in (0, 1), got {self.init_keep_prob}")
 
 
 class EncoderBlock(nn.Module):
@@ -93,22 +95,22 @@ class TokenKeepNetwork(nn.Module):
 
     Args:
         config: The network's shape.
+        feature_dim: Width of the frozen-model features.
+        budget_size: Length of the budget vector.
     """
 
-    def __init__(self, config: NetworkConfig) -> None:
+    def __init__(self, config: NetworkConfig, feature_dim: int, budget_size: int) -> None:
         super().__init__()
-        if config.conv_kernel % 2 != 1:
-            raise ValueError(f"conv_kernel must be odd, got {config.conv_kernel}")
         self.config = config
+        self.feature_dim = feature_dim
+        self.budget_size = budget_size
         d = config.d_model
-        self.in_norm = nn.LayerNorm(config.feature_dim)
-        self.in_proj = nn.Linear(config.feature_dim, d)
+        self.in_norm = nn.LayerNorm(feature_dim)
+        self.in_proj = nn.Linear(feature_dim, d)
         self.segment = nn.Embedding(2, d)
-        self.cost_embed = nn.Sequential(nn.Linear(1, d), nn.SiLU(), nn.Linear(d, d))
+        self.cost_embed = nn.Sequential(nn.Linear(budget_size, d), nn.SiLU(), nn.Linear(d, d))
         self.conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2, groups=d)
         self.conv_norm = nn.LayerNorm(d)
-        if d % config.n_heads:
-            raise ValueError(f"d_model {d} must be divisible by n_heads {config.n_heads}")
         self.blocks = nn.ModuleList(EncoderBlock(d, config.n_heads, config.dropout) for _ in range(config.n_layers))
         self.out_norm = nn.LayerNorm(d)
         self.keep_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
@@ -122,12 +124,12 @@ class TokenKeepNetwork(nn.Module):
         features: torch.Tensor,
         attention_mask: torch.Tensor,
         reducible_mask: torch.Tensor,
-        token_cost: torch.Tensor,
+        budget: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Contextual token states ``[B, L, d]`` and the cost embedding ``[B, d]``."""
+        """Contextual token states ``[B, L, d]`` and the budget embedding ``[B, d]``."""
         valid = attention_mask.bool()
         reducible = reducible_mask.bool()
-        cost = self.cost_embed(token_cost.reshape(-1, 1).float() / self.config.cost_scale)
+        cost = self.cost_embed(budget.reshape(-1, self.budget_size).float())
         x = self.in_proj(self.in_norm(features.float()))
         x = x + self.segment(reducible.long()) + cost[:, None, :]
         x = x * valid[..., None]
@@ -136,15 +138,10 @@ class TokenKeepNetwork(nn.Module):
             x = block(x, valid)
         return self.out_norm(x), cost
 
-    def forward(
-        self,
-        features: torch.Tensor,
-        attention_mask: torch.Tensor,
-        reducible_mask: torch.Tensor,
-        token_cost: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep logits ``[B, L]`` and values ``[B]``."""
-        h, cost = self.encode(features, attention_mask, reducible_mask, token_cost)
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep logits ``[B, L]`` and values ``[B]`` of a batch of observations (the processor's keys)."""
+        reducible_mask = obs["reducible_mask"]
+        h, cost = self.encode(obs["features"], obs["attention_mask"], reducible_mask, obs["budget"])
         cost_tok = cost[:, None, :].expand_as(h)
         logits = self.keep_head(torch.cat([h, cost_tok], dim=-1)).squeeze(-1)
         red = reducible_mask.float()[..., None]

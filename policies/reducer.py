@@ -1,18 +1,20 @@
 """The deployable reduction module: ``TokenReducer``, loadable and usable without the trainer.
 
-Imports torch, safetensors and transformers' tokenizer/model classes only: no stable-baselines3, no gymnasium.
+Imports torch, safetensors, tokenizers and transformers' model classes only: no stable-baselines3, no gymnasium,
+nothing from ``envs`` or ``agents``. Observations are built by :mod:`policies.processor`, the same code the
+training environment uses.
 
 A saved reducer is a directory::
 
-    reducer_config.json   format version, base model spec and file hash, tokenizer fingerprint, max_len,
-                          feature layer, the budget (token-cost) range it was trained on, package version,
-                          network shape, and the SHA-256 of model.safetensors
-    model.safetensors     "network.*" (the keep network) and "features.*" (the frozen model's embedding
-                          table, plus its first k blocks when the policy reads layer-k features)
+    reducer_config.json   a ReducerConfig: format version, base model (spec, file hash, HF config), tokenizer
+                          fingerprint, processor, budget and network configs, what it was trained on, and the
+                          SHA-256 of model.safetensors
+    model.safetensors     "network.*" (the keep network) and "features.*" (the frozen model's embedding table,
+                          or its first k blocks when the policy reads layer-k features)
     tokenizer.json, ...   the tokenizer (Hugging Face tokenizer files, no pickle)
 
-Behaviour on long inputs: a context longer than ``max_len - len(question)`` tokens is split into consecutive
-windows that each fit, every window is scored with the question, and the keep decisions are concatenated
+Long contexts: a context longer than ``max_len - len(question)`` tokens is split into consecutive windows that
+each fit, every window is scored with the question, and the keep logits are concatenated
 (``too_long="chunk"``, the default); ``too_long="error"`` raises instead.
 """
 
@@ -23,7 +25,7 @@ import importlib.metadata
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,82 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from policies.budget import Budget, BudgetConfig, BudgetError, keep_top
+from policies.config_io import from_dict, to_dict
+from policies.features import FeatureModule
 from policies.fileio import atomic_directory, file_sha256
 from policies.network import NetworkConfig, TokenKeepNetwork
+from policies.processor import (
+    ProcessorConfig,
+    context_windows,
+    encode_question,
+    encode_text,
+    pack_observations,
+    pad_token_id,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_NAME = "reducer_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
 class ReducerError(ValueError):
     """A reducer cannot be loaded or used as asked; the message names the cause."""
+
+
+@dataclass
+class BaseModelInfo:
+    """The frozen model a reducer was trained for.
+
+    Attributes:
+        spec: The model spec it was loaded from (e.g. ``smollm2-135m``).
+        file_hash: SHA-256 of its weights file, when known.
+        hf_config: Its Hugging Face config (``config.to_dict()``), to rebuild the feature module.
+    """
+
+    spec: str
+    file_hash: str | None = None
+    hf_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizerInfo:
+    """The tokenizer a reducer was trained with.
+
+    Attributes:
+        fingerprint: :func:`tokenizer_fingerprint` of it.
+        pad_id: Token id used for padding.
+    """
+
+    fingerprint: str
+    pad_id: int
+
+
+@dataclass
+class ReducerConfig:
+    """Everything needed to rebuild and check a reducer; written as ``reducer_config.json``.
+
+    Attributes:
+        base_model: The frozen model it was trained for.
+        tokenizer: The tokenizer it was trained with.
+        processor: How observations are built.
+        budget: The budgets it was trained on and its default.
+        network: The keep network's shape.
+        trained_on: Free-form notes: tasks, reward, seed.
+        format_version: Layout version of the reducer directory.
+        package_version: tokenkeep version that wrote it.
+        weights_sha256: SHA-256 of ``model.safetensors`` (filled in on save).
+    """
+
+    base_model: BaseModelInfo
+    tokenizer: TokenizerInfo
+    processor: ProcessorConfig
+    budget: BudgetConfig
+    network: NetworkConfig
+    trained_on: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    package_version: str = "unknown"
+    weights_sha256: str = ""
 
 
 @dataclass
@@ -65,24 +133,6 @@ class Reduction:
     kept_tokens: int
 
 
-def keep_top(scores: Any, k: int | None = None, *, rate: float | None = None) -> np.ndarray:
-    """Bool keep mask of the ``k`` highest scores (or ``round(rate * n)``, at least 1); ties go to earlier tokens.
-
-    The one ranking rule shared by the reducer, the baselines and the training-time evaluation, so every method
-    meets a requested rate the same way and results are deterministic.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    n = len(scores)
-    if k is None:
-        if rate is None:
-            raise ValueError("give k or rate")
-        k = max(1, round(rate * n))
-    order = np.lexsort((np.arange(n), -scores))
-    keep = np.zeros(n, dtype=bool)
-    keep[order[: min(n, k)]] = True
-    return keep
-
-
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """SHA-256 over a tokenizer's vocabulary and special tokens: equal fingerprints tokenise identically."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
@@ -99,61 +149,24 @@ def package_version() -> str:
         return "unknown"
 
 
-class FeatureModule(nn.Module):
-    """The frozen model's embedding table and, for layer k > 0, its first k blocks (no final norm).
-
-    Features are rounded through float16, exactly as the training environment caches them.
-
-    Args:
-        embedding: For k = 0, the input embedding table (float16); None for k > 0.
-        decoder: For k > 0, a decoder with k blocks (its own embedding table included) whose final norm is the
-            identity; None for k = 0.
-    """
-
-    def __init__(self, embedding: nn.Embedding | None = None, decoder: nn.Module | None = None) -> None:
-        super().__init__()
-        if (embedding is None) == (decoder is None):
-            raise ValueError("give exactly one of embedding (layer 0) or decoder (layer k > 0)")
-        self.embedding = embedding
-        self.decoder = decoder
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[B, L, D]`` features for right-padded ``ids`` with ``mask``."""
-        if self.embedding is not None:
-            h = self.embedding(ids)
-        else:
-            h = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return h.half().float()
-
-
-def build_feature_module(hf_config: dict, layer: int, dtype: torch.dtype = torch.float32) -> FeatureModule:
-    """An empty :class:`FeatureModule` for a base model config (``config.to_dict()``) and feature layer."""
-    vocab, width = int(hf_config["vocab_size"]), int(hf_config["hidden_size"])
-    if layer == 0:
-        return FeatureModule(nn.Embedding(vocab, width, dtype=torch.float16))
-    from transformers import AutoConfig, AutoModel
-
-    cfg = dict(hf_config)
-    cfg["num_hidden_layers"] = layer
-    model_type = cfg.pop("model_type")
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k != "transformers_version"})
-    decoder = AutoModel.from_config(config, dtype=dtype)
-    decoder.norm = nn.Identity()
-    return FeatureModule(decoder=decoder)
-
-
 class TokenReducer(nn.Module):
     """A trained keep policy plus what it needs to compute its features.
 
     Args:
-        features: The feature module (frozen-model embeddings / first k blocks).
-        network: The trained :class:`~policies.network.TokenKeepNetwork`.
+        features: The feature module (frozen-model embeddings or first k blocks).
+        network: The keep network.
         tokenizer: The base model's tokenizer.
-        config: The reducer config (see the module docstring; written as ``reducer_config.json``).
+        config: The reducer config.
     """
 
-    def __init__(self, features: FeatureModule, network: TokenKeepNetwork, tokenizer: Any, config: dict) -> None:
+    def __init__(
+        self, features: FeatureModule, network: TokenKeepNetwork, tokenizer: Any, config: ReducerConfig
+    ) -> None:
         super().__init__()
+        if features.layer != config.processor.feature_layer:
+            raise ReducerError(
+                f"feature module is layer {features.layer}, config says {config.processor.feature_layer}"
+            )
         self.features = features
         self.network = network
         self.tokenizer = tokenizer
@@ -162,16 +175,54 @@ class TokenReducer(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    # ------------------------------------------------------------------ properties
+    @classmethod
+    def from_base_model(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        spec: str,
+        file_hash: str | None = None,
+        processor: ProcessorConfig | None = None,
+        budget: BudgetConfig | None = None,
+        network: TokenKeepNetwork | NetworkConfig | None = None,
+        trained_on: dict[str, Any] | None = None,
+    ) -> TokenReducer:
+        """A reducer over a loaded ``*ForCausalLM``, sharing its weights; untrained unless ``network`` is given.
+
+        Args:
+            model: The frozen causal LM whose embeddings / first blocks give the features.
+            tokenizer: Its tokenizer.
+            spec: Its model spec, recorded in the config.
+            file_hash: Hash of its weights file, when known.
+            processor: Observation settings (default: :class:`ProcessorConfig` defaults).
+            budget: Budget settings (default: :class:`BudgetConfig` defaults).
+            network: A trained network, or a shape for a fresh untrained one.
+            trained_on: Notes recorded in the config.
+        """
+        processor = processor or ProcessorConfig()
+        budget = budget or BudgetConfig()
+        features = FeatureModule.from_causal_lm(model, processor.feature_layer)
+        if not isinstance(network, TokenKeepNetwork):
+            network = TokenKeepNetwork(network or NetworkConfig(), features.width, budget.observation_size)
+        hf_config = model.config.to_dict()
+        hf_config.pop("quantization_config", None)
+        hf_config.pop("_name_or_path", None)
+        config = ReducerConfig(
+            base_model=BaseModelInfo(spec=spec, file_hash=file_hash, hf_config=hf_config),
+            tokenizer=TokenizerInfo(fingerprint=tokenizer_fingerprint(tokenizer), pad_id=pad_token_id(tokenizer)),
+            processor=processor,
+            budget=budget,
+            network=network.config,
+            trained_on=dict(trained_on or {}),
+            package_version=package_version(),
+        )
+        return cls(features, network, tokenizer, config)
+
     @property
     def max_len(self) -> int:
         """Question + context tokens one window can hold."""
-        return int(self.config["max_len"])
-
-    @property
-    def default_token_cost(self) -> float:
-        """Token cost used when none is given: the one the run evaluated with."""
-        return float(self.config["budget"]["default_token_cost"])
+        return self.config.processor.max_len
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -187,14 +238,14 @@ class TokenReducer(nn.Module):
     def write_files(self, directory: Path) -> None:
         """Write the reducer's files into an existing directory (use :meth:`save_pretrained` for atomicity)."""
         tensors = {f"network.{k}": v.contiguous() for k, v in self.network.state_dict().items()}
-        tensors |= {f"features.{k}": v.contiguous() for k, v in self.features.state_dict().items()}
+        feats = self.features.state_dict()
+        if self.features.layer == 0:  # features are float16-rounded: a float16 table gives identical values
+            feats = {k: v.to(torch.float16) for k, v in feats.items()}
+        tensors |= {f"features.{k}": v.contiguous() for k, v in feats.items()}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = dict(self.config)
-        config["weights_sha256"] = file_sha256(directory / WEIGHTS_NAME)
-        config["tokenizer"] = dict(config["tokenizer"], fingerprint=tokenizer_fingerprint(self.tokenizer))
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        self.config.weights_sha256 = file_sha256(directory / WEIGHTS_NAME)
+        (directory / CONFIG_NAME).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
         self.tokenizer.save_pretrained(directory)
-        self.config = config
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> TokenReducer:
@@ -213,28 +264,32 @@ class TokenReducer(nn.Module):
             if not (d / name).is_file():
                 raise ReducerError(f"{d} is not a reducer: {name} is missing")
         try:
-            config = json.loads((d / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as err:
+            raw = json.loads((d / CONFIG_NAME).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ReducerError(f"{d / CONFIG_NAME} is corrupted: {err}") from err
-        version = config.get("format_version")
+        version = raw.get("format_version") if isinstance(raw, dict) else None
         if version != FORMAT_VERSION:
             raise ReducerError(
                 f"{d / CONFIG_NAME} has format_version {version!r}; this tokenkeep reads {FORMAT_VERSION}"
             )
-        if config.get("weights_sha256") and file_sha256(d / WEIGHTS_NAME) != config["weights_sha256"]:
+        try:
+            config = from_dict(ReducerConfig, raw)
+        except ValueError as err:
+            raise ReducerError(f"{d / CONFIG_NAME} is invalid: {err}") from err
+        if config.weights_sha256 and file_sha256(d / WEIGHTS_NAME) != config.weights_sha256:
             raise ReducerError(f"{d / WEIGHTS_NAME} is corrupted: its SHA-256 does not match {CONFIG_NAME}")
         try:
             tensors = load_file(str(d / WEIGHTS_NAME))
         except Exception as err:  # safetensors raises its own error types
             raise ReducerError(f"{d / WEIGHTS_NAME} cannot be read: {err}") from err
         try:
-            tokenizer = AutoTokenizer.from_pretrained(d)
+            tokenizer = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
         except Exception as err:
             raise ReducerError(f"the tokenizer files in {d} cannot be loaded: {err}") from err
-        if tokenizer_fingerprint(tokenizer) != config["tokenizer"]["fingerprint"]:
+        if tokenizer_fingerprint(tokenizer) != config.tokenizer.fingerprint:
             raise ReducerError(f"the tokenizer in {d} is not the one this reducer was trained with")
-        network = TokenKeepNetwork(NetworkConfig(**config["network"]))
-        features = build_feature_module(config["base_model"]["hf_config"], int(config["feature_layer"]))
+        features = FeatureModule.empty(config.base_model.hf_config, config.processor.feature_layer)
+        network = TokenKeepNetwork(config.network, features.width, config.budget.observation_size)
         try:
             network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})
             features.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("features.")})
@@ -244,50 +299,61 @@ class TokenReducer(nn.Module):
 
     def check_compatible(self, tokenizer: Any, model_spec: str | None = None, file_hash: str | None = None) -> None:
         """Raise ReducerError unless ``tokenizer`` (and the base model, when given) is the one trained for."""
-        if tokenizer_fingerprint(tokenizer) != self.config["tokenizer"]["fingerprint"]:
+        base = self.config.base_model
+        if tokenizer_fingerprint(tokenizer) != self.config.tokenizer.fingerprint:
+            raise ReducerError(f"this reducer was trained for a different tokenizer (base model {base.spec!r})")
+        if file_hash and base.file_hash and file_hash != base.file_hash:
             raise ReducerError(
-                f"this reducer was trained for a different tokenizer (base model {self.config['base_model']['spec']!r})"
+                f"this reducer was trained for base model file {base.file_hash[:12]}…, not {file_hash[:12]}…"
             )
-        base = self.config["base_model"]
-        if file_hash and base.get("file_hash") and file_hash != base["file_hash"]:
-            raise ReducerError(
-                f"this reducer was trained for base model file {base['file_hash'][:12]}…, not {file_hash[:12]}…"
-            )
-        if model_spec and not (file_hash and base.get("file_hash")) and model_spec != base["spec"]:
-            raise ReducerError(f"this reducer was trained for base model {base['spec']!r}, not {model_spec!r}")
+        if model_spec and not (file_hash and base.file_hash) and model_spec != base.spec:
+            raise ReducerError(f"this reducer was trained for base model {base.spec!r}, not {model_spec!r}")
 
     # ------------------------------------------------------------------ inference
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a context text, as the policy sees them."""
+        return list(encode_text(self.tokenizer, text))
 
     @torch.inference_mode()
     def keep_logits(
-        self, contexts: Sequence[Sequence[int]], questions: Sequence[Sequence[int]], token_costs: Sequence[float]
-    ) -> list[torch.Tensor]:
-        """Keep logits over each context's tokens (windows of ``max_len`` when a context is long)."""
-        windows, owners = [], []
+        self,
+        contexts: Sequence[Sequence[int]],
+        questions: Sequence[Sequence[int]],
+        budgets: Sequence[Budget],
+        max_batch_tokens: int = 16384,
+    ) -> list[np.ndarray]:
+        """Keep logits over each context's tokens, window by window when a context is long.
+
+        Args:
+            contexts: Context token ids.
+            questions: Question token ids (:func:`~policies.processor.encode_question`).
+            budgets: The budget of each context (the policy is conditioned on its token cost).
+            max_batch_tokens: Padded-token budget of one feature micro-batch.
+
+        Returns:
+            One float32 array per context.
+        """
+        rows: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
         for i, (c, q) in enumerate(zip(contexts, questions, strict=True)):
-            room = self.max_len - len(q)
-            if room < 1:
-                raise ReducerError(f"the question has {len(q)} tokens, leaving no room in max_len={self.max_len}")
-            for s in range(0, len(c), room):
-                windows.append((list(q), list(c[s : s + room]), token_costs[i]))
-                owners.append(i)
-        width = max(len(q) + len(c) for q, c, _ in windows)
-        b = len(windows)
-        ids = torch.full((b, width), int(self.config["tokenizer"]["pad_id"]), dtype=torch.long)
-        att = torch.zeros((b, width), dtype=torch.long)
-        red = torch.zeros((b, width), dtype=torch.long)
-        for r, (q, c, _) in enumerate(windows):
-            ids[r, : len(q) + len(c)] = torch.tensor(q + c)
-            att[r, : len(q) + len(c)] = 1
-            red[r, len(q) : len(q) + len(c)] = 1
-        costs = torch.tensor([[w[2]] for w in windows], dtype=torch.float32)
-        logits, _ = self.network(self.features(ids, att), att, red, costs)
-        out: list[list[torch.Tensor]] = [[] for _ in contexts]
-        for r, (q, c, _) in enumerate(windows):
-            out[owners[r]].append(logits[r, len(q) : len(q) + len(c)])
-        return [torch.cat(parts) if parts else torch.empty(0) for parts in out]
+            try:
+                spans = context_windows(len(q), len(c), self.max_len)
+            except ValueError as err:
+                raise ReducerError(str(err)) from err
+            rows += [(i, tuple(q), tuple(c[s])) for s in spans]
+        if not rows:
+            return [np.zeros(0, np.float32) for _ in contexts]
+        pad = self.config.tokenizer.pad_id
+        feats = self.features.encode([q + c for _, q, c in rows], pad, max_batch_tokens)
+        budget_obs = [self.config.budget.observe(budgets[i]) for i, _, _ in rows]
+        width = max(len(q) + len(c) for _, q, c in rows)
+        obs = pack_observations(
+            [q for _, q, _ in rows], [c for _, _, c in rows], feats, budget_obs, max_len=width, pad_id=pad
+        )
+        logits, _ = self.network({k: torch.as_tensor(v) for k, v in obs.items()})
+        parts: list[list[np.ndarray]] = [[] for _ in contexts]
+        for r, (i, q, c) in enumerate(rows):
+            parts[i].append(logits[r, len(q) : len(q) + len(c)].float().numpy())
+        return [np.concatenate(p) if p else np.zeros(0, np.float32) for p in parts]
 
     def reduce(
         self,
@@ -295,8 +361,8 @@ class TokenReducer(nn.Module):
         question: str | None = None,
         *,
         rate: float | None = None,
-        token_cost: float | None = None,
         target_tokens: int | None = None,
+        token_cost: float | None = None,
         too_long: str = "chunk",
     ) -> Reduction:
         """Reduce one context; see :meth:`reduce_batch`."""
@@ -304,54 +370,48 @@ class TokenReducer(nn.Module):
             [context],
             None if question is None else [question],
             rate=rate,
-            token_cost=token_cost,
             target_tokens=target_tokens,
+            token_cost=token_cost,
             too_long=too_long,
         )[0]
 
     def reduce_batch(
         self,
         contexts: Sequence[str],
-        questions: Sequence[str] | None = None,
+        questions: Sequence[str | None] | None = None,
         *,
         rate: float | None = None,
-        token_cost: float | None = None,
         target_tokens: int | None = None,
+        token_cost: float | None = None,
         too_long: str = "chunk",
     ) -> list[Reduction]:
-        """Reduce many contexts in one batched forward. Deterministic.
+        """Reduce many contexts with batched forwards. Deterministic.
 
         Args:
             contexts: The texts to reduce.
             questions: The question for each context (or None: no question).
-            rate: Keep exactly ``round(rate * n)`` context tokens (at least 1), ranked by keep probability.
-            token_cost: The token cost the policy is conditioned on (default: the one it was evaluated at).
-                Without ``rate``/``target_tokens`` it keeps the tokens whose keep probability exceeds 0.5.
-            target_tokens: Keep exactly this many context tokens (capped at the context's length).
+            rate: Keep ``round(rate * n)`` context tokens (at least 1), ranked by keep logit.
+            target_tokens: Keep this many context tokens (capped at the context's length).
+            token_cost: The token cost the policy is conditioned on (default: the reducer's). Without
+                ``rate``/``target_tokens`` the policy keeps the tokens whose keep probability exceeds 0.5.
             too_long: ``"chunk"`` or ``"error"`` for contexts longer than one window (module docstring).
 
         Returns:
             One :class:`Reduction` per context.
 
         Raises:
-            ReducerError: On an empty context, conflicting or out-of-range options, or a long context with
-                ``too_long="error"``.
+            ReducerError: On an empty context, a bad budget, or a long context with ``too_long="error"``.
         """
-        if rate is not None and target_tokens is not None:
-            raise ReducerError("give rate or target_tokens, not both")
-        if rate is not None and not 0 < rate <= 1:
-            raise ReducerError(f"rate must be in (0, 1], got {rate}")
-        if target_tokens is not None and target_tokens < 1:
-            raise ReducerError(f"target_tokens must be >= 1, got {target_tokens}")
+        try:
+            budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
+        except BudgetError as err:
+            raise ReducerError(str(err)) from err
         if too_long not in ("chunk", "error"):
             raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
         if questions is not None and len(questions) != len(contexts):
             raise ReducerError(f"got {len(contexts)} contexts but {len(questions)} questions")
-        cost = self.default_token_cost if token_cost is None else float(token_cost)
-        if cost < 0:
-            raise ReducerError(f"token_cost must be >= 0, got {cost}")
-        ctx_ids = [self._encode(c) for c in contexts]
-        q_ids = [self._encode(" " + q.strip()) if q else [] for q in (questions or [None] * len(contexts))]
+        ctx_ids = [self.encode(c) for c in contexts]
+        q_ids = [list(encode_question(self.tokenizer, q)) for q in (questions or [None] * len(contexts))]
         for i, (c, q) in enumerate(zip(ctx_ids, q_ids, strict=True)):
             if not c:
                 raise ReducerError(f"context {i} is empty")
@@ -360,26 +420,23 @@ class TokenReducer(nn.Module):
                     f"context {i} has {len(c)} tokens + {len(q)} question tokens > max_len={self.max_len} "
                     "(pass too_long='chunk' to reduce it window by window)"
                 )
-        logits = self.keep_logits(ctx_ids, q_ids, [cost] * len(contexts))
-        out = []
-        for c, lg in zip(ctx_ids, logits, strict=True):
-            n = len(c)
-            if rate is not None or target_tokens is not None:
-                keep = keep_top(lg.numpy(), target_tokens, rate=rate)
-            else:
-                keep = (lg > 0).numpy()
-            kept = [t for t, k_ in zip(c, keep, strict=True) if k_]
-            out.append(
-                Reduction(
-                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
-                    kept_ids=kept,
-                    keep_mask=keep,
-                    kept_ratio=len(kept) / n,
-                    original_tokens=n,
-                    kept_tokens=len(kept),
-                )
-            )
-        return out
+        logits = self.keep_logits(ctx_ids, q_ids, [budget] * len(contexts))
+        return [self.select(c, lg, budget) for c, lg in zip(ctx_ids, logits, strict=True)]
+
+    def select(self, context_ids: Sequence[int], logits: np.ndarray, budget: Budget) -> Reduction:
+        """The :class:`Reduction` of one context given its keep logits and budget."""
+        n = len(context_ids)
+        k = budget.keep_count(n)
+        keep = keep_top(logits, k) if k is not None else np.asarray(logits > 0)
+        kept = [int(t) for t, k_ in zip(context_ids, keep, strict=True) if k_]
+        return Reduction(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True),
+            kept_ids=kept,
+            keep_mask=keep,
+            kept_ratio=len(kept) / n,
+            original_tokens=n,
+            kept_tokens=len(kept),
+        )
 
     def compress_prompt(
         self,
@@ -411,9 +468,9 @@ class TokenReducer(nn.Module):
         )
         parts_full = [p for p in (instruction, text, question) if p]
         parts = [p for p in (instruction, red.text, question) if p]
-        origin = len(self._encode("\n\n".join(parts_full)))
+        origin = len(self.encode("\n\n".join(parts_full)))
         compressed_prompt = "\n\n".join(parts)
-        compressed = len(self._encode(compressed_prompt))
+        compressed = len(self.encode(compressed_prompt))
         return {
             "compressed_prompt": compressed_prompt,
             "origin_tokens": origin,
@@ -439,5 +496,5 @@ class TokenReducer(nn.Module):
         """
         self.check_compatible(lm.tokenizer, getattr(lm, "spec", None), getattr(lm, "file_hash", None))
         red = self.reduce(context, question, **reduce_kwargs)
-        prompt, _ = lm.build_prompt(red.kept_ids, lm.encode(" " + question.strip()), lm.encode(answer_prefix))
+        prompt, _ = lm.build_prompt(red.kept_ids, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])

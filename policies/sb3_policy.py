@@ -1,7 +1,9 @@
-"""The stable-baselines3 actor-critic policy for TokenKeep: per-token keep logits and a masked Bernoulli.
+"""The stable-baselines3 adapter: an actor-critic policy over TokenKeep observations.
+
+The only module of :mod:`policies` that imports stable-baselines3 and gymnasium; nothing deployable imports it.
 
 :class:`TokenKeepPolicy` replaces SB3's flatten-then-MLP pipeline with :class:`~policies.network.TokenKeepNetwork`
-(a token-level encoder over the env's per-token features, conditioned on the token cost). Its action
+(a token-level encoder over the env's per-token features, conditioned on the budget). Its action
 distribution, :class:`MaskedBernoulli`, is a product of independent Bernoullis over the *reducible* positions
 only: padding and question positions contribute nothing to the log-probability or the entropy, so PPO's
 probability ratios are not noise. Works with ``PPO.save`` / ``PPO.load``.
@@ -70,15 +72,10 @@ class TokenKeepPolicy(ActorCriticPolicy):
     """SB3 actor-critic policy over TokenKeep observations.
 
     Args:
-        observation_space: The env's Dict observation space.
+        observation_space: The env's Dict observation space (:func:`policies.processor.observation_layout`).
         action_space: ``MultiBinary(max_len)``.
         lr_schedule: Learning-rate schedule (from PPO).
-        d_model: Encoder width.
-        n_layers: Encoder layers.
-        n_heads: Attention heads.
-        conv_kernel: Local convolution kernel size.
-        init_keep_prob: Initial keep probability.
-        cost_scale: Token costs are divided by this (default: the observation space's upper cost bound).
+        network: The keep network's shape (input widths are read off the observation space).
         **kwargs: Passed to :class:`~stable_baselines3.common.policies.ActorCriticPolicy`.
     """
 
@@ -87,49 +84,33 @@ class TokenKeepPolicy(ActorCriticPolicy):
         observation_space: spaces.Dict,
         action_space: spaces.MultiBinary,
         lr_schedule: Any,
-        d_model: int = 128,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        conv_kernel: int = 5,
-        init_keep_prob: float = 0.7,
-        cost_scale: float | None = None,
+        network: NetworkConfig | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(observation_space, spaces.Dict) or "features" not in observation_space.spaces:
             raise ValueError("TokenKeepPolicy needs the TokenKeep Dict observation space")
-        self.net_config = NetworkConfig(
-            feature_dim=int(observation_space["features"].shape[-1]),
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            conv_kernel=conv_kernel,
-            cost_scale=float(cost_scale if cost_scale is not None else observation_space["token_cost"].high[0]),
-            init_keep_prob=init_keep_prob,
-        )
+        self.net_config = network if network is not None else NetworkConfig()
         kwargs.setdefault("features_extractor_class", PassThroughExtractor)
         kwargs["share_features_extractor"] = True
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
-        self.net = TokenKeepNetwork(self.net_config)
+        space = self.observation_space
+        self.net = TokenKeepNetwork(
+            self.net_config,
+            feature_dim=int(space["features"].shape[-1]),
+            budget_size=int(space["budget"].shape[-1]),
+        )
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        c = self.net_config
-        data.update(
-            d_model=c.d_model,
-            n_layers=c.n_layers,
-            n_heads=c.n_heads,
-            conv_kernel=c.conv_kernel,
-            init_keep_prob=c.init_keep_prob,
-            cost_scale=c.cost_scale,
-        )
+        data.update(network=self.net_config)
         return data
 
     def _run(self, obs: PyTorchObs) -> tuple[MaskedBernoulli, torch.Tensor]:
         o = self.extract_features(obs)
-        logits, values = self.net(o["features"], o["attention_mask"], o["reducible_mask"], o["token_cost"])
+        logits, values = self.net(o)
         return MaskedBernoulli(logits, o["reducible_mask"]), values
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[torch.Tensor, ...]:

@@ -7,11 +7,17 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs  # noqa: F401  (registers the env)
 from envs.core import LRUCache, TokenKeepCore
-from envs.tasks import make_examples
+from envs.task_families import make_examples
 from envs.token_keep_env import TokenKeepEnv
 from envs.vec_env import BatchedTokenKeepVecEnv
+from policies.budget import Budget, BudgetConfig
+from policies.processor import ProcessorConfig
 
-KW = dict(tasks="kv:train:n=12,distractors=3", max_len=96, token_cost=0.3)
+FIXED = BudgetConfig(cost_low=0.3, cost_high=0.3, default_token_cost=0.3)
+RANGE = BudgetConfig(cost_low=0.0, cost_high=1.0)
+P96 = ProcessorConfig(max_len=96)
+KW = dict(tasks="kv:train:n=12,distractors=3", processor=P96, budget=FIXED)
+KW_RANGE = dict(tasks="kv:train:n=12,distractors=3", processor=P96, budget=RANGE)
 
 
 def _keep_all(env):
@@ -26,23 +32,31 @@ def test_registered_and_shares_loaded_model(tiny_lm):
 
 
 def test_gymnasium_and_sb3_checkers_pass(tiny_lm):
+    import warnings
+
     from gymnasium.utils.env_checker import check_env as gym_check_env
 
-    env = TokenKeepEnv(tiny_lm, **KW)
-    gym_check_env(env, skip_render_check=True)
-    sb3_check_env(TokenKeepEnv(tiny_lm, **KW), warn=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gym_check_env(TokenKeepEnv(tiny_lm, **KW), skip_render_check=True)
+        sb3_check_env(TokenKeepEnv(tiny_lm, **KW), warn=True)
+    # Both checkers report problems as warnings (and errors as exceptions). The one expected warning is SB3's
+    # advice to flatten the 2-D features or "use a custom policy", which TokenKeepPolicy is.
+    messages = [str(w.message) for w in caught]
+    assert all("custom policy" in m for m in messages), messages
+    assert len(messages) == 1, messages
 
 
 def test_same_seed_same_episodes(tiny_lm):
     def run(seed):
-        env = TokenKeepEnv(tiny_lm, cost_range=(0.1, 0.9), **{k: v for k, v in KW.items() if k != "token_cost"})
+        env = TokenKeepEnv(tiny_lm, **KW_RANGE)
         env.action_space.seed(seed)
         out = []
         obs, _ = env.reset(seed=seed)
         for _ in range(5):
             a = env.action_space.sample()
             obs2, r, term, trunc, info = env.step(a)
-            out.append((obs["input_ids"].tolist(), float(obs["token_cost"][0]), r, info["kept_ratio"]))
+            out.append((obs["input_ids"].tolist(), float(obs["budget"][0]), r, info["kept_ratio"]))
             obs, _ = env.reset()
         return out
 
@@ -80,7 +94,8 @@ def test_kept_ratio_and_ignored_positions(tiny_lm):
 
 def test_observation_layout(tiny_lm):
     core = TokenKeepCore(tiny_lm, **KW)
-    obs = core.observe([0], [0.3])
+    obs = core.observe([0], [Budget(token_cost=0.15)])
+    assert obs["budget"][0].tolist() == pytest.approx([0.15 / 0.3])
     e = core.pool[0]
     q, c = len(e.question), len(e.context)
     assert obs["input_ids"][0, :q].tolist() == list(e.question)
@@ -113,18 +128,18 @@ def test_step_before_reset(tiny_lm):
 
 def test_long_contexts_error_or_skip(tiny_lm):
     with pytest.raises(ValueError, match="max_len=40"):
-        TokenKeepCore(tiny_lm, "passkey:train:n=4,filler=6", max_len=40)
+        TokenKeepCore(tiny_lm, "passkey:train:n=4,filler=6", processor=ProcessorConfig(max_len=40))
     short = make_examples("passkey", "train", 3, filler=0)
     long = make_examples("passkey", "train", 3, filler=12)
     with pytest.warns(UserWarning, match="skipped 3 of 6"):
-        core = TokenKeepCore(tiny_lm, short + long, max_len=60, too_long="skip")
+        core = TokenKeepCore(tiny_lm, short + long, processor=ProcessorConfig(max_len=60), too_long="skip")
     assert len(core.pool) == 3
     with pytest.raises(ValueError, match="every example"):
-        TokenKeepCore(tiny_lm, long, max_len=30, too_long="skip")
+        TokenKeepCore(tiny_lm, long, processor=ProcessorConfig(max_len=30), too_long="skip")
 
 
 def test_batched_vec_env_equals_single_envs(tiny_lm):
-    core = TokenKeepCore(tiny_lm, cost_range=(0.0, 1.0), **{k: v for k, v in KW.items() if k != "token_cost"})
+    core = TokenKeepCore(tiny_lm, **KW_RANGE)
     venv = BatchedTokenKeepVecEnv(core, n_envs=4, seed=11)
     obs = venv.reset()
     rng = np.random.default_rng(0)
@@ -133,10 +148,8 @@ def test_batched_vec_env_equals_single_envs(tiny_lm):
     _, rewards, dones, infos = venv.step(actions)
     assert dones.all()
     for r in range(4):
-        env = TokenKeepEnv(
-            core=TokenKeepCore(tiny_lm, cost_range=(0.0, 1.0), **{k: v for k, v in KW.items() if k != "token_cost"})
-        )
-        o, _ = env.reset(options={"index": episodes[r][0], "token_cost": episodes[r][1]})
+        env = TokenKeepEnv(core=TokenKeepCore(tiny_lm, **KW_RANGE))
+        o, _ = env.reset(options={"index": episodes[r][0], "budget": episodes[r][1]})
         assert np.array_equal(o["input_ids"], obs["input_ids"][r])
         _, rew, _, _, info = env.step(actions[r])
         assert rew == pytest.approx(float(rewards[r]), abs=1e-4)
@@ -172,9 +185,17 @@ def test_caches_are_bounded(tiny_lm):
     for i in range(5):
         cache.put(i, i)
     assert list(cache.data) == [2, 3, 4]
-    core = TokenKeepCore(tiny_lm, cache_bytes=20_000, **KW)
-    core.observe(list(range(len(core.pool))), [0.3] * len(core.pool))
-    assert core.cache.used <= 20_000 or len(core.cache.data) == 1
+    core = TokenKeepCore(tiny_lm, **KW)
+    core.observe(list(range(len(core.pool))), [Budget()] * len(core.pool))
+    sizes = [core.cache.cost(v) for v in core.cache.data.values()]
+    assert len(sizes) == len(core.pool)  # unbounded enough: everything fits
+    bound = 3.5 * max(sizes)  # room for three entries, not for all twelve
+    small = TokenKeepCore(tiny_lm, cache_bytes=bound, **KW)
+    small.observe(list(range(len(small.pool))), [Budget()] * len(small.pool))
+    assert small.cache.used <= bound
+    assert 1 < len(small.cache.data) < len(small.pool)
+    # the most recently used examples are the ones kept
+    assert list(small.cache.data)[-1] == ("feat", len(small.pool) - 1)
 
 
 def test_custom_score_function(tiny_lm):
@@ -200,7 +221,7 @@ def test_full_scores_are_cached(tiny_lm, monkeypatch):
     monkeypatch.setattr(tiny_lm, "score_answers", lambda *a, **k: calls.append(1) or orig(*a, **k))
     core.full_scores([0, 1])
     assert not calls
-    core.observe([0], [0.3])
+    core.observe([0], [Budget()])
     assert torch.is_tensor(core.cache.get(("feat", 0)))
 
 
@@ -209,12 +230,13 @@ def test_default_model_keep_nothing_scores_lower():
     from envs.frozen_lm import FrozenLM
 
     lm = FrozenLM.load()
-    env = TokenKeepEnv(lm, tasks="passkey:train:n=4,filler=2", max_len=128, token_cost=0.0)
+    free = BudgetConfig(cost_low=0.0, cost_high=1.0, default_token_cost=0.0)
+    env = TokenKeepEnv(lm, tasks="passkey:train:n=4,filler=2", processor=ProcessorConfig(max_len=128), budget=free)
     gaps = []
     for i in range(4):
-        env.reset(options={"index": i})
+        env.reset(options={"index": i, "budget": Budget(token_cost=0.0)})
         _, r_all, _, _, info_all = env.step(np.ones(128, np.int8))
-        env.reset(options={"index": i})
+        env.reset(options={"index": i, "budget": Budget(token_cost=0.0)})
         _, r_none, _, _, info_none = env.step(np.zeros(128, np.int8))
         gaps.append(info_all["task_score"] - info_none["task_score"])
         assert r_all == 0.0

@@ -1,17 +1,22 @@
 import json
+import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agents.baselines import BASELINES, make_baselines, select
-from agents.config import resolve_config
+from agents.baselines import BASELINES, make_baselines
+from agents.config import PRESETS, PPOConfig, RunConfig, TaskConfig
 from agents.evaluate import evaluate
 from agents.ppo import train
 from agents.run_eval import EvalArgs, run_eval
-from envs.tasks import encode_example, make_examples
+from envs.examples import encode_example
+from envs.task_families import make_examples
+from policies.budget import Budget, keep_top
+from policies.processor import ProcessorConfig
 from policies.reducer import ReducerError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,24 +44,26 @@ def _encs(lm, family="qa", n=6):
     return [encode_example(lm.tokenizer, ex) for ex in make_examples(family, "heldout", n, seed=2)]
 
 
-def test_select_meets_rate_and_breaks_ties_by_position():
+def test_keep_top_meets_rate_and_breaks_ties_by_position():
     for n in (1, 2, 7, 50):
         for rate in (0.01, 0.3, 0.5, 0.99, 1.0):
-            keep = select(np.zeros(n), rate)
+            keep = keep_top(np.zeros(n), Budget(rate=rate).keep_count(n))
             assert abs(keep.sum() - rate * n) <= 1 and keep.sum() >= 1
             assert keep[: keep.sum()].all(), "ties go to earlier tokens"
+    assert keep_top([0.1, 0.9, 0.5, 0.9], 2).tolist() == [False, True, False, True]
 
 
 def test_every_baseline_meets_its_rate(tiny_lm):
     encs = _encs(tiny_lm)
     for method in make_baselines(BASELINES, tiny_lm):
-        scores = method.scores(encs)
-        assert [len(s) for s in scores] == [len(e.context) for e in encs], method.name
         for rate in (0.2, 0.5, 0.8):
-            for e, s in zip(encs, scores, strict=True):
-                kept = select(s, rate).sum() if method.uses_rate else len(s)
-                expected = rate * len(e.context) if method.uses_rate else len(e.context)
-                assert abs(kept - expected) <= 1, (method.name, rate)
+            masks = method.keep(encs, Budget(rate=rate))
+            assert [len(m) for m in masks] == [len(e.context) for e in encs], method.name
+            for e, m in zip(encs, masks, strict=True):
+                if method.uses_rate:
+                    assert m.sum() == Budget(rate=rate).keep_count(len(e.context)), (method.name, rate)
+                else:  # full context ignores the budget and keeps everything
+                    assert m.all(), method.name
 
 
 def test_report_keys_and_oracle_beats_random_on_evidence(tiny_lm):
@@ -82,34 +89,28 @@ def test_report_keys_and_oracle_beats_random_on_evidence(tiny_lm):
 
 
 def test_eval_errors(tiny_lm, tmp_path):
-    base = dict(out=str(tmp_path / "r"), baselines=["full"])
+    base = dict(out=str(tmp_path / "r"), baselines=("full",))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        run_eval(EvalArgs(tasks="kv:heldout", rates=[0.5, 1.5], **base), lm=tiny_lm)
+        run_eval(EvalArgs(tasks="kv:heldout", rates=(0.5, 1.5), **base), lm=tiny_lm)
     with pytest.raises(ValueError, match="unknown task spec"):
         run_eval(EvalArgs(tasks="nope:heldout", **base), lm=tiny_lm)
     with pytest.raises(ReducerError, match="not found"):
-        run_eval(EvalArgs(tasks="kv:heldout", reducers=[str(tmp_path / "missing")], **base), lm=tiny_lm)
+        run_eval(EvalArgs(tasks="kv:heldout", reducer=(str(tmp_path / "missing"),), **base), lm=tiny_lm)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"context": "a", "question": "q", "answer": "a"}\n{"context": 1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         run_eval(EvalArgs(tasks=f"jsonl:{bad}", **base), lm=tiny_lm)
     with pytest.raises(ValueError, match="unknown baseline"):
-        run_eval(EvalArgs(tasks="kv:heldout", out=str(tmp_path / "r"), baselines=["magic"]), lm=tiny_lm)
+        run_eval(EvalArgs(tasks="kv:heldout", out=str(tmp_path / "r"), baselines=("magic",)), lm=tiny_lm)
 
 
 def test_end_to_end_smoke_train_export_eval(tiny_lm, tmp_path):
-    cfg = resolve_config(
-        "smoke",
-        dict(
-            tasks="kv:train:n=16,distractors=2",
-            eval_freq=0,
-            max_len=128,
-            total_timesteps=64,
-            n_envs=4,
-            n_steps=8,
-            batch_size=16,
-            progress_bar=False,
-        ),
+    cfg = replace(
+        PRESETS["smoke"],
+        tasks=TaskConfig(train="kv:train:n=16,distractors=2"),
+        processor=ProcessorConfig(max_len=128),
+        ppo=PPOConfig(total_timesteps=64, n_envs=4, n_steps=8, batch_size=16),
+        run=RunConfig(eval_freq=0, progress_bar=False),
     )
     train(cfg, tmp_path / "run", lm=tiny_lm)
     reducer_dir = tmp_path / "run" / "reducer"
@@ -129,9 +130,9 @@ def test_end_to_end_smoke_train_export_eval(tiny_lm, tmp_path):
         EvalArgs(
             tasks=f"kv:heldout:n=4,distractors=2,jsonl:{data}",
             out=str(tmp_path / "report"),
-            reducers=[str(reducer_dir)],
-            baselines=["full", "random", "oracle"],
-            rates=[0.5],
+            reducer=(str(reducer_dir),),
+            baselines=("full", "random", "oracle"),
+            rates=(0.5,),
             progress=False,
         ),
         lm=tiny_lm,
@@ -144,21 +145,41 @@ def test_end_to_end_smoke_train_export_eval(tiny_lm, tmp_path):
     assert not [r for r in report["results"] if r["method"] == "oracle" and r["task"].startswith("jsonl")]
     assert "tokenkeep:run" in table and "<span class='k'>" in (out / "examples.html").read_text()
     with pytest.raises(FileExistsError):
-        run_eval(EvalArgs(tasks="kv:heldout:n=2", out=str(out), baselines=["full"]), lm=tiny_lm)
+        run_eval(EvalArgs(tasks="kv:heldout:n=2", out=str(out), baselines=("full",)), lm=tiny_lm)
 
 
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 def test_cli_help(script):
-    out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
+    env = dict(os.environ, COLUMNS="200")
+    out = subprocess.run(
+        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, check=True, env=env
+    )
     assert "--out" in out.stdout
     if script == "train.py":
-        for opt in ("--preset", "--resume", "--total-timesteps", "--cost-low", "--seed"):
+        for opt in ("--preset", "--resume", "--ppo.total-timesteps", "--budget.cost-low", "--run.seed"):
             assert opt in out.stdout
+
+
+def test_train_help_shows_the_chosen_presets_values():
+    def total_timesteps_default(preset):
+        out = subprocess.run(
+            [sys.executable, "train.py", "--preset", preset, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, COLUMNS="80"),  # one column: an option's default follows it
+        ).stdout
+        after = out[out.index("--ppo.total-timesteps INT") :]
+        return after[: after.index(")") + 1]
+
+    assert f"(default: {PRESETS['default'].ppo.total_timesteps})" in total_timesteps_default("default")
+    assert f"(default: {PRESETS['smoke'].ppo.total_timesteps})" in total_timesteps_default("smoke")
 
 
 def test_cli_errors_are_clear():
     out = subprocess.run(
-        [sys.executable, "eval.py", "--tasks", "kv:heldout", "--rates", "0,2", "--out", "/tmp/x"],
+        [sys.executable, "eval.py", "--tasks", "kv:heldout", "--rates", "0", "2", "--out", "/tmp/x"],
         cwd=ROOT,
         capture_output=True,
         text=True,

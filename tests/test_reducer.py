@@ -1,44 +1,53 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from agents.config import resolve_config
+from agents.config import PRESETS, RunConfig
+from agents.export import export_onnx, export_reducer
 from agents.ppo import build_ppo
 from envs.core import TokenKeepCore
 from envs.vec_env import BatchedTokenKeepVecEnv
-from policies.export import export_reducer
-from policies.reducer import ReducerError, TokenReducer
+from policies import Budget, TokenReducer
+from policies.budget import BudgetConfig
+from policies.network import NetworkConfig
+from policies.processor import ProcessorConfig, encode_question
+from policies.reducer import ReducerError
 from tests.conftest import build_tiny_tokenizer, make_tiny_lm
 
 MAX_LEN = 128
 
 
-def _config(**kw):
-    base = dict(max_len=MAX_LEN, d_model=32, n_layers=1, n_heads=2, progress_bar=False, eval_cost=0.4)
-    base.update(kw)
-    return resolve_config("smoke", base)
+def _config(feature_layer=0):
+    return replace(
+        PRESETS["smoke"],
+        processor=ProcessorConfig(max_len=MAX_LEN, feature_layer=feature_layer),
+        budget=BudgetConfig(cost_low=0.2, cost_high=1.0, default_token_cost=0.4),
+        network=NetworkConfig(d_model=32, n_layers=1, n_heads=2),
+        run=RunConfig(progress_bar=False),
+    )
+
+
+def _spread_keep_head(net, obs):
+    """Give the keep head non-trivial weights, centred so that about half the tokens are kept."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.keep_head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 2.0)
+        net.keep_head[-1].bias.zero_()
+        logits, _ = net({k: torch.as_tensor(v) for k, v in obs.items()})
+        net.keep_head[-1].bias.fill_(-float(logits[torch.as_tensor(obs["reducible_mask"]).bool()].median()))
 
 
 def _model(tiny_lm, feature_layer=0):
-    cfg = _config(feature_layer=feature_layer)
-    core = TokenKeepCore(
-        tiny_lm, "kv:train:n=12,distractors=3", max_len=MAX_LEN, feature_layer=feature_layer, cost_range=(0.2, 1.0)
-    )
+    cfg = _config(feature_layer)
+    core = TokenKeepCore(tiny_lm, "kv:train:n=12,distractors=3", processor=cfg.processor, budget=cfg.budget)
     model = build_ppo(cfg, BatchedTokenKeepVecEnv(core, n_envs=4, seed=0), None)
-    # Give the keep head non-trivial weights so decisions vary per token.
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.policy.net.keep_head.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 2.0)
-        # Centre the logits so that about half the tokens are kept.
-        model.policy.net.keep_head[-1].bias.zero_()
-        obs = {k: torch.as_tensor(v) for k, v in core.observe(range(len(core.pool)), [0.5] * len(core.pool)).items()}
-        logits, _ = model.policy.net(obs["features"], obs["attention_mask"], obs["reducible_mask"], obs["token_cost"])
-        model.policy.net.keep_head[-1].bias.fill_(-float(logits[obs["reducible_mask"].bool()].median()))
+    _spread_keep_head(model.policy.net, core.observe(range(len(core.pool)), [Budget()] * len(core.pool)))
     return model, core, cfg
 
 
@@ -57,17 +66,21 @@ def test_parity_with_sb3_deterministic_action(tiny_lm, tmp_path, feature_layer):
     reducer = TokenReducer.from_pretrained(tmp_path / "r")
     idx = list(range(len(core.pool)))
     for cost in (0.2, 0.7):
-        obs = core.observe(idx, [cost] * len(idx))
+        budgets = [Budget(token_cost=cost)] * len(idx)
+        obs = core.observe(idx, budgets)
         actions, _ = model.predict(obs, deterministic=True)
-        logits = reducer.keep_logits(
-            [core.pool[i].context for i in idx], [core.pool[i].question for i in idx], [cost] * len(idx)
+        logits = reducer.keep_logits([core.pool[i].context for i in idx], [core.pool[i].question for i in idx], budgets)
+        # the text API gives the same decisions from the example's text
+        texts = reducer.reduce_batch(
+            [core.pool[i].example.context for i in idx], [core.pool[i].example.question for i in idx], token_cost=cost
         )
         n_diff, n_kept, n_total = 0, 0, 0
         for r, i in enumerate(idx):
             q, c = len(core.pool[i].question), len(core.pool[i].context)
             sb3 = actions[r][q : q + c].astype(bool)
             n_kept, n_total = n_kept + sb3.sum(), n_total + c
-            n_diff += int((sb3 != (logits[r] > 0).numpy()).sum())
+            n_diff += int((sb3 != (logits[r] > 0)).sum())
+            n_diff += int((sb3 != texts[r].keep_mask).sum())
         assert 0.1 < n_kept / n_total < 0.9, "the test needs mixed decisions"
         assert n_diff == 0
 
@@ -78,9 +91,10 @@ def test_saved_files_and_no_pickle(exported):
     assert {"reducer_config.json", "model.safetensors", "tokenizer.json"} <= names
     assert not [n for n in names if n.endswith((".pkl", ".pt", ".bin", ".zip"))]
     cfg = json.loads((out / "reducer_config.json").read_text())
-    for key in ("format_version", "base_model", "tokenizer", "max_len", "feature_layer", "budget", "package_version"):
+    for key in ("format_version", "base_model", "tokenizer", "processor", "budget", "network", "package_version"):
         assert key in cfg
-    assert cfg["budget"]["cost_low"] == 0.2
+    assert cfg["budget"] == {"cost_low": 0.2, "cost_high": 1.0, "default_token_cost": 0.4}
+    assert cfg["processor"] == {"max_len": MAX_LEN, "feature_layer": 0}
 
 
 def test_rate_and_target_are_met_and_deterministic(exported):
@@ -183,14 +197,34 @@ def test_other_tokenizer_or_model_is_refused(exported, tiny_lm):
 
 def test_generate_helper(exported, tiny_lm):
     reducer = TokenReducer.from_pretrained(exported[2])
-    text = reducer.generate(
-        tiny_lm,
-        "The code for otter is 1234. The sky is blue.",
-        "What is the code for otter?",
-        rate=0.5,
-        max_new_tokens=4,
+    context, question = "The code for otter is 1234. The sky is blue.", "What is the code for otter?"
+    text = reducer.generate(tiny_lm, context, question, rate=0.5, max_new_tokens=4)
+    # the same as reducing, building the prompt by hand and decoding greedily with the frozen model
+    red = reducer.reduce(context, question, rate=0.5)
+    prompt, span = tiny_lm.build_prompt(red.kept_ids, encode_question(tiny_lm.tokenizer, question))
+    assert prompt[span] == red.kept_ids and red.kept_tokens < red.original_tokens
+    want = tiny_lm.decode(tiny_lm.generate([prompt], max_new_tokens=4)[0])
+    assert text == want and len(tiny_lm.generate([prompt], max_new_tokens=4)[0]) > 0
+
+
+def test_untrained_reducer_without_ppo(tiny_lm, tmp_path):
+    reducer = TokenReducer.from_base_model(tiny_lm.model, tiny_lm.tokenizer, spec=tiny_lm.spec)
+    red = reducer.reduce("The code for otter is 1234. The sky is blue.", "Code?", rate=0.5)
+    assert red.kept_tokens == round(0.5 * red.original_tokens)
+    reducer.save_pretrained(tmp_path / "r")
+    again = TokenReducer.from_pretrained(tmp_path / "r")
+    assert again.reduce("The code for otter is 1234. The sky is blue.", "Code?", rate=0.5).kept_ids == red.kept_ids
+
+
+def test_policies_exports():
+    import policies
+
+    for name in ("TokenReducer", "Reduction", "ReducerError", "Budget", "BudgetConfig", "ProcessorConfig"):
+        assert hasattr(policies, name), name
+    code = "from policies import TokenReducer; print(TokenReducer.__name__)"
+    assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout == (
+        "TokenReducer\n"
     )
-    assert isinstance(text, str)
 
 
 def test_export_is_atomic(exported, tiny_lm, tmp_path, monkeypatch):
@@ -216,7 +250,7 @@ def test_export_is_atomic(exported, tiny_lm, tmp_path, monkeypatch):
 
 def test_reducer_imports_no_trainer():
     code = (
-        "import sys, policies.reducer; "
+        "import sys, policies, policies.reducer; "
         "bad = [m for m in ('stable_baselines3', 'gymnasium', 'envs', 'agents') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -225,27 +259,19 @@ def test_reducer_imports_no_trainer():
 
 def test_onnx_parity(exported, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from policies.export import export_onnx
 
     reducer = TokenReducer.from_pretrained(exported[2])
     path = export_onnx(reducer, tmp_path / "policy.onnx")
     sess = ort.InferenceSession(str(path))
     torch.manual_seed(0)
-    f = torch.randn(2, 20, reducer.network.config.feature_dim)
+    f = torch.randn(2, 20, reducer.network.feature_dim)
     att = torch.ones(2, 20, dtype=torch.long)
     att[1, 15:] = 0
     red = att.clone()
     red[:, :4] = 0
     cost = torch.tensor([[0.3], [0.8]])
-    want = reducer.network(f, att, red, cost)[0].detach().numpy()
-    got = sess.run(
-        None,
-        {
-            "features": f.numpy(),
-            "attention_mask": att.numpy(),
-            "reducible_mask": red.numpy(),
-            "token_cost": cost.numpy(),
-        },
-    )[0]
+    feeds = {"features": f, "attention_mask": att, "reducible_mask": red, "budget": cost}
+    want = reducer.network(feeds)[0].detach().numpy()
+    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
     assert np.allclose(got[0], want[0], atol=1e-4)
     assert np.allclose(got[1, :15], want[1, :15], atol=1e-4)

@@ -2,19 +2,16 @@ import json
 
 import pytest
 
-from envs.tasks import (
-    TaskSpec,
-    encode_example,
-    load_jsonl,
-    load_tasks,
-    make_examples,
-    split_specs,
-)
+from envs import task_data
+from envs.examples import encode_example
+from envs.jsonl_tasks import load_jsonl
+from envs.task_families import FAMILIES, make_examples
+from envs.task_specs import TaskSpec, load_tasks, split_specs
 
 NAMES_TRAIN = {"Alice", "Bob", "Carol"}
 
 
-@pytest.mark.parametrize("family", ["passkey", "kv", "qa"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_generation_is_deterministic_and_records_evidence(family):
     a = make_examples(family, "train", 5, seed=3)
     b = make_examples(family, "train", 5, seed=3)
@@ -27,12 +24,13 @@ def test_generation_is_deterministic_and_records_evidence(family):
         # the answer is recoverable from the evidence text
         evidence_text = " ".join(ex.context[s:e] for s, e in ex.evidence)
         assert ex.answer.strip() in evidence_text
+        assert ex.question and ex.answer_prefix
         if ex.choices is not None:
             assert ex.answer in ex.choices
             assert len(set(ex.choices)) == len(ex.choices)
 
 
-@pytest.mark.parametrize("family", ["passkey", "kv", "qa"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_heldout_differs_beyond_seed(family):
     train = make_examples(family, "train", 60, seed=0)
     held = make_examples(family, "heldout", 60, seed=0)
@@ -45,13 +43,41 @@ def test_heldout_differs_beyond_seed(family):
     assert mean(held) > mean(train)
 
 
-def test_heldout_names_and_keys_unseen():
-    from envs import tasks
+def test_heldout_vocabulary_unseen():
+    banks = [getattr(task_data, name) for name in dir(task_data) if name.isupper()]
+    assert len(banks) >= 10
+    for bank in banks:
+        assert set(bank) == {"train", "heldout"}
+        assert not set(bank["train"]) & set(bank["heldout"]), bank["heldout"]
 
-    assert not set(tasks._NAMES["train"]) & set(tasks._NAMES["heldout"])
-    assert not set(tasks._KV_KEYS["train"]) & set(tasks._KV_KEYS["heldout"])
-    assert not set(tasks._FILLER["train"]) & set(tasks._FILLER["heldout"])
-    assert not set(tasks._CITIES["train"]) & set(tasks._CITIES["heldout"])
+
+def test_multihop_chains_two_or_three_facts():
+    exs = make_examples("multihop", "heldout", 40, seed=5)
+    hops = {len(ex.evidence) for ex in exs}
+    assert hops == {2, 3}
+    for ex in exs:
+        asked = ex.question.removeprefix("Where is the ").removesuffix("?")
+        facts = [ex.context[s:e] for s, e in ex.evidence]
+        # the last link (the person's place) does not mention the asked object: overlap alone cannot find it
+        place_fact = next(f for f in facts if ex.answer.strip() in f)
+        assert not set(asked.split()) & set(place_fact.rstrip(".").split())
+        # distractor objects share a word with the asked one
+        assert sum(asked.split()[0] in s or asked.split()[1] in s for s in ex.context.split(". ")) > 1
+        assert len(ex.choices) == 4 and ex.answer in ex.choices
+
+
+def test_state_latest_fact_decides():
+    for ex in make_examples("state", "heldout", 40, seed=5):
+        person = ex.question.split()[2]
+        moves = [s for s in ex.context.split(". ") if f"{person} " in s and "the" in s]
+        assert len(moves) >= 3  # the held-out target moves 3 to 5 times
+        (s, e) = ex.evidence[0]
+        assert len(ex.evidence) == 1 and ex.answer.strip() in ex.context[s:e]
+        # the evidence is the target's last move
+        assert ex.context.rfind(person) < e
+        # choices include earlier places of the same person
+        earlier = {c for c in ex.choices if c != ex.answer and c.strip() in " ".join(moves)}
+        assert earlier
 
 
 def test_distractors_and_filler_parameters():

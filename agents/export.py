@@ -1,0 +1,152 @@
+"""Export a trained PPO policy as a :class:`~policies.reducer.TokenReducer` directory (optionally ONNX too).
+
+Usage:
+    python -m agents.export --checkpoint runs/default --out reducers/default
+    python -m agents.export --checkpoint runs/default/checkpoints/ckpt_000001024.zip --out r/ --onnx
+
+``--checkpoint`` takes a run directory (its ``final_model.zip``, else its latest checkpoint) or a checkpoint
+file inside a run directory; the run's ``config.json`` says which frozen model and processor to use.
+Training calls :func:`export_reducer` when it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.config import TrainConfig, load_config
+from envs.frozen_lm import FrozenLM
+from policies.fileio import atomic_directory
+from policies.network import TokenKeepNetwork
+from policies.reducer import TokenReducer
+
+
+def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> TokenReducer:
+    """A TokenReducer over the live frozen model and a copy of the policy's current network (nothing saved).
+
+    Used for the exported reducer and for training-time evaluation, so both go through the deployed code.
+
+    Args:
+        policy: The SB3 :class:`~policies.sb3_policy.TokenKeepPolicy` (``model.policy``).
+        lm: The frozen model it was trained over (its weights are shared, not copied).
+        config: The run's config.
+    """
+    net = policy.net
+    network = TokenKeepNetwork(net.config, net.feature_dim, net.budget_size)
+    network.load_state_dict(net.state_dict())
+    return TokenReducer.from_base_model(
+        lm.model,
+        lm.tokenizer,
+        spec=lm.spec,
+        file_hash=lm.file_hash,
+        processor=config.processor,
+        budget=config.budget,
+        network=network,
+        trained_on={"tasks": config.tasks.train, "reward": config.tasks.reward, "seed": config.run.seed},
+    )
+
+
+def export_onnx(reducer: TokenReducer, path: Path) -> Path:
+    """Export the keep network (observation -> keep logits) to ONNX; the feature module stays in torch."""
+    d, k, n = reducer.network.feature_dim, reducer.network.budget_size, 16
+    names = ["features", "attention_mask", "reducible_mask", "budget"]
+    ones = torch.ones(1, n, dtype=torch.long)
+    args = (torch.zeros(1, n, d), ones, ones.clone(), torch.ones(1, k))
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, net: TokenKeepNetwork) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, features, attention_mask, reducible_mask, budget):  # noqa: D102
+            obs = {"features": features, "attention_mask": attention_mask, "reducible_mask": reducible_mask}
+            return self.net(obs | {"budget": budget})[0]
+
+    torch.onnx.export(
+        _Logits(reducer.network),
+        args,
+        str(path),
+        input_names=names,
+        output_names=["keep_logits"],
+        dynamic_axes={name: {0: "batch", 1: "tokens"} for name in names[:3]}
+        | {"budget": {0: "batch"}, "keep_logits": {0: "batch", 1: "tokens"}},
+        dynamo=False,
+    )
+    return path
+
+
+def export_reducer(
+    model: Any, lm: FrozenLM, config: TrainConfig, out: str | os.PathLike[str], onnx: bool = False
+) -> Path:
+    """Write ``out`` as a reducer directory, atomically (a temporary directory, then rename).
+
+    Args:
+        model: The SB3 PPO model (or its policy).
+        lm: The frozen model it was trained over.
+        config: The run's config.
+        out: Target directory; must not exist or be empty.
+        onnx: Also write ``policy.onnx`` (needs the ``onnx`` package).
+
+    Returns:
+        The directory.
+    """
+    reducer = reducer_from_policy(getattr(model, "policy", model), lm, config)
+    with atomic_directory(out) as tmp:
+        reducer.write_files(tmp)
+        if onnx:
+            export_onnx(reducer, tmp / "policy.onnx")
+    return Path(out)
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(checkpoint zip, run directory)`` for a run directory or a checkpoint file inside one.
+
+    Raises:
+        FileNotFoundError: If no checkpoint or no config.json is found.
+    """
+    p = Path(path)
+    if p.is_dir():
+        run = p
+        ckpt = p / "final_model.zip"
+        if not ckpt.exists():
+            found = sorted((p / "checkpoints").glob("ckpt_*.zip"))
+            if not found:
+                raise FileNotFoundError(f"{p} has neither final_model.zip nor checkpoints/ckpt_*.zip")
+            ckpt = found[-1]
+    elif p.is_file():
+        ckpt = p
+        run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}/config.json not found: cannot tell which frozen model {ckpt} used")
+    return ckpt, run
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint .zip inside one")
+    parser.add_argument("--out", required=True, help="reducer directory to write (must not exist or be empty)")
+    parser.add_argument("--onnx", action="store_true", help="also export the keep network as policy.onnx")
+    args = parser.parse_args(argv)
+    from stable_baselines3 import PPO
+
+    try:
+        ckpt, run = resolve_checkpoint(args.checkpoint)
+        config = load_config(run / "config.json")
+        lm = FrozenLM.load(config.model.spec, dtype=config.model.dtype)
+        model = PPO.load(ckpt, device="cpu")
+        out = export_reducer(model, lm, config, args.out, onnx=args.onnx)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(f"exported {ckpt} -> {out}")
+
+
+if __name__ == "__main__":
+    main()

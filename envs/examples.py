@@ -1,0 +1,101 @@
+"""Task examples and their tokenised form.
+
+An :class:`Example` is ``(context, question, answer)`` with optional answer choices, an optional answer prefix
+that opens the model's turn, and optional evidence spans (character offsets into the context). Only the
+context is reducible; the instruction, question and answer prefix are always kept.
+
+:func:`encode_example` tokenises the context and question with :mod:`policies.processor`, the same code the
+deployed reducer uses, so a training observation and a deployed one are built from identical token ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from policies.processor import encode_context, encode_question, encode_text
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task instance.
+
+    Attributes:
+        context: The reducible text.
+        question: The question; always kept.
+        answer: The gold answer, as the model should continue after ``answer_prefix`` (usually with a leading
+            space, e.g. ``" 48213"``).
+        choices: Optional answer options (each formatted like ``answer``); ``answer`` is one of them.
+        answer_prefix: Text that opens the model's turn, always kept (e.g. ``"The pass key is"``).
+        evidence: Character spans ``(start, end)`` of the context that answer the question.
+        family: Name of the family or file it came from.
+    """
+
+    context: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+    answer_prefix: str = ""
+    evidence: tuple[tuple[int, int], ...] = ()
+    family: str = "custom"
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """An :class:`Example` tokenised for one tokenizer.
+
+    Attributes:
+        example: The source example.
+        context: Context token ids (the reducible span).
+        question: Question token ids (:func:`policies.processor.encode_question`).
+        answer_prefix: Answer-prefix token ids.
+        answer: Gold answer token ids.
+        choices: Token ids of each choice, or None.
+        evidence: Per context token, True where the token overlaps an evidence span.
+    """
+
+    example: Example
+    context: tuple[int, ...]
+    question: tuple[int, ...]
+    answer_prefix: tuple[int, ...]
+    answer: tuple[int, ...]
+    choices: tuple[tuple[int, ...], ...] | None
+    evidence: tuple[bool, ...]
+
+    @property
+    def answer_index(self) -> int | None:
+        """Index of the gold answer among the choices, or None without choices."""
+        if self.example.choices is None:
+            return None
+        return self.example.choices.index(self.example.answer)
+
+
+def encode_example(tokenizer: Any, ex: Example) -> EncodedExample:
+    """Tokenise an example without special tokens and map its evidence spans onto context tokens.
+
+    Args:
+        tokenizer: A Hugging Face fast tokenizer (offsets are needed for evidence).
+        ex: The example.
+
+    Returns:
+        The encoded example.
+
+    Raises:
+        ValueError: If the context or answer encodes to no tokens.
+    """
+    ctx, evidence = encode_context(tokenizer, ex.context, ex.evidence)
+    answer = encode_text(tokenizer, ex.answer)
+    if not ctx:
+        raise ValueError(f"example from {ex.family}: the context encodes to no tokens")
+    if not answer:
+        raise ValueError(f"example from {ex.family}: the answer encodes to no tokens")
+    choices = tuple(encode_text(tokenizer, c) for c in ex.choices) if ex.choices is not None else None
+    return EncodedExample(
+        example=ex,
+        context=ctx,
+        question=encode_question(tokenizer, ex.question),
+        answer_prefix=encode_text(tokenizer, ex.answer_prefix),
+        answer=answer,
+        choices=choices,
+        evidence=evidence,
+    )

@@ -1,0 +1,93 @@
+"""Word banks of the synthetic task families, one per split.
+
+Held-out banks share no name, key, place, object or filler sentence with the training banks, so a held-out
+score measures transfer to unseen vocabulary (tests check the disjointness).
+"""
+
+from __future__ import annotations
+
+FILLER = {
+    "train": [
+        "The grass is green.", "The sky is blue.", "The sun is warm today.", "Birds sing in the morning.",
+        "A cat sleeps on the mat.", "The road goes on and on.", "Clouds drift over the hills.",
+        "The old clock ticks slowly.", "Bread is baked in the oven.", "Children play in the park.",
+        "The wind moves the tall trees.", "A boat floats on the lake.", "Leaves fall in the autumn.",
+        "The shop opens at nine.", "Rain taps on the window.", "The dog runs after the ball.",
+    ],
+    "heldout": [
+        "Rivers carry silt toward distant deltas.", "Glaciers carve valleys over centuries.",
+        "Lanterns flicker along the harbour wall.", "Merchants haggle beneath striped awnings.",
+        "Violins echo through the marble hall.", "Copper kettles hang above the stove.",
+        "Fishermen mend nets before dawn.", "Pilgrims rest beside the stone chapel.",
+        "Owls hunt across frosty meadows.", "Printers stack fresh pamphlets by the door.",
+        "Sailors chart routes by starlight.", "Bees gather nectar from clover blossoms.",
+    ],
+}  # fmt: skip
+
+KV_KEYS = {
+    "train": [
+        "falcon", "otter", "badger", "heron", "lynx", "walrus", "beaver", "gecko", "marmot", "bison", "ferret",
+        "jackal", "koala", "lemur", "moose", "panda", "raven", "salmon", "tapir", "zebra", "camel", "donkey",
+        "eagle", "hamster", "iguana", "llama", "parrot", "rabbit", "shark", "turtle",
+    ],
+    "heldout": [
+        "apricot", "cabbage", "fennel", "guava", "lentil", "mango", "nutmeg", "olive", "papaya", "quince",
+        "radish", "saffron", "tomato", "walnut", "yam", "almond", "basil", "cherry", "date", "endive",
+    ],
+}  # fmt: skip
+
+NAMES = {
+    "train": [
+        "Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Karen", "Liam",
+        "Maria", "Nathan", "Olivia", "Peter", "Quinn", "Rachel", "Steve", "Tina",
+    ],
+    "heldout": [
+        "Ingrid", "Mateo", "Yusuf", "Priya", "Sven", "Aiko", "Dmitri", "Fatima", "Kofi", "Lucia", "Ravi",
+        "Zofia", "Tariq", "Elif",
+    ],
+}  # fmt: skip
+
+CITIES = {
+    "train": [
+        "Paris", "London", "Tokyo", "Rome", "Berlin", "Madrid", "Moscow", "Cairo", "Sydney", "Toronto",
+        "Chicago", "Dublin",
+    ],
+    "heldout": ["Lisbon", "Vienna", "Prague", "Oslo", "Athens", "Warsaw", "Seoul", "Lima", "Nairobi", "Helsinki"],
+}  # fmt: skip
+
+JOBS = {
+    "train": ["baker", "doctor", "teacher", "pilot", "farmer", "lawyer", "painter", "nurse"],
+    "heldout": ["chemist", "librarian", "carpenter", "jeweller", "surveyor", "translator"],
+}
+
+PETS = {
+    "train": ["a dog", "a cat", "a parrot", "a rabbit", "a hamster"],
+    "heldout": ["a tortoise", "a ferret", "a canary", "a goldfish"],
+}
+
+# Places people go to and objects they carry (multi-hop and state-tracking families).
+PLACES = {
+    "train": [
+        "kitchen", "garden", "garage", "bedroom", "office", "hallway", "basement", "balcony", "bathroom", "porch",
+    ],
+    "heldout": ["attic", "cellar", "library", "pantry", "studio", "veranda", "workshop", "greenhouse", "chapel"],
+}  # fmt: skip
+
+COLOURS = {
+    "train": ["red", "blue", "green", "yellow", "black", "white"],
+    "heldout": ["amber", "violet", "silver", "crimson", "ivory", "teal"],
+}
+
+OBJECTS = {
+    "train": ["key", "cup", "book", "ball", "hat", "phone", "lamp", "coin"],
+    "heldout": ["compass", "lantern", "ribbon", "flute", "scarf", "medal", "candle"],
+}
+
+CONTAINERS = {
+    "train": ["box", "bag", "basket", "drawer"],
+    "heldout": ["satchel", "crate", "chest", "tin"],
+}
+
+# Verbs: training and held-out splits phrase the same facts with different verbs.
+CARRY_VERBS = {"train": ["picked up", "took", "grabbed"], "heldout": ["collected", "fetched", "lifted"]}
+MOVE_VERBS = {"train": ["went to", "walked to", "moved to"], "heldout": ["travelled to", "headed to", "wandered to"]}

@@ -1,0 +1,282 @@
+"""Synthetic task families: generators of :class:`~envs.examples.Example` with recorded evidence spans.
+
+Each family has a ``train`` and a ``heldout`` split that differ beyond the seed: held-out examples use names,
+keys, places, objects, verbs and filler vocabulary never used in training (see :mod:`envs.task_data`), and
+longer contexts.
+
+* ``passkey``: a pass key hidden in filler text (exact match).
+* ``kv``: the code of one key among distractor key/code pairs (exact match).
+* ``qa``: which city one person lives in, among facts about many people and filler (4 choices).
+* ``multihop``: where an object is, through 2-3 chained facts: the object may lie in a container, a person
+  carries the object (or container), and that person is at a place. Distractor objects share words with the
+  asked one (same colour or same noun), so overlap with the question finds the first link but not the last
+  (4 choices).
+* ``state``: where a person is *now*, after several moves; later facts override earlier ones, and the
+  choices include the person's earlier places (4 choices).
+"""
+
+from __future__ import annotations
+
+import random
+
+from envs import task_data as data
+from envs.examples import Example
+
+FAMILIES = ("passkey", "kv", "qa", "multihop", "state")
+SPLITS = ("train", "heldout")
+
+# Default sizes per split; held-out lengths lie outside the training range.
+_DEFAULTS = {
+    "passkey": {"train": {"filler": 6, "distractors": 0}, "heldout": {"filler": 10, "distractors": 0}},
+    "kv": {"train": {"filler": 0, "distractors": 10}, "heldout": {"filler": 0, "distractors": 16}},
+    "qa": {"train": {"filler": 4, "distractors": 6}, "heldout": {"filler": 4, "distractors": 8}},
+    "multihop": {"train": {"filler": 2, "distractors": 4}, "heldout": {"filler": 3, "distractors": 6}},
+    "state": {"train": {"filler": 2, "distractors": 3}, "heldout": {"filler": 3, "distractors": 5}},
+}
+_SPLIT_SEED = {"train": 0, "heldout": 1_000_003}
+
+
+class _Builder:
+    """Accumulates context sentences and records the character spans of evidence sentences."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.evidence: list[tuple[int, int]] = []
+        self.length = 0
+
+    def add(self, sentence: str, evidence: bool = False) -> None:
+        if self.parts:
+            self.length += 1  # the joining space
+        if evidence:
+            self.evidence.append((self.length, self.length + len(sentence)))
+        self.parts.append(sentence)
+        self.length += len(sentence)
+
+    def text(self) -> str:
+        return " ".join(self.parts)
+
+
+def _passkey(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+    bank = data.FILLER[split]
+    digits = 5 if split == "train" else 6
+    key = str(rng.randrange(10 ** (digits - 1), 10**digits))
+    n_fill = rng.randint(filler, 2 * filler)
+    pos = rng.randint(0, n_fill)
+    b = _Builder()
+    for i in range(n_fill + 1):
+        if i == pos:
+            b.add(f"The pass key is {key}. Remember it. {key} is the pass key.", evidence=True)
+        if i < n_fill:
+            b.add(rng.choice(bank))
+    return Example(
+        context=b.text(),
+        question="What is the pass key? Reply with the number.",
+        answer=f" {key}",
+        answer_prefix="The pass key is",
+        evidence=tuple(b.evidence),
+        family=f"passkey:{split}",
+    )
+
+
+def _kv(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+    keys = rng.sample(data.KV_KEYS[split], k=min(distractors + 1, len(data.KV_KEYS[split])))
+    values = [str(rng.randrange(1000, 10000)) for _ in keys]
+    target = rng.randrange(len(keys))
+    b = _Builder()
+    fill_at = set(rng.sample(range(len(keys) + 1), k=min(filler, len(keys) + 1)))
+    for i in range(len(keys)):
+        if i in fill_at:
+            b.add(rng.choice(data.FILLER[split]))
+        b.add(f"The code for {keys[i]} is {values[i]}.", evidence=(i == target))
+    key = keys[target]
+    return Example(
+        context=b.text(),
+        question=f"What is the code for {key}? Reply with the number.",
+        answer=f" {values[target]}",
+        answer_prefix=f"The code for {key} is",
+        evidence=tuple(b.evidence),
+        family=f"kv:{split}",
+    )
+
+
+def _choices(rng: random.Random, answer: str, preferred: list[str], bank: list[str], k: int = 4) -> tuple[str, ...]:
+    """``k`` answer options: the answer, then wrong ones from ``preferred`` first, then from ``bank``; shuffled."""
+    wrong = [c for c in dict.fromkeys(preferred) if c != answer]
+    wrong = rng.sample(wrong, k=min(k - 1, len(wrong)))
+    if len(wrong) < k - 1:
+        rest = [c for c in bank if c != answer and c not in wrong]
+        wrong += rng.sample(rest, k=k - 1 - len(wrong))
+    options = [f" {c}" for c in [answer, *wrong]]
+    rng.shuffle(options)
+    return tuple(options)
+
+
+def _qa(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+    names = rng.sample(data.NAMES[split], k=min(distractors + 1, len(data.NAMES[split])))
+    cities = data.CITIES[split]
+    home = {n: rng.choice(cities) for n in names}
+    target = names[0]
+    # Distractor people never share the target's city, so the question has one right answer.
+    for n in names[1:]:
+        while home[n] == home[target]:
+            home[n] = rng.choice(cities)
+    facts: list[tuple[str, bool]] = []
+    for n in names:
+        facts.append((f"{n} lives in {home[n]}.", n == target))
+        facts.append((f"{n} works as a {rng.choice(data.JOBS[split])}.", False))
+        if rng.random() < 0.5:
+            facts.append((f"{n} has {rng.choice(data.PETS[split])}.", False))
+    facts += [(rng.choice(data.FILLER[split]), False) for _ in range(filler)]
+    rng.shuffle(facts)
+    b = _Builder()
+    for sentence, is_evidence in facts:
+        b.add(sentence, evidence=is_evidence)
+    others = sorted({home[n] for n in names[1:]} - {home[target]})
+    wrong = rng.sample(others, k=min(3, len(others)))
+    if len(wrong) < 3:
+        pool = [c for c in cities if c != home[target] and c not in wrong]
+        wrong += rng.sample(pool, k=3 - len(wrong))
+    choices = [f" {c}" for c in [home[target], *wrong]]
+    rng.shuffle(choices)
+    return Example(
+        context=b.text(),
+        question=f"Which city does {target} live in?",
+        answer=f" {home[target]}",
+        choices=tuple(choices),
+        answer_prefix=f"{target} lives in",
+        evidence=tuple(b.evidence),
+        family=f"qa:{split}",
+    )
+
+
+def _multihop(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+    n_people = min(distractors + 1, len(data.NAMES[split]), len(data.PLACES[split]), 9)
+    people = rng.sample(data.NAMES[split], k=n_people)
+    places = rng.sample(data.PLACES[split], k=n_people)
+    # Objects are drawn from a 3 x 3 grid of colours and nouns, so the asked object's words also appear in
+    # distractor objects (same colour or same noun).
+    grid = [f"{c} {o}" for c in rng.sample(data.COLOURS[split], k=3) for o in rng.sample(data.OBJECTS[split], k=3)]
+    asked = rng.choice(grid)
+    similar = [g for g in grid if g != asked and set(g.split()) & set(asked.split())]
+    rng.shuffle(similar)
+    others = [g for g in grid if g != asked and g not in similar[:2]]
+    objects = [asked, *similar[:2], *rng.sample(others, k=max(0, n_people - 3))][:n_people]
+    three_hops = rng.random() < 0.5
+    container = f"{rng.choice(data.COLOURS[split])} {rng.choice(data.CONTAINERS[split])}"
+    facts: list[tuple[str, bool]] = []
+    for i, (person, place, obj) in enumerate(zip(people, places, objects, strict=True)):
+        target = i == 0
+        held = container if (target and three_hops) else obj
+        if target and three_hops:
+            facts.append((f"The {obj} is in the {container}.", True))
+        facts.append((f"{person} {rng.choice(data.CARRY_VERBS[split])} the {held}.", target))
+        facts.append((f"{person} {rng.choice(data.MOVE_VERBS[split])} the {place}.", target))
+    facts += [(rng.choice(data.FILLER[split]), False) for _ in range(filler)]
+    rng.shuffle(facts)
+    b = _Builder()
+    for sentence, is_evidence in facts:
+        b.add(sentence, evidence=is_evidence)
+    return Example(
+        context=b.text(),
+        question=f"Where is the {asked}?",
+        answer=f" {places[0]}",
+        choices=_choices(rng, places[0], places[1:], data.PLACES[split]),
+        answer_prefix=f"The {asked} is in the",
+        evidence=tuple(b.evidence),
+        family=f"multihop:{split}",
+    )
+
+
+def _state(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+    n_people = min(distractors + 1, len(data.NAMES[split]))
+    people = rng.sample(data.NAMES[split], k=n_people)
+    target = people[0]
+    moves_lo, moves_hi = (2, 4) if split == "train" else (3, 5)
+    events: list[tuple[str, str]] = []  # (person, place) in story order, interleaved across people
+    trail: list[str] = []
+    for person in people:
+        n_moves = rng.randint(moves_lo, moves_hi) if person == target else rng.randint(1, 3)
+        places = [rng.choice(data.PLACES[split])]
+        while len(places) < n_moves:
+            nxt = rng.choice(data.PLACES[split])
+            if nxt not in places:
+                places.append(nxt)
+        if person == target:
+            trail = places
+        # Each person's moves keep their relative order; people's stories are interleaved at random.
+        slots = sorted(rng.sample(range(len(events) + n_moves), k=n_moves))
+        merged: list[tuple[str, str]] = []
+        it = iter(events)
+        mine = iter(places)
+        for pos in range(len(events) + n_moves):
+            merged.append((person, next(mine)) if pos in slots else next(it))
+        events = merged
+    first_seen: set[str] = set()
+    facts: list[tuple[str, bool]] = []
+    last_target = max(i for i, (p, _) in enumerate(events) if p == target)
+    for i, (person, place) in enumerate(events):
+        if person in first_seen:
+            sentence = f"Then {person} {rng.choice(data.MOVE_VERBS[split])} the {place}."
+        else:
+            sentence = f"{person} is in the {place}."
+            first_seen.add(person)
+        facts.append((sentence, i == last_target))
+    for _ in range(filler):
+        facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[split]), False))
+    b = _Builder()
+    for sentence, is_evidence in facts:
+        b.add(sentence, evidence=is_evidence)
+    answer = trail[-1]
+    earlier = [p for p in trail[:-1] if p != answer]
+    return Example(
+        context=b.text(),
+        question=f"Where is {target} now?",
+        answer=f" {answer}",
+        choices=_choices(rng, answer, earlier, data.PLACES[split]),
+        answer_prefix=f"{target} is now in the",
+        evidence=tuple(b.evidence),
+        family=f"state:{split}",
+    )
+
+
+_GENERATORS = {"passkey": _passkey, "kv": _kv, "qa": _qa, "multihop": _multihop, "state": _state}
+
+
+def make_examples(
+    family: str,
+    split: str,
+    n: int,
+    *,
+    seed: int = 0,
+    filler: int | None = None,
+    distractors: int | None = None,
+) -> list[Example]:
+    """Generate ``n`` examples of a synthetic family, deterministically from ``seed``.
+
+    Args:
+        family: One of :data:`FAMILIES`.
+        split: ``train`` or ``heldout``.
+        n: Number of examples.
+        seed: Random seed; the split adds its own offset, so equal seeds never give equal examples across
+            splits.
+        filler: Filler sentences (for passkey the filler length range is ``filler`` to ``2*filler``); None
+            takes the split's default.
+        distractors: Distractor pairs, people or facts; None takes the split's default.
+
+    Returns:
+        The examples.
+
+    Raises:
+        ValueError: On an unknown family or split, or a negative size.
+    """
+    if family not in _GENERATORS:
+        raise ValueError(f"unknown task family {family!r}; choose one of {', '.join(FAMILIES)} or jsonl:PATH")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for {family}; choose one of {', '.join(SPLITS)}")
+    d = _DEFAULTS[family][split]
+    filler = d["filler"] if filler is None else filler
+    distractors = d["distractors"] if distractors is None else distractors
+    if n < 1 or filler < 0 or distractors < 0:
+        raise ValueError(f"n must be >= 1 and filler, distractors >= 0 (got n={n}, {filler}, {distractors})")
+    rng = random.Random(f"{family}/{split}/{seed + _SPLIT_SEED[split]}")
+    return [_GENERATORS[family](rng, split, filler, distractors) for _ in range(n)]

@@ -1,0 +1,114 @@
+"""Task spec strings: which examples a run trains or evaluates on.
+
+Spec strings (comma-separated specs form a mixture, drawn round-robin)::
+
+    passkey:train
+    kv:heldout:n=200,distractors=12
+    qa:train:n=500,seed=3
+    multihop:heldout
+    jsonl:path/to/file.jsonl
+
+Options for synthetic families (:mod:`envs.task_families`): ``n`` (number of examples), ``seed``,
+``distractors`` (distractor pairs, people or facts), ``filler`` (filler sentences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from envs.examples import Example
+from envs.jsonl_tasks import load_jsonl
+from envs.task_families import FAMILIES, SPLITS, make_examples
+
+
+@dataclass
+class TaskSpec:
+    """A parsed task spec (see the module docstring).
+
+    Attributes:
+        family: ``passkey``, ``kv``, ``qa`` or ``jsonl``.
+        split: ``train``/``heldout`` for synthetic families; the file path for ``jsonl``.
+        options: Integer options (``n``, ``seed``, ``filler``, ``distractors``).
+    """
+
+    family: str
+    split: str
+    options: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> TaskSpec:
+        """Parse one spec such as ``kv:heldout:n=100,distractors=8`` or ``jsonl:data/x.jsonl``.
+
+        Raises:
+            ValueError: On a malformed or unknown spec.
+        """
+        spec = spec.strip()
+        family, _, rest = spec.partition(":")
+        if family == "jsonl":
+            if not rest:
+                raise ValueError("task spec 'jsonl:' needs a path, e.g. jsonl:data/tasks.jsonl")
+            return cls("jsonl", rest)
+        if family not in FAMILIES:
+            raise ValueError(f"unknown task spec {spec!r}: family must be one of {', '.join(FAMILIES)} or jsonl:PATH")
+        split, _, opts = rest.partition(":")
+        split = split or "train"
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r} in task spec {spec!r}; choose train or heldout")
+        options: dict[str, int] = {}
+        for item in filter(None, opts.split(",")) if opts else []:
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("n", "seed", "filler", "distractors"):
+                raise ValueError(f"bad option {item!r} in task spec {spec!r} (known: n, seed, filler, distractors)")
+            try:
+                options[key] = int(value)
+            except ValueError as err:
+                raise ValueError(f"option {key} in task spec {spec!r} must be an integer") from err
+        return cls(family, split, options)
+
+    def examples(self, default_n: int = 256, seed: int = 0) -> list[Example]:
+        """Materialise the spec's examples (``n``/``seed`` options override the defaults)."""
+        if self.family == "jsonl":
+            return load_jsonl(self.split)
+        opts = dict(self.options)
+        return make_examples(
+            self.family,
+            self.split,
+            opts.pop("n", default_n),
+            seed=opts.pop("seed", seed),
+            **opts,
+        )
+
+
+def load_tasks(spec: str | Sequence[str], default_n: int = 256, seed: int = 0) -> list[Example]:
+    """Examples for a spec string, a comma-joined mixture of specs, or a list of specs.
+
+    In a mixture, examples are interleaved round-robin so any prefix of the list is balanced.
+
+    Args:
+        spec: E.g. ``"passkey:train"``, ``"kv:train,qa:train"`` or ``["jsonl:a.jsonl", "kv:heldout"]``.
+        default_n: Examples per synthetic spec when the spec gives no ``n``.
+        seed: Seed for synthetic specs that give none.
+
+    Returns:
+        The examples.
+    """
+    specs = split_specs(spec) if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise ValueError("empty task spec")
+    groups = [TaskSpec.parse(s).examples(default_n, seed) for s in specs]
+    out: list[Example] = []
+    for i in range(max(len(g) for g in groups)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+def split_specs(spec: str) -> list[str]:
+    """Split a comma-joined mixture, keeping option lists (``kv:train:n=5,seed=2``) intact."""
+    parts: list[str] = []
+    for piece in spec.split(","):
+        if parts and "=" in piece and ":" not in piece:
+            parts[-1] += "," + piece
+        elif piece.strip():
+            parts.append(piece.strip())
+    return parts

@@ -1,0 +1,52 @@
+"""Dependencies point down: policies/ (what ships) <- envs/ <- agents/, checked by import-linter's contracts."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = str(Path(sys.executable).parent / "lint-imports")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return subprocess.run([LINT, "--no-cache"], cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_contracts_hold():
+    out = _lint(ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+def test_every_deployable_module_is_covered():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    adapter = next(c for c in config if c.get("forbidden_modules") == ["policies.sb3_policy"])
+    modules = {f"policies.{p.stem}" for p in (ROOT / "policies").glob("*.py") if p.stem != "__init__"}
+    assert set(adapter["source_modules"]) == modules - {"policies.sb3_policy"}
+
+
+@pytest.mark.parametrize(
+    "module,line",
+    [
+        ("policies/budget.py", "import agents.config"),  # upward: policies -> agents
+        ("policies/processor.py", "from envs import examples"),  # upward: policies -> envs
+        ("envs/core.py", "import agents.ppo"),  # upward: envs -> agents
+        ("policies/reducer.py", "import stable_baselines3"),  # the deployable reducer must not need the trainer
+        ("policies/network.py", "import policies.sb3_policy"),  # nor the SB3 adapter
+    ],
+)
+def test_a_deliberate_upward_import_is_caught(tmp_path, module, line):
+    for name in ("policies", "envs", "agents"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    assert _lint(tmp_path).returncode == 0  # the copy is clean before the change
+    target = tmp_path / module
+    target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+    out = _lint(tmp_path)
+    assert out.returncode != 0 and "BROKEN" in out.stdout, out.stdout
