@@ -37,7 +37,8 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
         config: The run's config.
     """
     net = policy.net
-    network = TokenKeepNetwork(net.config, net.feature_dim, net.budget_size)
+    with torch.random.fork_rng():  # building the copy must not move training's random stream
+        network = TokenKeepNetwork(net.config, net.feature_dim, net.budget_size)
     network.load_state_dict(net.state_dict())
     return TokenReducer.from_base_model(
         lm.model,

@@ -12,7 +12,8 @@ stable-baselines3 or gymnasium. ``tests/test_layers.py`` keeps it so.
 from policies.budget import Budget, BudgetConfig, BudgetError
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import ProcessorConfig
-from policies.reducer import ReducerConfig, ReducerError, Reduction, TokenReducer
+from policies.reducer import Reduction, TokenReducer
+from policies.reducer_config import ReducerConfig, ReducerError
 
 __all__ = [
     "Budget",

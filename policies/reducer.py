@@ -20,24 +20,19 @@ each fit, every window is scored with the question, and the keep logits are conc
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from policies.budget import Budget, BudgetConfig, BudgetError, keep_top
-from policies.config_io import from_dict, to_dict
 from policies.features import FeatureModule
-from policies.fileio import atomic_directory, file_sha256
+from policies.fileio import atomic_directory
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import (
     ProcessorConfig,
@@ -47,69 +42,15 @@ from policies.processor import (
     pack_observations,
     pad_token_id,
 )
-
-FORMAT_VERSION = 2
-CONFIG_NAME = "reducer_config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-class ReducerError(ValueError):
-    """A reducer cannot be loaded or used as asked; the message names the cause."""
-
-
-@dataclass
-class BaseModelInfo:
-    """The frozen model a reducer was trained for.
-
-    Attributes:
-        spec: The model spec it was loaded from (e.g. ``smollm2-135m``).
-        file_hash: SHA-256 of its weights file, when known.
-        hf_config: Its Hugging Face config (``config.to_dict()``), to rebuild the feature module.
-    """
-
-    spec: str
-    file_hash: str | None = None
-    hf_config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TokenizerInfo:
-    """The tokenizer a reducer was trained with.
-
-    Attributes:
-        fingerprint: :func:`tokenizer_fingerprint` of it.
-        pad_id: Token id used for padding.
-    """
-
-    fingerprint: str
-    pad_id: int
-
-
-@dataclass
-class ReducerConfig:
-    """Everything needed to rebuild and check a reducer; written as ``reducer_config.json``.
-
-    Attributes:
-        base_model: The frozen model it was trained for.
-        tokenizer: The tokenizer it was trained with.
-        processor: How observations are built.
-        budget: The budgets it was trained on and its default.
-        network: The keep network's shape.
-        trained_on: Free-form notes: tasks, reward, seed.
-        format_version: Layout version of the reducer directory.
-        package_version: tokenkeep version that wrote it.
-        weights_sha256: SHA-256 of ``model.safetensors`` (filled in on save).
-    """
-
-    base_model: BaseModelInfo
-    tokenizer: TokenizerInfo
-    processor: ProcessorConfig
-    budget: BudgetConfig
-    network: NetworkConfig
-    trained_on: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    package_version: str = "unknown"
-    weights_sha256: str = ""
+from policies.reducer_config import (
+    BaseModelInfo,
+    ReducerConfig,
+    ReducerError,
+    TokenizerInfo,
+    package_version,
+    tokenizer_fingerprint,
+)
+from policies.reducer_files import read_reducer_files, write_reducer_files
 
 
 @dataclass
@@ -131,22 +72,6 @@ class Reduction:
     kept_ratio: float
     original_tokens: int
     kept_tokens: int
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """SHA-256 over a tokenizer's vocabulary and special tokens: equal fingerprints tokenise identically."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    special = sorted(str(t) for t in tokenizer.all_special_tokens)
-    payload = json.dumps([vocab, special], ensure_ascii=False).encode()
-    return hashlib.sha256(payload).hexdigest()
-
-
-def package_version() -> str:
-    """Installed tokenkeep version, or "unknown" when running from a plain checkout."""
-    try:
-        return importlib.metadata.version("tokenkeep")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class TokenReducer(nn.Module):
@@ -237,65 +162,17 @@ class TokenReducer(nn.Module):
 
     def write_files(self, directory: Path) -> None:
         """Write the reducer's files into an existing directory (use :meth:`save_pretrained` for atomicity)."""
-        tensors = {f"network.{k}": v.contiguous() for k, v in self.network.state_dict().items()}
-        feats = self.features.state_dict()
-        if self.features.layer == 0:  # features are float16-rounded: a float16 table gives identical values
-            feats = {k: v.to(torch.float16) for k, v in feats.items()}
-        tensors |= {f"features.{k}": v.contiguous() for k, v in feats.items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        self.config.weights_sha256 = file_sha256(directory / WEIGHTS_NAME)
-        (directory / CONFIG_NAME).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
-        self.tokenizer.save_pretrained(directory)
+        write_reducer_files(directory, self.features, self.network, self.tokenizer, self.config)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> TokenReducer:
-        """Load a reducer directory written by :meth:`save_pretrained`.
+        """Load a reducer directory written by :meth:`save_pretrained` (safetensors, JSON, tokenizer files only).
 
         Raises:
             ReducerError: On a missing or corrupted file, an unknown format version, or a tokenizer that does
                 not match the one the reducer was trained with.
         """
-        from transformers import AutoTokenizer
-
-        d = Path(directory)
-        if not d.is_dir():
-            raise ReducerError(f"reducer directory not found: {d}")
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (d / name).is_file():
-                raise ReducerError(f"{d} is not a reducer: {name} is missing")
-        try:
-            raw = json.loads((d / CONFIG_NAME).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ReducerError(f"{d / CONFIG_NAME} is corrupted: {err}") from err
-        version = raw.get("format_version") if isinstance(raw, dict) else None
-        if version != FORMAT_VERSION:
-            raise ReducerError(
-                f"{d / CONFIG_NAME} has format_version {version!r}; this tokenkeep reads {FORMAT_VERSION}"
-            )
-        try:
-            config = from_dict(ReducerConfig, raw)
-        except ValueError as err:
-            raise ReducerError(f"{d / CONFIG_NAME} is invalid: {err}") from err
-        if config.weights_sha256 and file_sha256(d / WEIGHTS_NAME) != config.weights_sha256:
-            raise ReducerError(f"{d / WEIGHTS_NAME} is corrupted: its SHA-256 does not match {CONFIG_NAME}")
-        try:
-            tensors = load_file(str(d / WEIGHTS_NAME))
-        except Exception as err:  # safetensors raises its own error types
-            raise ReducerError(f"{d / WEIGHTS_NAME} cannot be read: {err}") from err
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
-        except Exception as err:
-            raise ReducerError(f"the tokenizer files in {d} cannot be loaded: {err}") from err
-        if tokenizer_fingerprint(tokenizer) != config.tokenizer.fingerprint:
-            raise ReducerError(f"the tokenizer in {d} is not the one this reducer was trained with")
-        features = FeatureModule.empty(config.base_model.hf_config, config.processor.feature_layer)
-        network = TokenKeepNetwork(config.network, features.width, config.budget.observation_size)
-        try:
-            network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})
-            features.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("features.")})
-        except RuntimeError as err:
-            raise ReducerError(f"{d / WEIGHTS_NAME} does not match {CONFIG_NAME}: {err}") from err
-        return cls(features, network, tokenizer, config)
+        return cls(*read_reducer_files(directory))
 
     def check_compatible(self, tokenizer: Any, model_spec: str | None = None, file_hash: str | None = None) -> None:
         """Raise ReducerError unless ``tokenizer`` (and the base model, when given) is the one trained for."""

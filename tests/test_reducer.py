@@ -236,7 +236,7 @@ def test_export_is_atomic(exported, tiny_lm, tmp_path, monkeypatch):
     with pytest.raises(FileExistsError):
         export_reducer(model, tiny_lm, cfg, busy)
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
-    import policies.reducer as pr
+    import policies.reducer_files as pr
 
     def boom(*a, **k):
         raise OSError("disk full")
