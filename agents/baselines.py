@@ -1,14 +1,17 @@
 """Reduction methods behind one interface: the trained TokenReducer and heuristic baselines.
 
 Every method turns a batch of examples and a :class:`~policies.budget.Budget` into keep masks over their
-context tokens (:meth:`KeepMethod.keep`). Heuristics rank the tokens (:meth:`KeepMethod.scores`, higher = keep
-first) and keep the top ones with :func:`policies.budget.keep_top`, the rule the reducer uses; a trained
-reducer reduces the example's *text* through :meth:`~policies.reducer.TokenReducer.reduce_batch`, the API
-users call. So every method meets a requested rate the same way and methods compare at equal kept ratios.
+context tokens (:meth:`KeepMethod.keep`). Token heuristics rank the tokens (:meth:`KeepMethod.scores`, higher =
+keep first) and keep the top ``floor(rate * n)``; ``bm25`` ranks sentences and fills the budget with
+:func:`policies.budget.fill_units`, the rule the reducer uses; a trained reducer reduces the example's *text*
+through :meth:`~policies.reducer.TokenReducer.reduce_batch`, the API users call. No method ever keeps more
+than the budget, so methods compare at equal kept ratios.
 
 Methods:
     full               no reduction (rate ignored)
     random             uniform random ranking
+    bm25               sentences ranked by BM25 against the question, kept while they fit (LongLLMLingua's
+                       retrieval baseline; statistics from the context's own sentences)
     head / tail        keep the first / last tokens
     selective_context  Selective-Context-style: rank by self-information -log p(token | preceding context)
                        under the frozen model
@@ -26,8 +29,10 @@ import numpy as np
 
 from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
-from policies.budget import Budget, keep_top
+from policies.budget import Budget, fill_units, keep_top, rank_priorities
+from policies.lexical import bm25_scores, token_words, unit_words, words
 from policies.reducer import TokenReducer
+from policies.units import segment, unit_lengths
 
 
 class KeepMethod:
@@ -36,12 +41,15 @@ class KeepMethod:
     Attributes:
         name: Label in reports.
         uses_rate: False for methods that ignore the budget (``full``).
-        static: True when the method's choices never change (heuristics), so an evaluation may reuse them.
+        static: True when :meth:`scores` ranks tokens once for every rate (token heuristics), so an evaluation
+            may rank once and select at each rate.
+        adaptive: True when the method can choose how much to keep without a rate (a trained reducer).
     """
 
     name = "base"
     uses_rate = True
     static = True
+    adaptive = False
 
     def scores(self, encs: Sequence[EncodedExample]) -> list[np.ndarray]:
         """Per-context-token keep scores for each example (higher = keep first)."""
@@ -49,7 +57,7 @@ class KeepMethod:
 
     def keep(self, encs: Sequence[EncodedExample], budget: Budget) -> list[np.ndarray]:
         """Bool keep masks over each example's context tokens under ``budget``."""
-        return [keep_top(s, budget.keep_count(len(s))) for s in self.scores(encs)]
+        return [keep_top(s, budget.max_tokens(len(s))) for s in self.scores(encs)]
 
     def available(self, encs: Sequence[EncodedExample]) -> bool:
         """Whether the method applies to these examples."""
@@ -169,6 +177,24 @@ class Oracle(KeepMethod):
         return out
 
 
+class BM25Sentences(KeepMethod):
+    """Sentences ranked by BM25 against the question (idf from the context's own sentences), filled in order."""
+
+    name = "bm25"
+    static = False
+
+    def keep(self, encs, budget):  # noqa: D102
+        out = []
+        for e in encs:
+            text = e.example.context
+            sentence = segment(text, e.offsets, "sentence")
+            docs = unit_words(token_words(text, e.offsets), sentence)
+            scores = bm25_scores(docs, words(e.example.question))
+            keep = fill_units(rank_priorities(scores), unit_lengths(sentence), budget.max_tokens(len(e.context)))
+            out.append(keep[sentence])
+        return out
+
+
 class ReducerMethod(KeepMethod):
     """A TokenReducer, called through its text API (:meth:`~policies.reducer.TokenReducer.reduce_batch`).
 
@@ -179,6 +205,7 @@ class ReducerMethod(KeepMethod):
     """
 
     static = False
+    adaptive = True
 
     def __init__(self, reducer: TokenReducer, name: str, token_cost: float | None = None) -> None:
         self.reducer = reducer
@@ -191,7 +218,9 @@ class ReducerMethod(KeepMethod):
             [e.example.question for e in encs],
             rate=budget.rate,
             target_tokens=budget.target_tokens,
-            token_cost=self.token_cost if budget.token_cost is None else budget.token_cost,
+            token_cost=(budget.token_cost if budget.token_cost is not None else self.token_cost)
+            if budget.adaptive
+            else None,
         )
         masks = []
         for e, red in zip(encs, reductions, strict=True):
@@ -204,7 +233,7 @@ class ReducerMethod(KeepMethod):
         return masks
 
 
-BASELINES = ("full", "random", "head", "tail", "selective_context", "llmlingua", "oracle")
+BASELINES = ("full", "random", "head", "tail", "bm25", "selective_context", "llmlingua", "oracle")
 
 
 def make_baselines(
@@ -225,6 +254,8 @@ def make_baselines(
             out.append(HeadKeep())
         elif n == "tail":
             out.append(TailKeep())
+        elif n == "bm25":
+            out.append(BM25Sentences())
         elif n == "selective_context":
             out.append(SelectiveContext(lm))
         elif n == "llmlingua":

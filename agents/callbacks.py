@@ -29,28 +29,39 @@ from agents.export import reducer_from_policy
 from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
 
-EVAL_HEURISTICS = ("random", "head", "tail", "selective_context", "llmlingua")
+EVAL_HEURISTICS = ("random", "head", "tail", "bm25", "selective_context", "llmlingua")
 """Heuristics the training-time evaluation compares the policy with (the best of them is logged)."""
 
 
 class ReductionStatsCallback(BaseCallback):
-    """Averages the env infos of each rollout and logs them."""
+    """Averages the env infos of each rollout and logs them.
+
+    ``rollout/reward`` is the raw reward (before any group baseline); ``reduction/kept_ratio_rate`` and
+    ``reduction/budget_use`` (kept tokens over the budget) describe rate episodes, ``reduction/kept_ratio_adaptive``
+    the episodes in which the policy chose how much to keep.
+    """
+
+    KEYS = ("task_score", "full_score", "kept_ratio", "token_cost")
 
     def __init__(self) -> None:
         super().__init__()
         self._reset()
 
     def _reset(self) -> None:
-        self.stats: dict[str, list[float]] = {
-            k: [] for k in ("reward", "task_score", "full_score", "kept_ratio", "token_cost")
-        }
+        names = ("reward", "kept_ratio_rate", "budget_use", "kept_ratio_adaptive", *self.KEYS)
+        self.stats: dict[str, list[float]] = {k: [] for k in names}
         self.t0 = time.perf_counter()
 
     def _on_step(self) -> bool:
         for info, r in zip(self.locals["infos"], self.locals["rewards"], strict=True):
-            self.stats["reward"].append(float(r))
-            for k in ("task_score", "full_score", "kept_ratio", "token_cost"):
+            self.stats["reward"].append(float(info.get("raw_reward", r)))
+            for k in self.KEYS:
                 self.stats[k].append(float(info[k]))
+            if info.get("adaptive"):
+                self.stats["kept_ratio_adaptive"].append(float(info["kept_ratio"]))
+            elif info.get("rate"):
+                self.stats["kept_ratio_rate"].append(float(info["kept_ratio"]))
+                self.stats["budget_use"].append(float(info["kept_ratio"]) / float(info["rate"]))
         return True
 
     def _on_rollout_end(self) -> None:
@@ -59,8 +70,9 @@ class ReductionStatsCallback(BaseCallback):
         n = len(self.stats["reward"])
         self.logger.record("rollout/reward", float(np.mean(self.stats["reward"])))
         self.logger.record("rollout/episodes_per_second", n / max(time.perf_counter() - self.t0, 1e-9))
-        for k in ("task_score", "full_score", "kept_ratio", "token_cost"):
-            self.logger.record(f"reduction/{k}", float(np.mean(self.stats[k])))
+        for k, v in self.stats.items():
+            if k != "reward" and v:
+                self.logger.record(f"reduction/{k}", float(np.mean(v)))
         self._reset()
 
 
@@ -138,8 +150,13 @@ class HeldoutEvalCallback(BaseCallback):
             full = next(r for r in mine if r["method"] == "full")
             self.logger.record(f"eval/{task}/full", task_metric(full))
             summary[f"{task}/full"] = task_metric(full)
+            auto = next((r for r in mine if r["method"] == "policy" and r["budget"] == "adaptive"), None)
+            if auto is not None:  # the no-rate reducer: its score and how much it chose to keep
+                for key, value in (("policy_auto", task_metric(auto)), ("policy_auto_kept", auto["kept_ratio"])):
+                    self.logger.record(f"eval/{task}/{key}", value)
+                    summary[f"{task}/{key}"] = value
             for rate in self.rates:
-                at = [r for r in mine if r["rate"] == rate]
+                at = [r for r in mine if r["rate"] == rate and r["budget"] == "rate"]
                 ours = next(r for r in at if r["method"] == "policy")
                 heur = [r for r in at if r["method"] in self.heuristic_names]
                 best = max(heur, key=task_metric) if heur else None

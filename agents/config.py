@@ -86,6 +86,8 @@ class PPOConfig:
         vf_coef: Value loss weight.
         max_grad_norm: Gradient clipping norm.
         target_kl: Stop an update's epochs early above this approximate KL (None: off).
+        group_size: Episodes per group that share one example and budget; each reward is returned minus the
+            mean of the others in its group (RLOO / GRPO baseline). 1: off. Must divide n_envs.
     """
 
     total_timesteps: int = 4096
@@ -99,9 +101,10 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     target_kl: float | None = None
+    group_size: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs"):
+        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "group_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
         if self.rollout_size % self.batch_size:
@@ -110,11 +113,35 @@ class PPOConfig:
             raise ValueError(f"ppo.total_timesteps {self.total_timesteps} is below one rollout ({self.rollout_size})")
         if self.learning_rate <= 0:
             raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
+        if self.n_envs % self.group_size:
+            raise ValueError(f"ppo.group_size {self.group_size} must divide ppo.n_envs {self.n_envs}")
 
     @property
     def rollout_size(self) -> int:
         """Episodes per PPO rollout."""
         return self.n_envs * self.n_steps
+
+
+@dataclass
+class WarmStartConfig:
+    """Optional behaviour cloning before PPO: learn to rank the examples' evidence units first.
+
+    Needs training examples with evidence spans (the synthetic families have them; JSONL may). PPO then
+    optimises the task reward from there; the reward stays the judge.
+
+    Attributes:
+        steps: Gradient steps of behaviour cloning (0: off).
+        batch_size: Examples per step.
+        learning_rate: Adam learning rate.
+    """
+
+    steps: int = 0
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("warm_start.steps must be >= 0, batch_size >= 1 and learning_rate > 0")
 
 
 @dataclass
@@ -156,12 +183,16 @@ class TrainConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_json(self) -> str:
         """Pretty JSON of every field."""
         return json.dumps(to_dict(self), indent=2)
 
+
+_ALL_TRAIN = "passkey:train:filler=3,kv:train:distractors=6,qa:train,multihop:train,state:train"
+_ALL_HELDOUT = "passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout"
 
 PRESETS: dict[str, TrainConfig] = {
     # A tiny random model over the default tokenizer: exercises the whole pipeline in well under a minute.
@@ -172,22 +203,24 @@ PRESETS: dict[str, TrainConfig] = {
             heldout="passkey:heldout:n=8,kv:heldout:n=8",
             eval_examples=8,
         ),
-        network=NetworkConfig(d_model=32, n_layers=1, n_heads=2),
-        ppo=PPOConfig(total_timesteps=256, n_envs=8, n_steps=8, batch_size=32, n_epochs=2),
+        network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2),
+        ppo=PPOConfig(total_timesteps=256, n_envs=8, n_steps=8, batch_size=32, n_epochs=2, group_size=4),
+        warm_start=WarmStartConfig(steps=10, batch_size=8),
         run=RunConfig(eval_freq=128, checkpoint_freq=128),
     ),
-    # The real run: SmolLM2-135M on CPU, sized to finish in about 20 minutes on 2 cores.
+    # The real run: SmolLM2-135M on CPU, every task family, sized for about 20 minutes of training on 2 cores.
     "default": TrainConfig(
-        tasks=TaskConfig(
-            train="passkey:train:filler=3,kv:train:distractors=6",
-            heldout="passkey:heldout,kv:heldout",
-            num_examples=96,
-            eval_examples=16,
-        ),
-        ppo=PPOConfig(
-            total_timesteps=2048, n_envs=16, n_steps=8, batch_size=64, n_epochs=8, learning_rate=5e-4
-        ),
+        tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=64, eval_examples=16),
+        ppo=PPOConfig(total_timesteps=3072, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=3e-4),
+        warm_start=WarmStartConfig(steps=300, batch_size=32),
         run=RunConfig(eval_freq=1024, checkpoint_freq=512),
+    ),
+    # The same recipe for about 2 hours on 2 cores: larger pools and five times the episodes.
+    "long": TrainConfig(
+        tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=256, eval_examples=32),
+        ppo=PPOConfig(total_timesteps=16384, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=3e-4),
+        warm_start=WarmStartConfig(steps=600, batch_size=32),
+        run=RunConfig(eval_freq=2048, checkpoint_freq=1024),
     ),
 }
 
@@ -225,7 +258,7 @@ class TrainCommand:
 
     out: str
     config: Annotated[TrainConfig, tyro.conf.arg(name="")]
-    preset: Literal["smoke", "default"] = "default"
+    preset: Literal["smoke", "default", "long"] = "default"
     resume: bool = False
 
 

@@ -94,7 +94,11 @@ def evaluate(
         if not 0 < r <= 1:
             raise ValueError(f"rates must lie in (0, 1], got {r}")
     jobs = [(t, m) for t in tasks for m in methods if m.available(tasks[t])]
-    total = sum(len(rates) if m.uses_rate else 1 for _, m in jobs)
+    budgets = {m.name: [Budget(rate=r) for r in rates] if m.uses_rate else [Budget()] for m in methods}
+    for m in methods:
+        if m.adaptive:
+            budgets[m.name].append(Budget())  # its own choice of how much to keep
+    total = sum(len(budgets[m.name]) for _, m in jobs)
     bar = tqdm(total=total, desc="evaluating", disable=not progress)
     results, examples = [], []
     for task, method in jobs:
@@ -104,11 +108,10 @@ def evaluate(
             t0 = time.perf_counter()
             scores = method.scores(encs)
             score_s = time.perf_counter() - t0
-        for rate in rates if method.uses_rate else [1.0]:
+        for budget in budgets[method.name]:
             t0 = time.perf_counter()
-            budget = Budget(rate=rate)
             if scores is not None:
-                masks = [keep_top(s, budget.keep_count(len(s))) for s in scores]
+                masks = [keep_top(s, budget.max_tokens(len(s))) for s in scores]
             else:
                 masks = method.keep(encs, budget)
             reducer_ms = 1000 * (score_s + time.perf_counter() - t0) / len(encs)
@@ -132,7 +135,8 @@ def evaluate(
             row = {
                 "task": task,
                 "method": method.name,
-                "rate": float(rate) if method.uses_rate else None,
+                "rate": budget.rate,
+                "budget": "full" if not method.uses_rate else ("adaptive" if budget.adaptive else "rate"),
                 "n": len(encs),
                 "kept_ratio": float(kept.mean()),
                 "tokens_in": float(np.mean([len(e.context) for e in encs])),
@@ -154,6 +158,7 @@ def evaluate(
                         "task": task,
                         "method": method.name,
                         "rate": row["rate"],
+                        "budget": row["budget"],
                         "index": i,
                         "question": encs[i].example.question,
                         "answer": encs[i].example.answer,

@@ -38,7 +38,7 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
     """
     net = policy.net
     with torch.random.fork_rng():  # building the copy must not move training's random stream
-        network = TokenKeepNetwork(net.config, net.feature_dim, net.budget_size)
+        network = TokenKeepNetwork(net.config, net.feature_dim, net.lexical_size, net.budget_size)
     network.load_state_dict(net.state_dict())
     return TokenReducer.from_base_model(
         lm.model,
@@ -52,32 +52,46 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
     )
 
 
-def export_onnx(reducer: TokenReducer, path: Path) -> Path:
-    """Export the keep network (observation -> keep logits) to ONNX; the feature module stays in torch."""
-    d, k, n = reducer.network.feature_dim, reducer.network.budget_size, 16
-    names = ["features", "attention_mask", "reducible_mask", "budget"]
-    ones = torch.ones(1, n, dtype=torch.long)
-    args = (torch.zeros(1, n, d), ones, ones.clone(), torch.ones(1, k))
+ONNX_INPUTS = ("features", "lexical", "attention_mask", "reducible_mask", "unit_index", "budget")
+"""Inputs of ``policy.onnx``, in order: the observation arrays of :func:`policies.processor.pack_observations`."""
 
-    class _Logits(torch.nn.Module):
+
+def export_onnx(reducer: TokenReducer, path: Path) -> Path:
+    """Export the keep network (observation -> unit scores, STOP score) to ONNX; features stay in torch."""
+    net = reducer.network
+    n = 16
+    args = (
+        torch.zeros(1, n, net.feature_dim),
+        torch.zeros(1, n, net.lexical_size),
+        torch.ones(1, n, dtype=torch.long),
+        torch.ones(1, n, dtype=torch.long),
+        torch.arange(n)[None],
+        torch.zeros(1, net.budget_size),
+    )
+
+    class _Scores(torch.nn.Module):
         def __init__(self, net: TokenKeepNetwork) -> None:
             super().__init__()
             self.net = net
 
-        def forward(self, features, attention_mask, reducible_mask, budget):  # noqa: D102
-            obs = {"features": features, "attention_mask": attention_mask, "reducible_mask": reducible_mask}
-            return self.net(obs | {"budget": budget})[0]
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+            scores, stop, _ = self.net(dict(zip(ONNX_INPUTS, inputs, strict=True)))
+            return scores, stop
 
-    torch.onnx.export(
-        _Logits(reducer.network),
-        args,
-        str(path),
-        input_names=names,
-        output_names=["keep_logits"],
-        dynamic_axes={name: {0: "batch", 1: "tokens"} for name in names[:3]}
-        | {"budget": {0: "batch"}, "keep_logits": {0: "batch", 1: "tokens"}},
-        dynamo=False,
-    )
+    net.trim_units = False  # a data-dependent unit count would freeze into the trace
+    try:
+        torch.onnx.export(
+            _Scores(net),
+            args,
+            str(path),
+            input_names=list(ONNX_INPUTS),
+            output_names=["unit_scores", "stop_score"],
+            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in ONNX_INPUTS[:5]}
+            | {"budget": {0: "batch"}, "unit_scores": {0: "batch", 1: "tokens"}, "stop_score": {0: "batch"}},
+            dynamo=False,
+        )
+    finally:
+        net.trim_units = True
     return path
 
 

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
@@ -36,6 +37,7 @@ from agents.callbacks import (
 from agents.config import TrainConfig, load_config
 from agents.evaluate import load_eval_tasks
 from agents.export import export_reducer
+from agents.warm_start import behaviour_cloning
 from envs.core import TokenKeepCore
 from envs.frozen_lm import FrozenLM
 from envs.vec_env import BatchedTokenKeepVecEnv
@@ -163,13 +165,20 @@ def train(
     set_random_seed(run.seed)
     core = make_core(config, lm)
     lm = core.lm
-    venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=run.seed)
+    venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=run.seed, group_size=config.ppo.group_size)
     if resume:
         ckpt = latest_checkpoint(out / "checkpoints")
         model = PPO.load(ckpt, env=venv, device=config.model.device, tensorboard_log=str(out / "tb"))
         print(f"resuming from {ckpt} at {model.num_timesteps} episodes")
     else:
         model = build_ppo(config, venv, str(out / "tb"))
+        if config.warm_start.steps:
+            from stable_baselines3.common.logger import configure
+
+            bc_logger = configure(str(out / "tb" / "warm_start"), ["tensorboard"])
+            losses = behaviour_cloning(model.policy.net, core, config.warm_start, run.seed, bc_logger)
+            if losses:
+                print(f"warm start: {len(losses)} steps, loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}")
     callbacks: list = [
         ReductionStatsCallback(),
         AtomicCheckpointCallback(out / "checkpoints", run.checkpoint_freq, run.keep_checkpoints),

@@ -37,7 +37,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         sep += "---|---|"
         lines += [head, sep]
         for r in rows:
-            rate = "-" if r["rate"] is None else f"{r['rate']:.1f}"
+            rate = f"{r['rate']:.1f}" if r["rate"] is not None else ("auto" if r.get("budget") == "adaptive" else "-")
             cells = [
                 r["method"],
                 rate,
@@ -106,7 +106,7 @@ def examples_html(report: dict[str, Any]) -> str:
             for t, k in zip(ex["tokens"], ex["keep"], strict=True)
         )
         verdict = "<span class='ok'>correct</span>" if ex["correct"] else "<span class='bad'>wrong</span>"
-        rate = "full" if ex["rate"] is None else f"rate {ex['rate']}"
+        rate = f"rate {ex['rate']}" if ex["rate"] is not None else ex.get("budget", "full")
         parts.append(
             f"<div class='ex'><b>{html.escape(ex['task'])} #{ex['index']} - {html.escape(ex['method'])} ({rate})"
             f"</b> {verdict}<br>Q: {html.escape(ex['question'])} A: {html.escape(ex['answer'])}<p>{body}</p></div>"

@@ -8,9 +8,13 @@ frozen-model forward (per micro-batch), and full-context work is done once per e
 Observations are packed by :func:`policies.processor.pack_observations` (the layout is documented there), the
 same function the deployed reducer uses; the budget vector comes from :class:`policies.budget.BudgetConfig`.
 
+Action: one priority per selection unit (``Box(-1, 1, (max_len,))``, aligned with ``unit_index``); the kept
+units are :func:`policies.budget.fill_units` of it under the episode's budget, the rule the reducer uses.
+
 Reward: ``r = s - token_cost * kept / context_tokens`` where ``s`` is the task score of the reduced prompt,
-minus the full-context score when the score is relative (``loglik``), and ``token_cost`` is the episode's
-budget (drawn per episode by :meth:`policies.budget.BudgetConfig.sample`).
+minus the full-context score when the score is relative (``loglik``). Each episode's budget is drawn by
+:meth:`policies.budget.BudgetConfig.sample`: with a rate the budget is enforced by the fill and ``token_cost``
+is 0; in adaptive mode the policy chooses how much to keep and pays ``token_cost``.
 
 Contexts longer than the room left by the question (``max_len - len(question)``) are handled by
 ``too_long``: ``"error"`` (default) raises a ValueError naming the example; ``"skip"`` drops such examples from
@@ -29,12 +33,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.examples import EncodedExample, Example, encode_example
+from envs.examples import EncodedExample, Example, encode_example, prepare_example
 from envs.frozen_lm import FrozenLM
 from envs.scoring import TaskScore, make_score
 from envs.task_specs import load_tasks
-from policies.budget import Budget, BudgetConfig
-from policies.processor import ProcessorConfig, observation_layout, pack_observations
+from policies.budget import Budget, BudgetConfig, fill_units
+from policies.processor import Encoded, ProcessorConfig, observation_layout, pack_observations
 
 
 class LRUCache:
@@ -74,7 +78,7 @@ class StepResult:
 
     Attributes:
         rewards: ``[B]`` rewards.
-        infos: One info dict per episode (kept_ratio, task_score, full_score, token_cost, reduced_text, ...).
+        infos: One info dict per episode (kept_ratio, task_score, full_score, token_cost, rate, reduced_text, ...).
     """
 
     rewards: np.ndarray
@@ -145,17 +149,24 @@ class TokenKeepCore:
             self.pool.append(enc)
         if not self.pool:
             raise ValueError(f"every example is longer than max_len={self.max_len}")
+        self.inputs: list[Encoded] = [prepare_example(self.processor, e) for e in self.pool]
         if skipped:
             warnings.warn(
                 f"skipped {skipped} of {len(examples)} examples longer than max_len={self.max_len}", stacklevel=2
             )
         self.skipped = skipped
         self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
-        layout = observation_layout(self.max_len, self.features.width, self.budget.observation_size, self.lm.vocab_size)
+        layout = observation_layout(
+            self.max_len,
+            self.features.width,
+            self.processor.lexical_size,
+            self.budget.observation_size,
+            self.lm.vocab_size,
+        )
         self.observation_space = spaces.Dict(
             {name: spaces.Box(low, high, shape, dtype) for name, (shape, dtype, low, high) in layout.items()}
         )
-        self.action_space = spaces.MultiBinary(self.max_len)
+        self.action_space = spaces.Box(-1.0, 1.0, (self.max_len,), np.float32)
 
     # ------------------------------------------------------------------ episodes
     def sample(self, rng: np.random.Generator) -> tuple[int, Budget]:
@@ -187,40 +198,69 @@ class TokenKeepCore:
 
     def observe(self, indices: Sequence[int], budgets: Sequence[Budget]) -> dict[str, np.ndarray]:
         """Stacked observations ``[B, ...]`` for examples ``indices`` under ``budgets``."""
+        sizes = [len(self.pool[i].context) for i in indices]
         return pack_observations(
-            [self.pool[i].question for i in indices],
-            [self.pool[i].context for i in indices],
+            [self.inputs[i] for i in indices],
             self._features(indices),
-            [self.budget.observe(b) for b in budgets],
+            [self.budget.observe(b, n) for b, n in zip(budgets, sizes, strict=True)],
             max_len=self.max_len,
             pad_id=self.lm.pad_id,
+            max_tokens=[b.max_tokens(n) for b, n in zip(budgets, sizes, strict=True)],
         )
+
+    def keep_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:
+        """Bool mask over example ``index``'s context tokens: the units :func:`fill_units` keeps for ``action``."""
+        enc = self.inputs[index]
+        lengths = enc.unit_lengths
+        keep_units = fill_units(action[: len(lengths)], lengths, budget.max_tokens(len(enc.context)))
+        return keep_units[enc.unit_index]
     def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
         """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""
 
         def compute(missing: list[int]) -> list[tuple[float, Any]]:
-            res = self.score(self.lm, [self.pool[i] for i in missing])
+            res = self._score(missing)
             return [(float(s), ref) for s, ref in zip(res.scores.tolist(), res.references, strict=True)]
 
         return self._cached("full", indices, compute)
 
-    def check_action(self, action: Any) -> np.ndarray:
-        """Validate one action and return it as a bool keep mask of shape ``(max_len,)``.
+    def _score(
+        self, indices: Sequence[int], contexts: Sequence[Sequence[int]] | None = None, refs: Sequence[Any] | None = None
+    ) -> Any:
+        """The reward score of a batch; an exception or a non-finite score is re-raised naming the example.
 
-        Accepts bool, integer or float arrays holding only 0 and 1 (SB3's Bernoulli samples are floats).
+        PPO must never see NaN or inf: one bad score stops training with the example that caused it.
+        """
+        encs = [self.pool[i] for i in indices]
+        try:
+            res = self.score(self.lm, encs, contexts, refs) if contexts is not None else self.score(self.lm, encs)
+        except Exception as err:
+            names = ", ".join(f"{i} ({self.pool[i].example.family})" for i in list(indices)[:3])
+            raise RuntimeError(f"the {self.score.name} score failed on examples {names}: {err}") from err
+        bad = [r for r, v in enumerate(res.scores.tolist()) if not np.isfinite(v)]
+        if bad:
+            i = indices[bad[0]]
+            ex = self.pool[i].example
+            raise ValueError(
+                f"the {self.score.name} score of example {i} ({ex.family}: {ex.question!r}) is "
+                f"{res.scores[bad[0]].item()}; rewards must be finite"
+            )
+        return res
+
+    def check_action(self, action: Any) -> np.ndarray:
+        """Validate one action and return it as float64 priorities of shape ``(max_len,)``.
 
         Raises:
-            ValueError: On a wrong shape, a non-numeric dtype or values other than 0/1.
+            ValueError: On a wrong shape, a non-numeric dtype, or a value that is not finite.
         """
         a = np.asarray(action)
         if a.shape != (self.max_len,):
             raise ValueError(f"action must have shape ({self.max_len},), got {a.shape}")
         if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-            raise ValueError(f"action must be a bool, integer or float array of 0/1, got dtype {a.dtype}")
-        if not np.isin(a, (0, 1)).all():
-            bad = a[~np.isin(a, (0, 1))][:3]
-            raise ValueError(f"action values must be 0 or 1, got e.g. {bad.tolist()}")
-        return a.astype(bool)
+            raise ValueError(f"action must be a numeric array of unit priorities, got dtype {a.dtype}")
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError(f"action priorities must be finite, got e.g. {a[~np.isfinite(a)][:3].tolist()}")
+        return a
 
     def step_batch(self, indices: Sequence[int], budgets: Sequence[Budget], actions: Sequence[Any]) -> StepResult:
         """Score a batch of keep decisions with one frozen-model call.
@@ -228,29 +268,23 @@ class TokenKeepCore:
         Args:
             indices: Example index per episode.
             budgets: Budget per episode.
-            actions: Keep mask per episode, aligned with the observation positions.
+            actions: Unit priorities per episode, aligned with the observation's unit indices.
 
         Returns:
             Rewards and infos.
         """
-        masks = [self.check_action(a) for a in actions]
+        masks = [
+            self.keep_mask(i, b, self.check_action(a)) for i, b, a in zip(indices, budgets, actions, strict=True)
+        ]
         full = self.full_scores(indices)
         kept_ids: list[tuple[int, ...]] = []
-        for i, m in zip(indices, masks, strict=True):
-            e = self.pool[i]
-            q = len(e.question)
-            keep = m[q : q + len(e.context)]
-            kept_ids.append(tuple(t for t, k in zip(e.context, keep, strict=True) if k))
+        for i, keep in zip(indices, masks, strict=True):
+            kept_ids.append(tuple(t for t, k in zip(self.pool[i].context, keep, strict=True) if k))
         # Episodes that keep everything reuse the cached full-context score: exact, and no forward needed.
         todo = [r for r, (i, k) in enumerate(zip(indices, kept_ids, strict=True)) if len(k) < len(self.pool[i].context)]
         scores = [f[0] for f in full]
         if todo:
-            res = self.score(
-                self.lm,
-                [self.pool[indices[r]] for r in todo],
-                [kept_ids[r] for r in todo],
-                [full[r][1] for r in todo],
-            )
+            res = self._score([indices[r] for r in todo], [kept_ids[r] for r in todo], [full[r][1] for r in todo])
             for r, s in zip(todo, res.scores.tolist(), strict=True):
                 scores[r] = float(s)
         rewards = np.zeros(len(indices), np.float32)
@@ -269,6 +303,8 @@ class TokenKeepCore:
                     "task_score": scores[r],
                     "full_score": full[r][0],
                     "token_cost": float(costs[r]),
+                    "rate": budgets[r].rate,
+                    "adaptive": budgets[r].adaptive,
                     "example_index": int(i),
                     "family": e.example.family,
                     "reduced_text": self.lm.decode(kept_ids[r]),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from policies.processor import encode_context, encode_question, encode_text
+from policies.processor import Encoded, ProcessorConfig, encode_context, encode_question, encode_text, prepare
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class EncodedExample:
         answer: Gold answer token ids.
         choices: Token ids of each choice, or None.
         evidence: Per context token, True where the token overlaps an evidence span.
+        offsets: Character span of each context token in ``example.context``.
     """
 
     example: Example
@@ -61,6 +62,7 @@ class EncodedExample:
     answer: tuple[int, ...]
     choices: tuple[tuple[int, ...], ...] | None
     evidence: tuple[bool, ...]
+    offsets: tuple[tuple[int, int], ...] = ()
 
     @property
     def answer_index(self) -> int | None:
@@ -83,7 +85,7 @@ def encode_example(tokenizer: Any, ex: Example) -> EncodedExample:
     Raises:
         ValueError: If the context or answer encodes to no tokens.
     """
-    ctx, evidence = encode_context(tokenizer, ex.context, ex.evidence)
+    ctx, offsets, evidence = encode_context(tokenizer, ex.context, ex.evidence)
     answer = encode_text(tokenizer, ex.answer)
     if not ctx:
         raise ValueError(f"example from {ex.family}: the context encodes to no tokens")
@@ -98,4 +100,11 @@ def encode_example(tokenizer: Any, ex: Example) -> EncodedExample:
         answer=answer,
         choices=choices,
         evidence=evidence,
+        offsets=offsets,
     )
+
+
+def prepare_example(config: ProcessorConfig, enc: EncodedExample) -> Encoded:
+    """The policy's view of an encoded example (units, lexical channels), exactly as the reducer builds it."""
+    ex = enc.example
+    return prepare(config, ex.context, enc.context, enc.offsets, ex.question, enc.question)

@@ -16,6 +16,7 @@ conversion cache live in :mod:`envs.model_cache`; policy features in :mod:`polic
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,6 +115,8 @@ class FrozenLM:
         self.use_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.layout = self._make_layout()
         self._feature_modules: dict[int, FeatureModule] = {}
+        self.cache_prefix = True
+        self._prefix_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -261,15 +264,19 @@ class FrozenLM:
         per_token: list[torch.Tensor] = [torch.empty(0)] * n
         match = torch.zeros(n, dtype=torch.bool)
         dists: list[torch.Tensor] | None = [torch.empty(0)] * n if return_distributions else None
-        base = self.model.get_decoder()
         head = self.model.get_output_embeddings()
+        prefix = list(self.layout.prefix) if self.cache_prefix else []
         for batch in self._micro_batches([len(s) for s in seqs]):
-            ids, mask = self._pad_right([seqs[i] for i in batch])
-            hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            # Positions predicting answer token j sit at len(prompt) - 1 + j.
+            # Prompts built by build_prompt share the layout's prefix: its keys and values are computed once
+            # and reused, so only the rest runs through the model.
+            shared = prefix and all(seqs[i][: len(prefix)] == prefix and len(prompts[i]) > len(prefix) for i in batch)
+            p = len(prefix) if shared else 0
+            ids, mask = self._pad_right([seqs[i][p:] for i in batch])
+            hidden = self._forward(ids, mask, p)
+            # Positions predicting answer token j sit at len(prompt) - 1 + j (minus the cached prefix).
             rows, cols, targets, owners = [], [], [], []
             for r, i in enumerate(batch):
-                lp, la = len(prompts[i]), len(answers[i])
+                lp, la = len(prompts[i]) - p, len(answers[i])
                 rows += [r] * la
                 cols += range(lp - 1, lp - 1 + la)
                 targets += list(answers[i])
@@ -289,6 +296,37 @@ class FrozenLM:
                     dists[i] = logp[start : start + la].cpu()
                 start += la
         return AnswerScores(total, per_token, match, dists)
+
+    def _prefix_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Per-layer (keys, values) ``[1, heads, P, head_dim]`` of the layout prefix, computed on first use."""
+        if self._prefix_kv is None:
+            from transformers import DynamicCache
+
+            ids = torch.tensor([list(self.layout.prefix)], device=self.device)
+            cache = DynamicCache(config=self.model.config)
+            self.model.get_decoder()(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+            self._prefix_kv = tuple((layer.keys, layer.values) for layer in cache.layers)
+        return self._prefix_kv
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
+        """Last hidden states of ``ids`` ``[B, W]``, continuing the cached layout prefix when ``prefix_len`` > 0."""
+        base = self.model.get_decoder()
+        if not prefix_len:
+            return base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        from transformers import DynamicCache
+
+        b = ids.shape[0]
+        kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_cache()]
+        cache = DynamicCache(kv, config=self.model.config)
+        full_mask = torch.cat([torch.ones(b, prefix_len, dtype=mask.dtype, device=mask.device), mask], 1)
+        out = base(input_ids=ids, attention_mask=full_mask, use_cache=True, **{self._cache_arg: cache})
+        return out.last_hidden_state
+
+    @property
+    def _cache_arg(self) -> str:
+        """The decoder's keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+        params = inspect.signature(self.model.get_decoder().forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:

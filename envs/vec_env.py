@@ -5,6 +5,12 @@ own forward pass; :class:`BatchedTokenKeepVecEnv` scores all n reduced prompts t
 micro-batches, see :class:`~envs.frozen_lm.FrozenLM`) and computes features for all new episodes at once.
 Episodes are one step long, so every step ends every episode and auto-resets it, as SB3 expects
 (``info["terminal_observation"]`` holds the finished observation).
+
+Group-relative baseline (``group_size`` G > 1): the envs form groups of G that play the *same* example under
+the *same* budget, each with its own sampled action, and each env's reward is returned minus the mean reward of
+the other G - 1 in its group (the leave-one-out baseline of RLOO, as in GRPO). For one-step episodes this is an
+unbiased, low-variance advantage that needs no learned value: PPO still runs unchanged on top of it.
+``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring.
 """
 
 from __future__ import annotations
@@ -25,26 +31,32 @@ class BatchedTokenKeepVecEnv(VecEnv):
 
     Args:
         core: The shared core (model, task pool, caches).
-        n_envs: Number of parallel episodes.
-        seed: Base seed; env i draws from ``seed + i``.
+        n_envs: Number of parallel episodes; a multiple of ``group_size``.
+        seed: Base seed; group g draws its episodes from ``seed + g``.
+        group_size: Episodes per group that share an example and a budget (1: no group baseline).
     """
 
-    def __init__(self, core: TokenKeepCore, n_envs: int = 8, seed: int | None = None) -> None:
+    def __init__(self, core: TokenKeepCore, n_envs: int = 8, seed: int | None = None, group_size: int = 1) -> None:
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        if group_size < 1 or n_envs % group_size:
+            raise ValueError(f"group_size must be >= 1 and divide n_envs={n_envs}, got {group_size}")
         self.core = core
+        self.group_size = group_size
+        self.n_groups = n_envs // group_size
         super().__init__(n_envs, core.observation_space, core.action_space)
-        self._rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(n_envs)]
+        self.seed(seed)
         self._episodes: list[tuple[int, Budget]] = []
         self._obs: dict[str, np.ndarray] | None = None
         self._actions: np.ndarray | None = None
 
     def seed(self, seed: int | None = None) -> Sequence[None | int]:  # noqa: D102
-        self._rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(self.num_envs)]
-        return [None if seed is None else seed + i for i in range(self.num_envs)]
+        self._rngs = [np.random.default_rng(None if seed is None else seed + g) for g in range(self.n_groups)]
+        return [None if seed is None else seed + r // self.group_size for r in range(self.num_envs)]
 
     def _new_episodes(self) -> dict[str, np.ndarray]:
-        self._episodes = [self.core.sample(rng) for rng in self._rngs]
+        groups = [self.core.sample(rng) for rng in self._rngs]
+        self._episodes = [groups[r // self.group_size] for r in range(self.num_envs)]
         return self.core.observe([i for i, _ in self._episodes], [b for _, b in self._episodes])
 
     def reset(self) -> dict[str, np.ndarray]:
@@ -59,20 +71,27 @@ class BatchedTokenKeepVecEnv(VecEnv):
         self._actions = np.asarray(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
-        """Score all n keep masks in one batch, then start n new episodes."""
+        """Score all n actions in one batch, centre rewards within groups, then start n new episodes."""
         if self._obs is None or self._actions is None:
             raise RuntimeError("call reset() and step_async() before step_wait()")
         if self._actions.shape[0] != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {self._actions.shape}")
         res = self.core.step_batch([i for i, _ in self._episodes], [b for _, b in self._episodes], list(self._actions))
+        raw = res.rewards.astype(np.float32)
+        rewards = raw.copy()
+        if self.group_size > 1:
+            g = raw.reshape(self.n_groups, self.group_size)
+            others = (g.sum(1, keepdims=True) - g) / (self.group_size - 1)
+            rewards = (g - others).reshape(-1).astype(np.float32)
         finished = self._obs
         self._obs = self._new_episodes()
         for r, info in enumerate(res.infos):
             info["terminal_observation"] = {k: v[r] for k, v in finished.items()}
             info["TimeLimit.truncated"] = False
-            info["episode"] = {"r": float(res.rewards[r]), "l": 1, "t": 0.0}
+            info["raw_reward"] = float(raw[r])
+            info["episode"] = {"r": float(raw[r]), "l": 1, "t": 0.0}
         self._actions = None
-        return self._obs, res.rewards.copy(), np.ones(self.num_envs, dtype=bool), res.infos
+        return self._obs, rewards, np.ones(self.num_envs, dtype=bool), res.infos
 
     def close(self) -> None:  # noqa: D102
         pass

@@ -2,16 +2,18 @@
 
 Two objects, one concept:
 
-* :class:`Budget` is what one reduction is asked for: a keep ``rate``, a number of ``target_tokens``, or a
-  ``token_cost`` (the price of keeping the whole context, charged in the reward). The policy is conditioned on
-  its token cost; a rate or target is met by ranking (:func:`keep_top`).
+* :class:`Budget` is what one reduction is asked for: a keep ``rate`` or a number of ``target_tokens`` (the
+  policy ranks units and :func:`fill_units` keeps the best that fit: never above the budget, as close as the
+  units allow), or, with neither, the *adaptive* mode: the policy decides how much to keep, conditioned on a
+  ``token_cost`` (the price of keeping the whole context, charged in the training reward).
 * :class:`BudgetConfig` is the range a policy is trained on and the default a deployed reducer uses. It is
-  part of the run config and is written unchanged into ``reducer_config.json``; :meth:`BudgetConfig.observe`
-  is the one place a budget becomes the policy's input.
+  part of the run config and is written unchanged into ``reducer_config.json``; :meth:`BudgetConfig.sample`
+  draws training budgets and :meth:`BudgetConfig.observe` is the one place a budget becomes the policy's input.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +25,13 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True)
 class Budget:
-    """What one reduction is asked for. Give at most one of ``rate`` and ``target_tokens``.
+    """What one reduction is asked for: a rate, a target, or neither (adaptive mode).
 
     Attributes:
-        rate: Keep this fraction of the context's tokens, in (0, 1].
-        target_tokens: Keep this many context tokens (capped at the context's length), >= 1.
-        token_cost: The token cost the policy is conditioned on (None: the reducer's default). Without a rate
-            or a target, the policy's own keep decisions at this cost are used.
+        rate: Keep at most this fraction of the context's tokens, in (0, 1].
+        target_tokens: Keep at most this many context tokens, >= 1.
+        token_cost: Adaptive mode only: the token cost the policy is conditioned on (None: the reducer's
+            default).
     """
 
     rate: float | None = None
@@ -39,77 +41,136 @@ class Budget:
     def __post_init__(self) -> None:
         if self.rate is not None and self.target_tokens is not None:
             raise BudgetError("give rate or target_tokens, not both")
-        if self.rate is not None and not 0 < self.rate <= 1:
+        if self.rate is not None and not (isinstance(self.rate, (int, float)) and 0 < self.rate <= 1):
             raise BudgetError(f"rate must be in (0, 1], got {self.rate}")
-        if self.target_tokens is not None and self.target_tokens < 1:
-            raise BudgetError(f"target_tokens must be >= 1, got {self.target_tokens}")
-        if self.token_cost is not None and not (np.isfinite(self.token_cost) and self.token_cost >= 0):
-            raise BudgetError(f"token_cost must be a finite number >= 0, got {self.token_cost}")
+        if self.target_tokens is not None and not (
+            isinstance(self.target_tokens, (int, np.integer)) and self.target_tokens >= 1
+        ):
+            raise BudgetError(f"target_tokens must be an integer >= 1, got {self.target_tokens}")
+        if self.token_cost is not None:
+            if self.rate is not None or self.target_tokens is not None:
+                raise BudgetError("token_cost applies to the adaptive mode only: give it without rate or target_tokens")
+            if not (math.isfinite(self.token_cost) and self.token_cost >= 0):
+                raise BudgetError(f"token_cost must be a finite number >= 0, got {self.token_cost}")
 
     @property
-    def ranked(self) -> bool:
-        """True when a rate or target fixes the number of kept tokens (selection by ranking)."""
-        return self.rate is not None or self.target_tokens is not None
+    def adaptive(self) -> bool:
+        """True when the policy decides how much to keep (no rate and no target)."""
+        return self.rate is None and self.target_tokens is None
 
-    def keep_count(self, n: int) -> int | None:
-        """Tokens to keep out of ``n`` (at least 1), or None when the policy decides (no rate or target)."""
+    def max_tokens(self, n: int) -> int | None:
+        """Most tokens that may be kept out of ``n``: ``floor(rate * n)`` or the target (at least 1, at most n).
+
+        None in adaptive mode.
+        """
         if self.rate is not None:
-            return max(1, round(self.rate * n))
+            return min(n, max(1, math.floor(self.rate * n + 1e-9)))
         if self.target_tokens is not None:
-            return min(n, self.target_tokens)
+            return min(n, int(self.target_tokens))
         return None
 
 
 @dataclass
 class BudgetConfig:
-    """The budgets a policy is trained on, and the default a deployed reducer asks for.
+    """The budgets a policy is trained on, and the default of a deployed reducer.
 
     Attributes:
-        cost_low: Lowest token cost drawn per training episode.
-        cost_high: Highest token cost drawn per training episode; the policy sees ``cost / cost_high``.
-        default_token_cost: Token cost of evaluations and of reductions that give none.
+        rate_low: Lowest keep rate drawn per training episode.
+        rate_high: Highest keep rate drawn per training episode.
+        adaptive_fraction: Share of training episodes in adaptive mode (the policy decides how much to keep and
+            pays token_cost * kept fraction in the reward).
+        cost_low: Lowest token cost drawn for an adaptive episode.
+        cost_high: Highest token cost drawn for an adaptive episode; the policy sees cost / cost_high.
+        default_token_cost: Token cost of adaptive reductions that give none (the reducer's no-rate default).
     """
 
-    cost_low: float = 0.2
+    rate_low: float = 0.1
+    rate_high: float = 0.7
+    adaptive_fraction: float = 0.25
+    cost_low: float = 0.05
     cost_high: float = 1.0
-    default_token_cost: float = 0.5
+    default_token_cost: float = 0.3
 
     def __post_init__(self) -> None:
-        if not 0 <= self.cost_low <= self.cost_high:
-            raise BudgetError(f"need 0 <= cost_low <= cost_high, got {self.cost_low}, {self.cost_high}")
-        if self.cost_high <= 0:
-            raise BudgetError(f"cost_high must be > 0, got {self.cost_high}")
+        if not 0 < self.rate_low <= self.rate_high <= 1:
+            raise BudgetError(f"need 0 < rate_low <= rate_high <= 1, got {self.rate_low}, {self.rate_high}")
+        if not 0 <= self.adaptive_fraction <= 1:
+            raise BudgetError(f"adaptive_fraction must be in [0, 1], got {self.adaptive_fraction}")
+        if not 0 <= self.cost_low <= self.cost_high or self.cost_high <= 0:
+            raise BudgetError(f"need 0 <= cost_low <= cost_high, cost_high > 0, got {self.cost_low}, {self.cost_high}")
         if self.default_token_cost < 0:
             raise BudgetError(f"default_token_cost must be >= 0, got {self.default_token_cost}")
 
     @property
     def observation_size(self) -> int:
         """Length of the budget vector in an observation."""
-        return 1
+        return 3
 
     def sample(self, rng: np.random.Generator) -> Budget:
-        """A training budget: a token cost drawn uniformly from ``[cost_low, cost_high]``."""
-        lo, hi = self.cost_low, self.cost_high
-        return Budget(token_cost=float(rng.uniform(lo, hi)) if hi > lo else lo)
+        """A training budget: adaptive with probability ``adaptive_fraction``, else a uniform rate."""
+        if rng.random() < self.adaptive_fraction:
+            return Budget(token_cost=float(rng.uniform(self.cost_low, self.cost_high)))
+        return Budget(rate=float(rng.uniform(self.rate_low, self.rate_high)))
 
     def token_cost(self, budget: Budget) -> float:
-        """The token cost a budget asks for (the default when it gives none)."""
+        """The token cost an adaptive budget asks for (the default when it gives none); 0 for a rate or target."""
+        if not budget.adaptive:
+            return 0.0
         return self.default_token_cost if budget.token_cost is None else budget.token_cost
 
-    def observe(self, budget: Budget) -> np.ndarray:
-        """The policy's budget input: ``[token_cost / cost_high]`` (float32)."""
-        return np.array([self.token_cost(budget) / self.cost_high], dtype=np.float32)
+    def observe(self, budget: Budget, n_tokens: int) -> np.ndarray:
+        """The policy's budget input ``[adaptive, rate, token_cost / cost_high]`` (float32).
+
+        A target of t tokens out of ``n_tokens`` is seen as the rate ``t / n_tokens``.
+        """
+        if budget.adaptive:
+            return np.array([1.0, 0.0, self.token_cost(budget) / self.cost_high], dtype=np.float32)
+        rate = budget.rate if budget.rate is not None else min(1.0, budget.target_tokens / max(n_tokens, 1))
+        return np.array([0.0, rate, 0.0], dtype=np.float32)
 
 
-def keep_top(scores: np.ndarray | list[float], k: int) -> np.ndarray:
-    """Bool keep mask of the ``k`` highest scores; ties go to earlier positions, so results are deterministic.
+def fill_units(priority: np.ndarray, lengths: np.ndarray, max_tokens: int | None) -> np.ndarray:
+    """Bool mask of the units kept: the one selection rule of the env, the reducer and the baselines.
 
-    The one ranking rule shared by the reducer, the baselines and the evaluator: every method meets a
-    requested budget the same way.
+    Units with priority > 0 are candidates. Without a budget (adaptive mode) every candidate is kept. With one,
+    candidates are taken in decreasing priority (ties to the earlier unit) and each is kept if it still fits
+    in ``max_tokens``; one that does not fit is skipped, so the result is never above the budget and as close to
+    it as the units allow.
+
+    Args:
+        priority: ``[U]`` priorities (padding units may hold anything).
+        lengths: ``[U]`` tokens per unit; 0 marks a padding unit, never kept.
+        max_tokens: The budget in tokens, or None.
     """
+    priority = np.asarray(priority, dtype=np.float64)
+    lengths = np.asarray(lengths)
+    cand = np.flatnonzero((priority > 0) & (lengths > 0))
+    keep = np.zeros(len(priority), dtype=bool)
+    if max_tokens is None:
+        keep[cand] = True
+        return keep
+    order = cand[np.lexsort((cand, -priority[cand]))]
+    used = 0
+    for u in order:
+        if used + lengths[u] <= max_tokens:
+            keep[u] = True
+            used += int(lengths[u])
+            if used == max_tokens:
+                break
+    return keep
+
+
+def rank_priorities(scores: np.ndarray) -> np.ndarray:
+    """Priorities in (0, 1] that order units like ``scores`` (ties to the earlier unit): ``(U - rank) / U``."""
     scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
     order = np.lexsort((np.arange(n), -scores))
-    keep = np.zeros(n, dtype=bool)
-    keep[order[: min(n, max(k, 0))]] = True
-    return keep
+    out = np.zeros(n)
+    out[order] = (n - np.arange(n)) / max(n, 1)
+    return out
+
+
+def keep_top(scores: np.ndarray | list[float], k: int) -> np.ndarray:
+    """Bool keep mask of the ``k`` highest scores (one-token units); ties go to earlier positions."""
+    n = len(scores)
+    return fill_units(rank_priorities(scores), np.ones(n, dtype=np.int64), min(n, max(k, 0)))

@@ -1,23 +1,26 @@
-"""The token-level keep network: a small bidirectional encoder over frozen-model features, budget-conditioned.
+"""The keep network: a token encoder, pooled into selection units, then a unit encoder that scores each unit.
 
 Pure torch (no stable-baselines3, no gymnasium), shared by the SB3 training policy
 (:mod:`policies.sb3_policy`) and the deployable :class:`~policies.reducer.TokenReducer`.
 
-Input: an observation dict packed by :func:`policies.processor.pack_observations`, as tensors, for a batch
-of B sequences padded to length L:
-    features: ``[B, L, D]`` frozen-model hidden states of the question + context tokens.
-    attention_mask: ``[B, L]`` 1 for real tokens (question and context), 0 for padding.
-    reducible_mask: ``[B, L]`` 1 for context tokens (the ones a policy may drop).
-    budget: ``[B, K]`` the budget vector (:meth:`policies.budget.BudgetConfig.observe`).
+Input: an observation dict packed by :func:`policies.processor.pack_observations`, as tensors, for B rows of
+length L (see the processor for the layout): ``features [B, L, D]``, ``lexical [B, L, C]``,
+``attention_mask``, ``reducible_mask``, ``unit_index [B, L]`` and ``budget [B, K]``.
 
-Outputs:
-    keep_logits: ``[B, L]`` per-token keep logits (meaningful at reducible positions only).
-    value: ``[B]`` state value, pooled over the reducible tokens.
+Output: ``scores [B, L]`` (one ranking score per unit, at the unit's index; padding units get
+:data:`~policies.ranking.NEG`), ``stop [B]`` (the adaptive mode's STOP score) and ``value [B]``.
 
-Architecture: LayerNorm + linear projection of the features, a learned segment embedding (question vs context),
-a budget embedding added to every token, a depthwise convolution for local (neighbouring-token) context, a
-pre-norm transformer encoder that lets context tokens attend to the question and to each other, then a
-per-token head. Nothing depends on absolute positions, so a trained network applies to any length.
+Architecture:
+
+1. Tokens: LayerNorm + projection of the frozen-model features, plus a projection of the lexical channels, a
+   segment embedding (question or context) and the budget embedding; a depthwise convolution for neighbouring
+   tokens; bidirectional attention blocks in which context tokens see the question and each other.
+2. Units: the mean of each unit's token states, joined with the mean question state.
+3. Units again: attention blocks over units with a learned bias per head for the signed, log-bucketed distance
+   between units, so a unit can look for a related unit before or after it ("a later fact overrides this one").
+4. Heads: a per-unit score, and STOP and value heads on the mean unit state; all see the budget.
+
+No absolute positions anywhere, so a trained network applies to any length.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from policies.ranking import NEG
+
 
 @dataclass
 class NetworkConfig:
@@ -35,34 +40,36 @@ class NetworkConfig:
 
     Attributes:
         d_model: Width of the policy encoder.
-        n_layers: Bidirectional attention blocks.
+        n_layers: Bidirectional attention blocks over tokens.
+        n_unit_layers: Attention blocks over units (with relative-distance bias).
         n_heads: Attention heads per block.
-        conv_kernel: Kernel size of the local depthwise convolution (odd).
-        dropout: Dropout in the encoder (0 for RL).
-        init_keep_prob: Initial keep probability of every token (sets the keep head's bias).
+        conv_kernel: Kernel size of the local depthwise convolution over tokens (odd).
+        dropout: Dropout in the attention blocks (0 for RL).
+        distance_buckets: Log-spaced distance buckets per direction in the unit blocks.
     """
 
     d_model: int = 128
     n_layers: int = 2
+    n_unit_layers: int = 2
     n_heads: int = 4
     conv_kernel: int = 5
     dropout: float = 0.0
-    init_keep_prob: float = 0.7
+    distance_buckets: int = 6
 
     def __post_init__(self) -> None:
         if self.conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-        if not 0 < self.init_keep_prob < 1:
-            raise ValueError(f"init_keep_prob must be in (0, 1), got {self.init_keep_prob}")
+        if self.n_layers < 0 or self.n_unit_layers < 0 or self.distance_buckets < 1:
+            raise ValueError("n_layers and n_unit_layers must be >= 0, distance_buckets >= 1")
 
 
 class EncoderBlock(nn.Module):
     """Pre-norm bidirectional self-attention + MLP block; padding keys are masked out.
 
     Written with ``scaled_dot_product_attention`` rather than ``nn.TransformerEncoderLayer`` so that it traces
-    to ONNX with dynamic batch and length.
+    to ONNX with dynamic batch and length, and so that it takes an additive attention bias.
     """
 
     def __init__(self, d: int, n_heads: int, dropout: float = 0.0) -> None:
@@ -75,76 +82,109 @@ class EncoderBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, L, d]``; ``valid``: ``[B, L]`` bool. Returns ``[B, L, d]``."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``[B, N, d]``; ``valid``: ``[B, N]`` bool; ``bias``: optional ``[B or 1, H, N, N]``."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        # Every query may attend to every real token; padding keys get -inf. A row with no real token at all
-        # would be NaN, so padding queries also see themselves (their outputs are masked downstream).
+        # Every query may attend to every real key; padding keys get -inf. A row with no real key at all would
+        # be NaN, so every query also sees itself (padding outputs are masked downstream).
         pos = torch.arange(n, device=x.device)
         allowed = valid[:, None, None, :] | (pos[:, None] == pos[None, :])[None, None]
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, -torch.inf)
+        if bias is not None:
+            mask = mask + bias
         att = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
         x = x + self.proj(att.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
 
 
+def distance_bucket(n: int, buckets: int, device: torch.device) -> torch.Tensor:
+    """``[n, n]`` bucket index of the signed distance j - i: 0 for i = j, then log2-spaced per direction."""
+    pos = torch.arange(n, device=device)
+    dist = pos[None, :] - pos[:, None]
+    mag = torch.floor(torch.log2(dist.abs().clamp(min=1).float())).long() + 1
+    mag = torch.where(dist == 0, torch.zeros_like(mag), mag.clamp(max=buckets))
+    return buckets + torch.sign(dist) * mag
+
+
 class TokenKeepNetwork(nn.Module):
-    """Per-token keep logits and a pooled value from frozen-model features (see the module docstring).
+    """Unit scores, a STOP score and a value from one observation batch (see the module docstring).
 
     Args:
         config: The network's shape.
         feature_dim: Width of the frozen-model features.
+        lexical_size: Number of lexical channels (0: none).
         budget_size: Length of the budget vector.
     """
 
-    def __init__(self, config: NetworkConfig, feature_dim: int, budget_size: int) -> None:
+    def __init__(self, config: NetworkConfig, feature_dim: int, lexical_size: int, budget_size: int) -> None:
         super().__init__()
         self.config = config
         self.feature_dim = feature_dim
+        self.lexical_size = lexical_size
         self.budget_size = budget_size
+        self.trim_units = True  # score only as many units as the batch has (off for ONNX tracing)
         d = config.d_model
         self.in_norm = nn.LayerNorm(feature_dim)
         self.in_proj = nn.Linear(feature_dim, d)
+        self.lex_proj = nn.Linear(lexical_size, d) if lexical_size else None
         self.segment = nn.Embedding(2, d)
-        self.cost_embed = nn.Sequential(nn.Linear(budget_size, d), nn.SiLU(), nn.Linear(d, d))
+        self.budget_embed = nn.Sequential(nn.Linear(budget_size, d), nn.SiLU(), nn.Linear(d, d))
         self.conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2, groups=d)
         self.conv_norm = nn.LayerNorm(d)
         self.blocks = nn.ModuleList(EncoderBlock(d, config.n_heads, config.dropout) for _ in range(config.n_layers))
+        self.unit_in = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d))
+        self.unit_blocks = nn.ModuleList(
+            EncoderBlock(d, config.n_heads, config.dropout) for _ in range(config.n_unit_layers)
+        )
+        self.distance_bias = nn.Parameter(torch.zeros(config.n_heads, 2 * config.distance_buckets + 1))
         self.out_norm = nn.LayerNorm(d)
-        self.keep_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
+        self.score_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
+        self.stop_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
         self.value_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
-        p = config.init_keep_prob
-        nn.init.zeros_(self.keep_head[-1].weight)
-        nn.init.constant_(self.keep_head[-1].bias, float(torch.logit(torch.tensor(p))))
+        # Start near a uniform ranking: small score weights, so early episodes explore.
+        nn.init.normal_(self.score_head[-1].weight, std=0.01)
+        nn.init.zeros_(self.score_head[-1].bias)
 
-    def encode(
-        self,
-        features: torch.Tensor,
-        attention_mask: torch.Tensor,
-        reducible_mask: torch.Tensor,
-        budget: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Contextual token states ``[B, L, d]`` and the budget embedding ``[B, d]``."""
-        valid = attention_mask.bool()
-        reducible = reducible_mask.bool()
-        cost = self.cost_embed(budget.reshape(-1, self.budget_size).float())
-        x = self.in_proj(self.in_norm(features.float()))
-        x = x + self.segment(reducible.long()) + cost[:, None, :]
-        x = x * valid[..., None]
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unit scores ``[B, L]``, STOP scores ``[B]`` and values ``[B]``."""
+        valid = obs["attention_mask"].bool()
+        reducible = obs["reducible_mask"].bool()
+        unit_index = obs["unit_index"].long()
+        b, length = unit_index.shape
+        budget = self.budget_embed(obs["budget"].reshape(b, self.budget_size).float())
+        # 1. tokens
+        x = self.in_proj(self.in_norm(obs["features"].float()))
+        if self.lex_proj is not None:
+            x = x + self.lex_proj(obs["lexical"].float())
+        x = (x + self.segment(reducible.long()) + budget[:, None, :]) * valid[..., None]
         x = x + self.conv(self.conv_norm(x).transpose(1, 2)).transpose(1, 2) * valid[..., None]
         for block in self.blocks:
             x = block(x, valid)
-        return self.out_norm(x), cost
-
-    def forward(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep logits ``[B, L]`` and values ``[B]`` of a batch of observations (the processor's keys)."""
-        reducible_mask = obs["reducible_mask"]
-        h, cost = self.encode(obs["features"], obs["attention_mask"], reducible_mask, obs["budget"])
-        cost_tok = cost[:, None, :].expand_as(h)
-        logits = self.keep_head(torch.cat([h, cost_tok], dim=-1)).squeeze(-1)
-        red = reducible_mask.float()[..., None]
-        pooled = (h * red).sum(1) / red.sum(1).clamp(min=1.0)
-        value = self.value_head(torch.cat([pooled, cost], dim=-1)).squeeze(-1)
-        return logits, value
+        # 2. units: mean of their tokens, joined with the mean question state
+        n_units = max(int(unit_index.max().item()) + 1, 1) if self.trim_units else length
+        member = (unit_index[:, None, :] == torch.arange(n_units, device=x.device)[None, :, None]).float()
+        counts = member.sum(-1)
+        pooled = member @ x / counts.clamp(min=1.0)[..., None]
+        question = (valid & ~reducible).float()
+        q_mean = (x * question[..., None]).sum(1) / question.sum(1).clamp(min=1.0)[:, None]
+        unit_valid = counts > 0
+        u = self.unit_in(torch.cat([pooled, q_mean[:, None, :].expand_as(pooled)], -1)) + budget[:, None, :]
+        u = u * unit_valid[..., None]
+        # 3. units attend to each other, with a bias for their signed distance
+        bucket = distance_bucket(n_units, self.config.distance_buckets, x.device)
+        bias = self.distance_bias[:, bucket][None]
+        for block in self.unit_blocks:
+            u = block(u, unit_valid, bias)
+        u = self.out_norm(u)
+        # 4. heads
+        per_unit = torch.cat([u, budget[:, None, :].expand_as(u)], -1)
+        scores = self.score_head(per_unit).squeeze(-1)
+        scores = torch.where(unit_valid, scores, torch.full_like(scores, NEG))
+        if self.trim_units and n_units < length:
+            scores = torch.cat([scores, scores.new_full((b, length - n_units), NEG)], 1)
+        mean_u = (u * unit_valid[..., None]).sum(1) / unit_valid.sum(1).clamp(min=1)[:, None]
+        pooled_all = torch.cat([mean_u, budget], -1)
+        return scores, self.stop_head(pooled_all).squeeze(-1), self.value_head(pooled_all).squeeze(-1)

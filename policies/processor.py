@@ -5,28 +5,40 @@ Like a Hugging Face processor, this module is saved with the model (its :class:`
 :class:`~policies.reducer.TokenReducer`, so the two cannot drift. It owns:
 
 * encoding text: :func:`encode_text`, :func:`encode_question` (the question follows ``Question:``, so it is
-  encoded with one leading space) and :func:`encode_context` (with evidence spans mapped onto tokens);
-* long contexts: :func:`context_windows` splits a context into windows that fit ``max_len`` with the question;
+  encoded with one leading space) and :func:`encode_context` (ids, character offsets, evidence flags);
+* :func:`prepare`: selection units (:mod:`policies.units`) and lexical channels (:mod:`policies.lexical`) of a
+  context, as an :class:`Encoded`;
+* long contexts: :func:`windows` cuts an :class:`Encoded` into pieces that fit ``max_len`` with the question,
+  at unit boundaries;
 * observations: :func:`observation_layout` (names, shapes, dtypes, bounds) and :func:`pack_observations`.
 
-Observation layout (arrays padded to ``max_len``; features are float16-rounded, see :mod:`policies.features`)::
+Observation layout (token arrays padded to ``max_len``; features are float16-rounded, see
+:mod:`policies.features`)::
 
-    position:   0 .. q-1          q .. q+c-1           q+c .. max_len-1
-    tokens:     question tokens   context tokens       padding
-    reducible:  0                 1                    0
+    position:     0 .. q-1          q .. q+c-1                q+c .. max_len-1
+    tokens:       question tokens   context tokens            padding
+    reducible:    0                 1                         0
+    unit_index:   -1                unit of each token        -1
+    unit_lengths: tokens per unit u at position u (0 past the last unit)
 
 The question comes first so that, for feature layers > 0, the causal frozen model's context features can
-attend to it. Actions and keep logits are aligned with these positions; only reducible positions count.
+attend to it. Actions (one priority per unit) are aligned with unit indices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
+
+from policies.lexical import CHANNELS, lexical_channels
+from policies.units import Unit, segment, unit_lengths
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+"""Features are float16 values, so this bounds them (and every other float in an observation)."""
 
 
 @dataclass
@@ -37,16 +49,52 @@ class ProcessorConfig:
         max_len: Observation length: question + context tokens of one window.
         feature_layer: Frozen-model layer whose hidden states are the per-token features (0 = input
             embeddings; layer k costs about k/L of a prefill at deploy time).
+        unit: Selection unit: token (characters are never split), word or sentence.
+        lexical: Add the lexical question-match channels of policies/lexical.py to the observation.
     """
 
     max_len: int = 256
     feature_layer: int = 0
+    unit: Unit = "word"
+    lexical: bool = True
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {self.max_len}")
         if self.feature_layer < 0:
             raise ValueError(f"feature_layer must be >= 0, got {self.feature_layer}")
+
+    @property
+    def lexical_size(self) -> int:
+        """Number of lexical channels per token (0 when off)."""
+        return len(CHANNELS) if self.lexical else 0
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A question and a context (or a window of one) prepared for the policy.
+
+    Attributes:
+        question: Question token ids.
+        context: Context token ids.
+        unit_index: ``[n_context]`` unit of each context token (0-based, non-decreasing).
+        lexical: ``[n_context, lexical_size]`` lexical channels (float32).
+    """
+
+    question: tuple[int, ...]
+    context: tuple[int, ...]
+    unit_index: np.ndarray
+    lexical: np.ndarray
+
+    @property
+    def n_units(self) -> int:
+        """Number of units."""
+        return int(self.unit_index[-1]) + 1 if len(self.unit_index) else 0
+
+    @property
+    def unit_lengths(self) -> np.ndarray:
+        """Tokens per unit."""
+        return unit_lengths(self.unit_index)
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -71,88 +119,138 @@ def encode_question(tokenizer: Any, question: str | None) -> tuple[int, ...]:
 
 def encode_context(
     tokenizer: Any, context: str, evidence: Sequence[tuple[int, int]] = ()
-) -> tuple[tuple[int, ...], tuple[bool, ...]]:
-    """Context token ids and, per token, whether it overlaps one of the ``evidence`` character spans."""
-    if not evidence:
-        ids = encode_text(tokenizer, context)
-        return ids, (False,) * len(ids)
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], tuple[bool, ...]]:
+    """Context token ids, their character offsets, and whether each overlaps one of the ``evidence`` spans."""
+    if not context:
+        return (), (), ()
     batch = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
-    flags = tuple(any(s < end and e > start for start, end in evidence) for s, e in batch["offset_mapping"])
-    return tuple(batch["input_ids"]), flags
+    offsets = tuple((int(s), int(e)) for s, e in batch["offset_mapping"])
+    flags = tuple(any(s < end and e > start for start, end in evidence) for s, e in offsets)
+    return tuple(batch["input_ids"]), offsets, flags
 
 
-def context_windows(n_question: int, n_context: int, max_len: int) -> list[slice]:
-    """Consecutive context slices that each fit in ``max_len`` together with the question.
+def prepare(
+    config: ProcessorConfig,
+    context: str,
+    context_ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    question: str | None,
+    question_ids: Sequence[int],
+) -> Encoded:
+    """Units and lexical channels of an encoded context (see :func:`encode_context`)."""
+    unit_index = segment(context, offsets, config.unit)
+    if config.lexical:
+        sentences = unit_index if config.unit == "sentence" else segment(context, offsets, "sentence")
+        lexical = lexical_channels(context, offsets, sentences, question or "")
+    else:
+        lexical = np.zeros((len(context_ids), 0), np.float32)
+    return Encoded(tuple(question_ids), tuple(context_ids), unit_index, lexical)
+
+
+def encode(config: ProcessorConfig, tokenizer: Any, context: str, question: str | None) -> Encoded:
+    """Tokenise and prepare a (context, question) pair, as the deployed reducer does."""
+    ids, offsets, _ = encode_context(tokenizer, context)
+    return prepare(config, context, ids, offsets, question, encode_question(tokenizer, question))
+
+
+def windows(enc: Encoded, max_len: int) -> list[Encoded]:
+    """Cut a long context into consecutive windows that fit ``max_len`` with the question, at unit boundaries.
+
+    A single unit longer than a window is cut into window-sized pieces, each its own unit.
 
     Raises:
         ValueError: If the question leaves no room for context.
     """
-    room = max_len - n_question
+    room = max_len - len(enc.question)
     if room < 1:
-        raise ValueError(f"the question has {n_question} tokens, leaving no room in max_len={max_len}")
-    return [slice(s, min(s + room, n_context)) for s in range(0, n_context, room)]
+        raise ValueError(f"the question has {len(enc.question)} tokens, leaving no room in max_len={max_len}")
+    n = len(enc.context)
+    if n <= room:
+        return [enc]
+    starts = np.flatnonzero(np.r_[True, np.diff(enc.unit_index) != 0])  # first token of each unit
+    out, s = [], 0
+    while s < n:
+        fits = starts[(starts > s) & (starts <= s + room)]
+        e = int(fits[-1]) if len(fits) and s + room < n else min(s + room, n)
+        idx = enc.unit_index[s:e]
+        out.append(replace(enc, context=enc.context[s:e], unit_index=idx - idx[0], lexical=enc.lexical[s:e]))
+        s = e
+    return out
 
 
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-"""Features are float16 values, so this bounds them (and the budget vector, which is far smaller)."""
+def observation_layout(
+    max_len: int, feature_dim: int, lexical_size: int, budget_size: int, vocab_size: int
+) -> dict[str, tuple]:
+    """``name -> (shape, dtype, low, high)`` of every observation array (one example, unbatched).
 
-
-def observation_layout(max_len: int, feature_dim: int, budget_size: int, vocab_size: int) -> dict[str, tuple]:
-    """``name -> (shape, dtype, low, high)`` of every observation array (one example, unbatched)."""
+    ``lexical`` is present only when the processor has lexical channels.
+    """
+    lexical = {"lexical": ((max_len, lexical_size), np.float32, 0.0, 1.0)} if lexical_size else {}
     return {
         "input_ids": ((max_len,), np.int64, 0, vocab_size - 1),
         "features": ((max_len, feature_dim), np.float32, -FLOAT16_MAX, FLOAT16_MAX),
+        **lexical,
         "attention_mask": ((max_len,), np.int8, 0, 1),
         "reducible_mask": ((max_len,), np.int8, 0, 1),
+        "unit_index": ((max_len,), np.int64, -1, max_len - 1),
+        "unit_lengths": ((max_len,), np.float32, 0.0, float(max_len)),
         "budget": ((budget_size,), np.float32, 0.0, FLOAT16_MAX),
+        "max_tokens": ((1,), np.float32, -1.0, float(max_len)),
     }
 
 
 def pack_observations(
-    questions: Sequence[Sequence[int]],
-    contexts: Sequence[Sequence[int]],
+    items: Sequence[Encoded],
     features: Sequence[torch.Tensor],
     budgets: Sequence[np.ndarray],
     *,
     max_len: int,
     pad_id: int,
+    max_tokens: Sequence[int | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Stack a batch of observations ``[B, ...]`` (see the module docstring for the layout).
 
     Args:
-        questions: Question token ids per row.
-        contexts: Context token ids per row (one window).
+        items: One prepared window per row.
         features: Features ``[q + c, D]`` of each row's question + context sequence.
         budgets: Budget vectors (:meth:`~policies.budget.BudgetConfig.observe`).
         max_len: Padded length.
         pad_id: Token id of padding.
+        max_tokens: Each row's token budget (:meth:`~policies.budget.Budget.max_tokens`; None in adaptive
+            mode), which the training distribution cuts its ranking with; None: every row adaptive.
 
     Raises:
         ValueError: If a row does not fit in ``max_len`` or its features have the wrong length.
     """
-    b = len(questions)
+    b = len(items)
     d = int(features[0].shape[-1]) if b else 0
+    c_lex = int(items[0].lexical.shape[-1]) if b else 0
     obs = {
         "input_ids": np.full((b, max_len), pad_id, np.int64),
         "features": np.zeros((b, max_len, d), np.float32),
+        "lexical": np.zeros((b, max_len, c_lex), np.float32),
         "attention_mask": np.zeros((b, max_len), np.int8),
         "reducible_mask": np.zeros((b, max_len), np.int8),
-        "budget": np.stack([np.asarray(x, np.float32) for x in budgets]) if b else np.zeros((0, 1), np.float32),
+        "unit_index": np.full((b, max_len), -1, np.int64),
+        "unit_lengths": np.zeros((b, max_len), np.float32),
+        "budget": np.stack([np.asarray(x, np.float32) for x in budgets]) if b else np.zeros((0, 3), np.float32),
+        "max_tokens": np.array([[-1.0 if m is None else float(m)] for m in (max_tokens or [None] * b)], np.float32),
     }
-    for r, (q, c, f) in enumerate(zip(questions, contexts, features, strict=True)):
-        n = len(q) + len(c)
-        if n > max_len:
-            raise ValueError(f"row {r}: {len(q)} question + {len(c)} context tokens > max_len={max_len}")
-        if f.shape[0] != n:
-            raise ValueError(f"row {r}: features cover {f.shape[0]} tokens, expected {n}")
-        obs["input_ids"][r, :n] = [*q, *c]
-        obs["features"][r, :n] = f.float().numpy()
-        obs["attention_mask"][r, :n] = 1
-        obs["reducible_mask"][r, len(q) : n] = 1
+    if not c_lex:
+        del obs["lexical"]
+    for r, (it, f) in enumerate(zip(items, features, strict=True)):
+        q, c = len(it.question), len(it.context)
+        if q + c > max_len:
+            raise ValueError(f"row {r}: {q} question + {c} context tokens > max_len={max_len}")
+        if f.shape[0] != q + c:
+            raise ValueError(f"row {r}: features cover {f.shape[0]} tokens, expected {q + c}")
+        obs["input_ids"][r, : q + c] = [*it.question, *it.context]
+        obs["features"][r, : q + c] = f.float().numpy()
+        if c_lex:
+            obs["lexical"][r, q : q + c] = it.lexical
+        obs["attention_mask"][r, : q + c] = 1
+        obs["reducible_mask"][r, q : q + c] = 1
+        obs["unit_index"][r, q : q + c] = it.unit_index
+        lengths = it.unit_lengths
+        obs["unit_lengths"][r, : len(lengths)] = lengths
     return obs
-
-
-def context_logits(logits: np.ndarray | torch.Tensor, n_question: int, n_context: int) -> np.ndarray:
-    """The keep logits (or actions) of one observation row that belong to its context tokens."""
-    row = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    return row[n_question : n_question + n_context]

@@ -13,9 +13,15 @@ A saved reducer is a directory::
                           or its first k blocks when the policy reads layer-k features)
     tokenizer.json, ...   the tokenizer (Hugging Face tokenizer files, no pickle)
 
-Long contexts: a context longer than ``max_len - len(question)`` tokens is split into consecutive windows that
-each fit, every window is scored with the question, and the keep logits are concatenated
-(``too_long="chunk"``, the default); ``too_long="error"`` raises instead.
+Selection: the network scores every selection unit (token, word or sentence, as trained). With a rate or a
+target, units are ranked by score and :func:`policies.budget.fill_units` keeps the best that fit: never above
+the budget, as close as the units allow. Without either (adaptive mode) the units scored above the network's
+STOP score are kept. Pieces of one character are always kept or dropped together.
+
+Long contexts: a context longer than ``max_len - len(question)`` tokens is cut into consecutive windows at
+unit boundaries, every window is scored with the question (``window_batch`` windows per forward, so memory
+stays bounded whatever the length), and the selection runs over all units at once (``too_long="chunk"``, the
+default); ``too_long="error"`` raises instead.
 """
 
 from __future__ import annotations
@@ -30,17 +36,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.budget import Budget, BudgetConfig, BudgetError, keep_top
+from policies.budget import Budget, BudgetConfig, BudgetError, fill_units, rank_priorities
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import (
+    Encoded,
     ProcessorConfig,
-    context_windows,
+    encode,
     encode_question,
     encode_text,
     pack_observations,
     pad_token_id,
+    windows,
 )
 from policies.reducer_config import (
     BaseModelInfo,
@@ -61,9 +69,11 @@ class Reduction:
         text: The reduced context text.
         kept_ids: Token ids kept, in order.
         keep_mask: Bool array over the context's tokens, True = kept.
-        kept_ratio: ``kept_tokens / original_tokens``.
+        kept_ratio: ``kept_tokens / original_tokens``, the achieved ratio.
         original_tokens: Context tokens before reduction.
         kept_tokens: Context tokens after reduction.
+        budget: The budget asked for.
+        max_tokens: The budget in tokens (None in adaptive mode); ``kept_tokens <= max_tokens`` always.
     """
 
     text: str
@@ -72,6 +82,8 @@ class Reduction:
     kept_ratio: float
     original_tokens: int
     kept_tokens: int
+    budget: Budget = Budget()
+    max_tokens: int | None = None
 
 
 class TokenReducer(nn.Module):
@@ -129,7 +141,8 @@ class TokenReducer(nn.Module):
         budget = budget or BudgetConfig()
         features = FeatureModule.from_causal_lm(model, processor.feature_layer)
         if not isinstance(network, TokenKeepNetwork):
-            network = TokenKeepNetwork(network or NetworkConfig(), features.width, budget.observation_size)
+            config = network or NetworkConfig()
+            network = TokenKeepNetwork(config, features.width, processor.lexical_size, budget.observation_size)
         hf_config = model.config.to_dict()
         hf_config.pop("quantization_config", None)
         hf_config.pop("_name_or_path", None)
@@ -192,45 +205,52 @@ class TokenReducer(nn.Module):
         return list(encode_text(self.tokenizer, text))
 
     @torch.inference_mode()
-    def keep_logits(
-        self,
-        contexts: Sequence[Sequence[int]],
-        questions: Sequence[Sequence[int]],
-        budgets: Sequence[Budget],
-        max_batch_tokens: int = 16384,
+    def keep_masks(
+        self, items: Sequence[Encoded], budgets: Sequence[Budget], window_batch: int = 64, max_batch_tokens: int = 16384
     ) -> list[np.ndarray]:
-        """Keep logits over each context's tokens, window by window when a context is long.
+        """Bool keep mask over each prepared context's tokens (windows of ``max_len`` when a context is long).
 
         Args:
-            contexts: Context token ids.
-            questions: Question token ids (:func:`~policies.processor.encode_question`).
-            budgets: The budget of each context (the policy is conditioned on its token cost).
+            items: Prepared contexts (:func:`policies.processor.encode`).
+            budgets: The budget of each.
+            window_batch: Windows scored per network forward (bounds memory on long inputs).
             max_batch_tokens: Padded-token budget of one feature micro-batch.
 
         Returns:
-            One float32 array per context.
+            One mask per context.
         """
-        rows: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
-        for i, (c, q) in enumerate(zip(contexts, questions, strict=True)):
+        rows: list[tuple[int, Encoded]] = []
+        for i, enc in enumerate(items):
             try:
-                spans = context_windows(len(q), len(c), self.max_len)
+                rows += [(i, w) for w in windows(enc, self.max_len)]
             except ValueError as err:
                 raise ReducerError(str(err)) from err
-            rows += [(i, tuple(q), tuple(c[s])) for s in spans]
-        if not rows:
-            return [np.zeros(0, np.float32) for _ in contexts]
+        scores: list[list[np.ndarray]] = [[] for _ in items]
+        stops: list[list[np.ndarray]] = [[] for _ in items]
         pad = self.config.tokenizer.pad_id
-        feats = self.features.encode([q + c for _, q, c in rows], pad, max_batch_tokens)
-        budget_obs = [self.config.budget.observe(budgets[i]) for i, _, _ in rows]
-        width = max(len(q) + len(c) for _, q, c in rows)
-        obs = pack_observations(
-            [q for _, q, _ in rows], [c for _, _, c in rows], feats, budget_obs, max_len=width, pad_id=pad
-        )
-        logits, _ = self.network({k: torch.as_tensor(v) for k, v in obs.items()})
-        parts: list[list[np.ndarray]] = [[] for _ in contexts]
-        for r, (i, q, c) in enumerate(rows):
-            parts[i].append(logits[r, len(q) : len(q) + len(c)].float().numpy())
-        return [np.concatenate(p) if p else np.zeros(0, np.float32) for p in parts]
+        for start in range(0, len(rows), window_batch):
+            chunk = rows[start : start + window_batch]
+            feats = self.features.encode([w.question + w.context for _, w in chunk], pad, max_batch_tokens)
+            vecs = [self.config.budget.observe(budgets[i], len(items[i].context)) for i, _ in chunk]
+            width = max(len(w.question) + len(w.context) for _, w in chunk)
+            obs = pack_observations([w for _, w in chunk], feats, vecs, max_len=width, pad_id=pad)
+            unit_scores, stop, _ = self.network({k: torch.as_tensor(v) for k, v in obs.items()})
+            for r, (i, w) in enumerate(chunk):
+                scores[i].append(unit_scores[r, : w.n_units].float().numpy())
+                stops[i].append(np.full(w.n_units, float(stop[r])))
+        out = []
+        for enc, sc, st, budget in zip(items, scores, stops, budgets, strict=True):
+            unit_scores, unit_stop = np.concatenate(sc), np.concatenate(st)
+            # global unit of each token: windows' units, in order (a unit cut by a window edge counts twice)
+            token_unit = np.concatenate([w.unit_index + k for w, k in _offsets(windows(enc, self.max_len))])
+            lengths = np.bincount(token_unit, minlength=len(unit_scores))
+            if budget.adaptive:
+                priority = np.where(unit_scores > unit_stop, 1.0 + unit_scores - unit_stop, -1.0)
+            else:
+                priority = rank_priorities(unit_scores)
+            keep_units = fill_units(priority, lengths, budget.max_tokens(len(enc.context)))
+            out.append(keep_units[token_unit])
+        return out
 
     def reduce(
         self,
@@ -267,17 +287,18 @@ class TokenReducer(nn.Module):
         Args:
             contexts: The texts to reduce.
             questions: The question for each context (or None: no question).
-            rate: Keep ``round(rate * n)`` context tokens (at least 1), ranked by keep logit.
-            target_tokens: Keep this many context tokens (capped at the context's length).
-            token_cost: The token cost the policy is conditioned on (default: the reducer's). Without
-                ``rate``/``target_tokens`` the policy keeps the tokens whose keep probability exceeds 0.5.
+            rate: Keep at most ``floor(rate * n)`` context tokens (at least 1), as close to it as units allow.
+            target_tokens: Keep at most this many context tokens.
+            token_cost: Without rate or target: the token cost the adaptive policy is conditioned on (default:
+                the reducer's ``budget.default_token_cost``).
             too_long: ``"chunk"`` or ``"error"`` for contexts longer than one window (module docstring).
 
         Returns:
-            One :class:`Reduction` per context.
+            One :class:`Reduction` per context, with the achieved ``kept_ratio``.
 
         Raises:
-            ReducerError: On an empty context, a bad budget, or a long context with ``too_long="error"``.
+            ReducerError: On an empty or whitespace-only context, a bad budget, or a long context with
+                ``too_long="error"``.
         """
         try:
             budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
@@ -287,25 +308,25 @@ class TokenReducer(nn.Module):
             raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
         if questions is not None and len(questions) != len(contexts):
             raise ReducerError(f"got {len(contexts)} contexts but {len(questions)} questions")
-        ctx_ids = [self.encode(c) for c in contexts]
-        q_ids = [list(encode_question(self.tokenizer, q)) for q in (questions or [None] * len(contexts))]
-        for i, (c, q) in enumerate(zip(ctx_ids, q_ids, strict=True)):
-            if not c:
-                raise ReducerError(f"context {i} is empty")
-            if too_long == "error" and len(c) + len(q) > self.max_len:
+        items = []
+        for i, (c, q) in enumerate(zip(contexts, questions or [None] * len(contexts), strict=True)):
+            if not isinstance(c, str) or not c.strip():
+                raise ReducerError(f"context {i} has no text (empty or whitespace only)")
+            enc = encode(self.config.processor, self.tokenizer, c, q)
+            if not enc.context:
+                raise ReducerError(f"context {i} encodes to no tokens")
+            if too_long == "error" and len(enc.context) + len(enc.question) > self.max_len:
                 raise ReducerError(
-                    f"context {i} has {len(c)} tokens + {len(q)} question tokens > max_len={self.max_len} "
-                    "(pass too_long='chunk' to reduce it window by window)"
+                    f"context {i} has {len(enc.context)} tokens + {len(enc.question)} question tokens > "
+                    f"max_len={self.max_len} (pass too_long='chunk' to reduce it window by window)"
                 )
-        logits = self.keep_logits(ctx_ids, q_ids, [budget] * len(contexts))
-        return [self.select(c, lg, budget) for c, lg in zip(ctx_ids, logits, strict=True)]
+            items.append(enc)
+        keeps = self.keep_masks(items, [budget] * len(items))
+        return [self._reduction(enc, keep, budget) for enc, keep in zip(items, keeps, strict=True)]
 
-    def select(self, context_ids: Sequence[int], logits: np.ndarray, budget: Budget) -> Reduction:
-        """The :class:`Reduction` of one context given its keep logits and budget."""
-        n = len(context_ids)
-        k = budget.keep_count(n)
-        keep = keep_top(logits, k) if k is not None else np.asarray(logits > 0)
-        kept = [int(t) for t, k_ in zip(context_ids, keep, strict=True) if k_]
+    def _reduction(self, enc: Encoded, keep: np.ndarray, budget: Budget) -> Reduction:
+        n = len(enc.context)
+        kept = [int(t) for t, k in zip(enc.context, keep, strict=True) if k]
         return Reduction(
             text=self.tokenizer.decode(kept, skip_special_tokens=True),
             kept_ids=kept,
@@ -313,6 +334,8 @@ class TokenReducer(nn.Module):
             kept_ratio=len(kept) / n,
             original_tokens=n,
             kept_tokens=len(kept),
+            budget=budget,
+            max_tokens=budget.max_tokens(n),
         )
 
     def compress_prompt(
@@ -375,3 +398,12 @@ class TokenReducer(nn.Module):
         red = self.reduce(context, question, **reduce_kwargs)
         prompt, _ = lm.build_prompt(red.kept_ids, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
+
+
+def _offsets(parts: Sequence[Encoded]) -> list[tuple[Encoded, int]]:
+    """Each window with the number of units before it."""
+    out, k = [], 0
+    for w in parts:
+        out.append((w, k))
+        k += w.n_units
+    return out

@@ -81,7 +81,9 @@ def read_reducer_files(directory: str | os.PathLike[str]) -> tuple[FeatureModule
     if tokenizer_fingerprint(tokenizer) != config.tokenizer.fingerprint:
         raise ReducerError(f"the tokenizer in {d} is not the one this reducer was trained with")
     features = FeatureModule.empty(config.base_model.hf_config, config.processor.feature_layer)
-    network = TokenKeepNetwork(config.network, features.width, config.budget.observation_size)
+    network = TokenKeepNetwork(
+        config.network, features.width, config.processor.lexical_size, config.budget.observation_size
+    )
     try:
         network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})
         features.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("features.")})

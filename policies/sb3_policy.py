@@ -3,10 +3,10 @@
 The only module of :mod:`policies` that imports stable-baselines3 and gymnasium; nothing deployable imports it.
 
 :class:`TokenKeepPolicy` replaces SB3's flatten-then-MLP pipeline with :class:`~policies.network.TokenKeepNetwork`
-(a token-level encoder over the env's per-token features, conditioned on the budget). Its action
-distribution, :class:`MaskedBernoulli`, is a product of independent Bernoullis over the *reducible* positions
-only: padding and question positions contribute nothing to the log-probability or the entropy, so PPO's
-probability ratios are not noise. Works with ``PPO.save`` / ``PPO.load``.
+(a token encoder pooled into units, then a unit encoder, conditioned on the budget). Its action distribution is
+:class:`~policies.ranking.RankingDistribution`: a Plackett-Luce ranking of the units, cut by each episode's
+budget; an action is one priority per unit in [-1, 1] (a ``Box`` space), which the environment turns into a
+keep mask with :func:`policies.budget.fill_units`. Works with ``PPO.save`` / ``PPO.load``.
 """
 
 from __future__ import annotations
@@ -20,42 +20,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 
 from policies.network import NetworkConfig, TokenKeepNetwork
-
-
-class MaskedBernoulli:
-    """Independent Bernoulli keep decisions over the positions where ``mask`` is 1.
-
-    Args:
-        logits: ``[B, L]`` keep logits.
-        mask: ``[B, L]`` bool, the positions that are decided (reducible context tokens).
-    """
-
-    def __init__(self, logits: torch.Tensor, mask: torch.Tensor) -> None:
-        self.logits = logits
-        self.mask = mask.bool()
-        self.dist = torch.distributions.Bernoulli(logits=logits)
-
-    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        """``[B]`` summed log-probability of the actions at masked positions."""
-        lp = self.dist.log_prob(actions.float())
-        return (lp * self.mask).sum(-1)
-
-    def entropy(self) -> torch.Tensor:
-        """``[B]`` mean per-token entropy over masked positions (length-independent scale for ent_coef)."""
-        ent = self.dist.entropy() * self.mask
-        return ent.sum(-1) / self.mask.sum(-1).clamp(min=1)
-
-    def sample(self) -> torch.Tensor:
-        """Sampled keep mask, 0 outside the masked positions."""
-        return self.dist.sample() * self.mask
-
-    def mode(self) -> torch.Tensor:
-        """Deterministic keep mask: keep where the keep probability exceeds 0.5."""
-        return (self.logits > 0).float() * self.mask
-
-    def get_actions(self, deterministic: bool = False) -> torch.Tensor:
-        """Mode or sample."""
-        return self.mode() if deterministic else self.sample()
+from policies.ranking import RankingDistribution
 
 
 class PassThroughExtractor(BaseFeaturesExtractor):
@@ -73,7 +38,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
 
     Args:
         observation_space: The env's Dict observation space (:func:`policies.processor.observation_layout`).
-        action_space: ``MultiBinary(max_len)``.
+        action_space: ``Box(-1, 1, (max_len,))``: one priority per unit.
         lr_schedule: Learning-rate schedule (from PPO).
         network: The keep network's shape (input widths are read off the observation space).
         **kwargs: Passed to :class:`~stable_baselines3.common.policies.ActorCriticPolicy`.
@@ -82,7 +47,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
     def __init__(
         self,
         observation_space: spaces.Dict,
-        action_space: spaces.MultiBinary,
+        action_space: spaces.Box,
         lr_schedule: Any,
         network: NetworkConfig | None = None,
         **kwargs: Any,
@@ -99,6 +64,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
         self.net = TokenKeepNetwork(
             self.net_config,
             feature_dim=int(space["features"].shape[-1]),
+            lexical_size=int(space["lexical"].shape[-1]) if "lexical" in space.spaces else 0,
             budget_size=int(space["budget"].shape[-1]),
         )
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
@@ -108,15 +74,15 @@ class TokenKeepPolicy(ActorCriticPolicy):
         data.update(network=self.net_config)
         return data
 
-    def _run(self, obs: PyTorchObs) -> tuple[MaskedBernoulli, torch.Tensor]:
+    def _run(self, obs: PyTorchObs) -> tuple[RankingDistribution, torch.Tensor]:
         o = self.extract_features(obs)
-        logits, values = self.net(o)
-        return MaskedBernoulli(logits, o["reducible_mask"]), values
+        scores, stop, values = self.net(o)
+        return RankingDistribution(scores, stop, o["unit_lengths"], o["max_tokens"][:, 0]), values
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[torch.Tensor, ...]:
         """Actions, values ``[B, 1]`` and log-probabilities ``[B]``."""
         dist, values = self._run(obs)
-        actions = dist.get_actions(deterministic)
+        actions = dist.mode() if deterministic else dist.sample()
         return actions, values[:, None], dist.log_prob(actions)
 
     def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -124,8 +90,8 @@ class TokenKeepPolicy(ActorCriticPolicy):
         dist, values = self._run(obs)
         return values[:, None], dist.log_prob(actions), dist.entropy()
 
-    def get_distribution(self, obs: PyTorchObs) -> MaskedBernoulli:  # type: ignore[override]
-        """The masked Bernoulli action distribution."""
+    def get_distribution(self, obs: PyTorchObs) -> RankingDistribution:  # type: ignore[override]
+        """The ranking distribution."""
         return self._run(obs)[0]
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
@@ -133,4 +99,5 @@ class TokenKeepPolicy(ActorCriticPolicy):
         return self._run(obs)[1][:, None]
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> torch.Tensor:
-        return self.get_distribution(observation).get_actions(deterministic)
+        dist = self.get_distribution(observation)
+        return dist.mode() if deterministic else dist.sample()

@@ -2,6 +2,7 @@ import json
 import typing
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from agents.config import PRESETS, PPOConfig, TrainCommand, TrainConfig, load_config, parse_train_command
@@ -29,6 +30,8 @@ def test_config_json_round_trip(tmp_path):
         (lambda d: d["ppo"].update(batch_size=7), "ppo.batch_size 7 must divide"),
         (lambda d: d["ppo"].update(n_envs="8"), r"ppo.n_envs: expected an integer"),
         (lambda d: d["budget"].update(cost_low=2.0), "budget: need 0 <= cost_low <= cost_high"),
+        (lambda d: d["budget"].update(rate_high=1.5), "budget: need 0 < rate_low <= rate_high <= 1"),
+        (lambda d: d["ppo"].update(group_size=3), "ppo.group_size 3 must divide"),
         (lambda d: d["network"].update(conv_kernel=4), "conv_kernel must be odd"),
         (lambda d: d["tasks"].update(reward="bleu"), r"tasks.reward: must be one of"),
         (lambda d: d.update(surprise=1), r"unknown key\(s\) \['surprise'\]"),
@@ -64,11 +67,16 @@ def test_budget_validation():
         Budget(rate=0.0)
     with pytest.raises(BudgetError, match="token_cost"):
         Budget(token_cost=float("nan"))
-    assert Budget(rate=0.25).keep_count(10) == 2 and Budget(target_tokens=50).keep_count(10) == 10
-    assert Budget().keep_count(10) is None
+    with pytest.raises(BudgetError, match="adaptive mode only"):
+        Budget(rate=0.3, token_cost=0.5)
+    assert Budget(rate=0.25).max_tokens(10) == 2 and Budget(target_tokens=50).max_tokens(10) == 10
+    assert Budget().max_tokens(10) is None
     cfg = BudgetConfig(cost_low=0.2, cost_high=0.8, default_token_cost=0.4)
-    assert cfg.observe(Budget()).tolist() == pytest.approx([0.5])
-    assert cfg.observe(Budget(token_cost=0.8)).tolist() == pytest.approx([1.0])
+    assert cfg.observe(Budget(), 10).tolist() == pytest.approx([1.0, 0.0, 0.5])
+    assert cfg.observe(Budget(token_cost=0.8), 10).tolist() == pytest.approx([1.0, 0.0, 1.0])
+    draws = [cfg.sample(np.random.default_rng(s)) for s in range(400)]
+    assert 0.15 < np.mean([b.adaptive for b in draws]) < 0.35  # adaptive_fraction 0.25
+    assert all(cfg.rate_low <= b.rate <= cfg.rate_high for b in draws if not b.adaptive)
 
 
 def test_network_shape_is_defined_once():

@@ -13,15 +13,16 @@ from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
 from policies.processor import ProcessorConfig
 
-FIXED = BudgetConfig(cost_low=0.3, cost_high=0.3, default_token_cost=0.3)
-RANGE = BudgetConfig(cost_low=0.0, cost_high=1.0)
+# adaptive episodes only, at a fixed token cost of 0.3: "keep everything" costs exactly 0.3
+FIXED = BudgetConfig(adaptive_fraction=1.0, cost_low=0.3, cost_high=0.3, default_token_cost=0.3)
+RANGE = BudgetConfig(adaptive_fraction=0.5, cost_low=0.0, cost_high=1.0)
 P96 = ProcessorConfig(max_len=96)
 KW = dict(tasks="kv:train:n=12,distractors=3", processor=P96, budget=FIXED)
 KW_RANGE = dict(tasks="kv:train:n=12,distractors=3", processor=P96, budget=RANGE)
 
 
 def _keep_all(env):
-    return np.ones(env.action_space.shape, dtype=np.int8)
+    return np.ones(env.action_space.shape, dtype=np.float32)
 
 
 def test_registered_and_shares_loaded_model(tiny_lm):
@@ -40,11 +41,11 @@ def test_gymnasium_and_sb3_checkers_pass(tiny_lm):
         warnings.simplefilter("always")
         gym_check_env(TokenKeepEnv(tiny_lm, **KW), skip_render_check=True)
         sb3_check_env(TokenKeepEnv(tiny_lm, **KW), warn=True)
-    # Both checkers report problems as warnings (and errors as exceptions). The one expected warning is SB3's
-    # advice to flatten the 2-D features or "use a custom policy", which TokenKeepPolicy is.
+    # Both checkers report problems as warnings (and errors as exceptions). The only expected warnings are SB3's
+    # advice to flatten each 2-D observation array or "use a custom policy", which TokenKeepPolicy is.
     messages = [str(w.message) for w in caught]
     assert all("custom policy" in m for m in messages), messages
-    assert len(messages) == 1, messages
+    assert sorted(m.split()[2] for m in messages) == ["features", "lexical"], messages
 
 
 def test_same_seed_same_episodes(tiny_lm):
@@ -76,31 +77,57 @@ def test_keep_everything_costs_exactly_token_cost(tiny_lm):
         assert r == pytest.approx(expected, abs=1e-6)
 
 
-def test_kept_ratio_and_ignored_positions(tiny_lm):
+def test_kept_units_and_ignored_positions(tiny_lm):
     env = TokenKeepEnv(tiny_lm, **KW)
     obs, _ = env.reset(seed=2)
-    red = obs["reducible_mask"].astype(bool)
-    a = np.zeros(env.action_space.shape, np.int8)
-    a[~red] = 1  # non-reducible positions are ignored whatever the action
-    idx = np.flatnonzero(red)
-    a[idx[: len(idx) // 2]] = 1
+    lengths = obs["unit_lengths"]
+    n_units = int((lengths > 0).sum())
+    a = np.full(env.action_space.shape, -1.0, np.float32)
+    a[n_units:] = 1.0  # priorities past the last unit are ignored
+    a[: n_units // 2] = 0.5  # adaptive mode keeps every unit with a positive priority
     _, r, _, _, info = env.step(a)
-    assert info["kept_tokens"] == len(idx) // 2
-    assert info["kept_ratio"] == pytest.approx((len(idx) // 2) / len(idx))
+    assert info["kept_tokens"] == int(lengths[: n_units // 2].sum())
+    assert info["kept_ratio"] == pytest.approx(info["kept_tokens"] / int(obs["reducible_mask"].sum()))
     gain = info["task_score"] - info["full_score"]
     assert r == pytest.approx(gain - 0.3 * info["kept_ratio"], abs=1e-5)
-    assert isinstance(info["reduced_text"], str)
+    assert isinstance(info["reduced_text"], str) and info["adaptive"]
+
+
+def test_rate_budget_is_never_exceeded(tiny_lm):
+    core = TokenKeepCore(tiny_lm, **KW_RANGE)
+    rng = np.random.default_rng(0)
+    for i in range(len(core.pool)):
+        for rate in (0.1, 0.3, 0.5):
+            budget = Budget(rate=rate)
+            res = core.step_batch([i], [budget], [rng.uniform(-1, 1, 96)])
+            n = res.infos[0]["context_tokens"]
+            assert res.infos[0]["kept_tokens"] <= budget.max_tokens(n)
+            assert res.infos[0]["token_cost"] == 0.0  # a rate is enforced by the fill, not charged
+        # all units positive, ranked by priority: the fill comes as close to the budget as the units allow
+        lengths = core.inputs[i].unit_lengths
+        res = core.step_batch([i], [Budget(rate=0.5)], [np.linspace(1, 0.01, 96)])
+        room = Budget(rate=0.5).max_tokens(len(core.pool[i].context)) - res.infos[0]["kept_tokens"]
+        assert room < lengths.max()
 
 
 def test_observation_layout(tiny_lm):
     core = TokenKeepCore(tiny_lm, **KW)
     obs = core.observe([0], [Budget(token_cost=0.15)])
-    assert obs["budget"][0].tolist() == pytest.approx([0.15 / 0.3])
+    assert obs["budget"][0].tolist() == pytest.approx([1.0, 0.0, 0.15 / 0.3])
+    assert obs["max_tokens"][0, 0] == -1  # adaptive: no token budget
+    rated = core.observe([0], [Budget(rate=0.5)])
+    assert rated["budget"][0].tolist() == pytest.approx([0.0, 0.5, 0.0])
+    assert rated["max_tokens"][0, 0] == len(core.pool[0].context) // 2
     e = core.pool[0]
     q, c = len(e.question), len(e.context)
     assert obs["input_ids"][0, :q].tolist() == list(e.question)
     assert obs["input_ids"][0, q : q + c].tolist() == list(e.context)
     assert obs["reducible_mask"][0].sum() == c and obs["attention_mask"][0].sum() == q + c
+    units = obs["unit_index"][0]
+    assert (units[:q] == -1).all() and (units[q + c :] == -1).all() and units[q] == 0
+    n_units = units.max() + 1
+    assert obs["unit_lengths"][0, :n_units].sum() == c and (obs["unit_lengths"][0, n_units:] == 0).all()
+    assert (obs["lexical"][0, :q] == 0).all() and obs["lexical"][0, q : q + c, 2].max() == 1.0
     emb = tiny_lm.model.get_input_embeddings().weight
     assert np.allclose(obs["features"][0, q], emb[e.context[0]].half().float().numpy())
 
@@ -108,9 +135,9 @@ def test_observation_layout(tiny_lm):
 @pytest.mark.parametrize(
     "action,msg",
     [
-        (np.ones(5, np.int8), "shape"),
-        (np.full(96, 2, np.int64), "0 or 1"),
-        (np.full(96, 0.5, np.float32), "0 or 1"),
+        (np.ones(5, np.float32), "shape"),
+        (np.full(96, np.nan, np.float32), "finite"),
+        (np.full(96, np.inf, np.float64), "finite"),
         (np.array(["1"] * 96), "dtype"),
     ],
 )
@@ -123,7 +150,7 @@ def test_bad_actions(tiny_lm, action, msg):
 
 def test_step_before_reset(tiny_lm):
     with pytest.raises(RuntimeError, match="reset"):
-        TokenKeepEnv(tiny_lm, **KW).step(np.ones(96, np.int8))
+        TokenKeepEnv(tiny_lm, **KW).step(np.ones(96, np.float32))
 
 
 def test_long_contexts_error_or_skip(tiny_lm):
@@ -143,7 +170,7 @@ def test_batched_vec_env_equals_single_envs(tiny_lm):
     venv = BatchedTokenKeepVecEnv(core, n_envs=4, seed=11)
     obs = venv.reset()
     rng = np.random.default_rng(0)
-    actions = rng.integers(0, 2, size=(4, 96))
+    actions = rng.uniform(-1, 1, size=(4, 96))
     episodes = list(venv._episodes)
     _, rewards, dones, infos = venv.step(actions)
     assert dones.all()
@@ -161,13 +188,13 @@ def test_vec_env_uses_one_forward_per_step(tiny_lm, monkeypatch):
     core = TokenKeepCore(tiny_lm, **KW)
     venv = BatchedTokenKeepVecEnv(core, n_envs=6, seed=0)
     venv.reset()
-    venv.step(np.ones((6, 96), np.int8))  # warms the full-score cache for those examples
+    venv.step(np.ones((6, 96), np.float32))  # warms the full-score cache for those examples
     calls = []
     orig = tiny_lm.score_answers
     monkeypatch.setattr(tiny_lm, "score_answers", lambda *a, **k: calls.append(len(a[0])) or orig(*a, **k))
     core.full_scores(range(len(core.pool)))  # warm every example
     calls.clear()
-    venv.step(np.random.default_rng(1).integers(0, 2, (6, 96)))
+    venv.step(np.random.default_rng(1).uniform(-1, 1, (6, 96)))
     assert calls == [6], calls
 
 
@@ -175,7 +202,7 @@ def test_dummy_vec_env_still_works(tiny_lm):
     venv = DummyVecEnv([lambda: TokenKeepEnv(tiny_lm, **KW) for _ in range(2)])
     venv.seed(0)
     venv.reset()
-    _, rewards, dones, _ = venv.step(np.ones((2, 96), np.int8))
+    _, rewards, dones, _ = venv.step(np.ones((2, 96), np.float32))
     assert rewards.shape == (2,) and dones.all()
     assert rewards == pytest.approx([-0.3, -0.3], abs=1e-6)
 
@@ -209,8 +236,41 @@ def test_custom_score_function(tiny_lm):
 
     env = TokenKeepEnv(tiny_lm, reward=evidence_recall, **KW)
     obs, _ = env.reset(seed=0)
-    _, r, _, _, info = env.step(np.zeros(96, np.int8))
+    _, r, _, _, info = env.step(np.full(96, -1.0, np.float32))  # keep nothing
     assert info["task_score"] == 0.0 and r == 0.0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_reward_stops_with_the_example(tiny_lm, bad):
+    env = TokenKeepEnv(tiny_lm, reward=lambda lm, encs, contexts: [bad] * len(encs), **KW)
+    env.reset(seed=0, options={"index": 3})
+    with pytest.raises(ValueError, match=r"example 3 \(kv:train"):
+        env.step(np.full(96, -1.0, np.float32))
+
+
+def test_reward_function_that_raises_names_the_example(tiny_lm):
+    def broken(lm, encs, contexts):
+        raise KeyError("no such field")
+
+    env = TokenKeepEnv(tiny_lm, reward=broken, **KW)
+    env.reset(seed=0, options={"index": 5})
+    with pytest.raises(RuntimeError, match=r"examples 5 \(kv:train.*no such field"):
+        env.step(np.full(96, -1.0, np.float32))
+
+
+def test_group_baseline_centres_rewards_within_groups(tiny_lm):
+    core = TokenKeepCore(tiny_lm, **KW_RANGE)
+    venv = BatchedTokenKeepVecEnv(core, n_envs=8, seed=3, group_size=4)
+    venv.reset()
+    episodes = list(venv._episodes)
+    assert episodes[0] == episodes[3] and episodes[4] == episodes[7]  # a group shares example and budget
+    _, rewards, _, infos = venv.step(np.random.default_rng(0).uniform(-1, 1, (8, 96)))
+    raw = np.array([i["raw_reward"] for i in infos]).reshape(2, 4)
+    loo = raw - (raw.sum(1, keepdims=True) - raw) / 3
+    assert rewards.reshape(2, 4) == pytest.approx(loo, abs=1e-5)
+    assert [i["episode"]["r"] for i in infos] == pytest.approx(raw.reshape(-1).tolist())
+    with pytest.raises(ValueError, match="divide"):
+        BatchedTokenKeepVecEnv(core, n_envs=6, group_size=4)
 
 
 def test_full_scores_are_cached(tiny_lm, monkeypatch):
@@ -230,14 +290,14 @@ def test_default_model_keep_nothing_scores_lower():
     from envs.frozen_lm import FrozenLM
 
     lm = FrozenLM.load()
-    free = BudgetConfig(cost_low=0.0, cost_high=1.0, default_token_cost=0.0)
+    free = BudgetConfig(adaptive_fraction=1.0, cost_low=0.0, cost_high=1.0, default_token_cost=0.0)
     env = TokenKeepEnv(lm, tasks="passkey:train:n=4,filler=2", processor=ProcessorConfig(max_len=128), budget=free)
     gaps = []
     for i in range(4):
         env.reset(options={"index": i, "budget": Budget(token_cost=0.0)})
-        _, r_all, _, _, info_all = env.step(np.ones(128, np.int8))
+        _, r_all, _, _, info_all = env.step(np.ones(128, np.float32))
         env.reset(options={"index": i, "budget": Budget(token_cost=0.0)})
-        _, r_none, _, _, info_none = env.step(np.zeros(128, np.int8))
+        _, r_none, _, _, info_none = env.step(np.full(128, -1.0, np.float32))
         gaps.append(info_all["task_score"] - info_none["task_score"])
         assert r_all == 0.0
     assert min(gaps) > 1.0, gaps

@@ -22,32 +22,32 @@ from tests.conftest import build_tiny_tokenizer, make_tiny_lm
 MAX_LEN = 128
 
 
-def _config(feature_layer=0):
+def _config(feature_layer=0, unit="word"):
     return replace(
         PRESETS["smoke"],
-        processor=ProcessorConfig(max_len=MAX_LEN, feature_layer=feature_layer),
+        processor=ProcessorConfig(max_len=MAX_LEN, feature_layer=feature_layer, unit=unit),
         budget=BudgetConfig(cost_low=0.2, cost_high=1.0, default_token_cost=0.4),
-        network=NetworkConfig(d_model=32, n_layers=1, n_heads=2),
+        network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2),
         run=RunConfig(progress_bar=False),
     )
 
 
-def _spread_keep_head(net, obs):
-    """Give the keep head non-trivial weights, centred so that about half the tokens are kept."""
+def _spread_scores(net, obs):
+    """Give the score head non-trivial weights, and centre STOP so that adaptive mode keeps about half."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in net.keep_head.parameters():
+        for p in [*net.score_head.parameters(), *net.stop_head.parameters()]:
             p.copy_(torch.randn(p.shape, generator=g) * 2.0)
-        net.keep_head[-1].bias.zero_()
-        logits, _ = net({k: torch.as_tensor(v) for k, v in obs.items()})
-        net.keep_head[-1].bias.fill_(-float(logits[torch.as_tensor(obs["reducible_mask"]).bool()].median()))
+        scores, stop, _ = net({k: torch.as_tensor(v) for k, v in obs.items()})
+        valid = torch.as_tensor(obs["unit_lengths"]) > 0
+        net.stop_head[-1].bias += float(scores[valid].median() - stop.mean())
 
 
-def _model(tiny_lm, feature_layer=0):
-    cfg = _config(feature_layer)
+def _model(tiny_lm, feature_layer=0, unit="word"):
+    cfg = _config(feature_layer, unit)
     core = TokenKeepCore(tiny_lm, "kv:train:n=12,distractors=3", processor=cfg.processor, budget=cfg.budget)
     model = build_ppo(cfg, BatchedTokenKeepVecEnv(core, n_envs=4, seed=0), None)
-    _spread_keep_head(model.policy.net, core.observe(range(len(core.pool)), [Budget()] * len(core.pool)))
+    _spread_scores(model.policy.net, core.observe(range(len(core.pool)), [Budget()] * len(core.pool)))
     return model, core, cfg
 
 
@@ -59,30 +59,27 @@ def exported(tiny_lm, tmp_path_factory):
     return model, core, out
 
 
-@pytest.mark.parametrize("feature_layer", [0, 1])
-def test_parity_with_sb3_deterministic_action(tiny_lm, tmp_path, feature_layer):
-    model, core, cfg = _model(tiny_lm, feature_layer)
+@pytest.mark.parametrize("feature_layer,unit", [(0, "word"), (1, "word"), (0, "token"), (0, "sentence")])
+def test_parity_with_sb3_deterministic_action(tiny_lm, tmp_path, feature_layer, unit):
+    model, core, cfg = _model(tiny_lm, feature_layer, unit)
     export_reducer(model, tiny_lm, cfg, tmp_path / "r")
     reducer = TokenReducer.from_pretrained(tmp_path / "r")
     idx = list(range(len(core.pool)))
-    for cost in (0.2, 0.7):
-        budgets = [Budget(token_cost=cost)] * len(idx)
-        obs = core.observe(idx, budgets)
+    contexts = [core.pool[i].example.context for i in idx]
+    questions = [core.pool[i].example.question for i in idx]
+    for budget in (Budget(rate=0.3), Budget(rate=0.6), Budget(token_cost=0.2), Budget(token_cost=0.7)):
+        obs = core.observe(idx, [budget] * len(idx))
         actions, _ = model.predict(obs, deterministic=True)
-        logits = reducer.keep_logits([core.pool[i].context for i in idx], [core.pool[i].question for i in idx], budgets)
-        # the text API gives the same decisions from the example's text
-        texts = reducer.reduce_batch(
-            [core.pool[i].example.context for i in idx], [core.pool[i].example.question for i in idx], token_cost=cost
-        )
-        n_diff, n_kept, n_total = 0, 0, 0
-        for r, i in enumerate(idx):
-            q, c = len(core.pool[i].question), len(core.pool[i].context)
-            sb3 = actions[r][q : q + c].astype(bool)
-            n_kept, n_total = n_kept + sb3.sum(), n_total + c
-            n_diff += int((sb3 != (logits[r] > 0)).sum())
-            n_diff += int((sb3 != texts[r].keep_mask).sum())
+        # the env's keep mask for SB3's deterministic action ...
+        env_masks = [core.keep_mask(i, budget, actions[r]) for r, i in enumerate(idx)]
+        # ... equals the deployed reducer's, from the example's text
+        kw = {"rate": budget.rate} if budget.rate else {"token_cost": budget.token_cost}
+        reductions = reducer.reduce_batch(contexts, questions, **kw)
+        n_kept = sum(m.sum() for m in env_masks)
+        n_total = sum(len(m) for m in env_masks)
         assert 0.1 < n_kept / n_total < 0.9, "the test needs mixed decisions"
-        assert n_diff == 0
+        for m, red in zip(env_masks, reductions, strict=True):
+            assert np.array_equal(m, red.keep_mask), budget
 
 
 def test_saved_files_and_no_pickle(exported):
@@ -93,21 +90,22 @@ def test_saved_files_and_no_pickle(exported):
     cfg = json.loads((out / "reducer_config.json").read_text())
     for key in ("format_version", "base_model", "tokenizer", "processor", "budget", "network", "package_version"):
         assert key in cfg
-    assert cfg["budget"] == {"cost_low": 0.2, "cost_high": 1.0, "default_token_cost": 0.4}
-    assert cfg["processor"] == {"max_len": MAX_LEN, "feature_layer": 0}
+    assert cfg["budget"]["default_token_cost"] == 0.4 and cfg["budget"]["cost_low"] == 0.2
+    assert cfg["processor"] == {"max_len": MAX_LEN, "feature_layer": 0, "unit": "word", "lexical": True}
 
 
 def test_rate_and_target_are_met_and_deterministic(exported):
     reducer = TokenReducer.from_pretrained(exported[2])
     ctx = "The code for otter is 1234. The code for heron is 9876. The grass is green."
     n = reducer.reduce(ctx).original_tokens
+    longest_word = 6  # " 1234." is the longest word in tokens, and words are kept whole
     for rate in (0.1, 0.3, 0.5, 0.9, 1.0):
         red = reducer.reduce(ctx, "What is the code for otter?", rate=rate)
-        assert abs(red.kept_tokens - rate * n) <= 1
+        assert red.max_tokens - longest_word < red.kept_tokens <= red.max_tokens <= rate * n
         assert red.kept_ratio == red.kept_tokens / n
         assert red.keep_mask.sum() == red.kept_tokens
     red = reducer.reduce(ctx, target_tokens=7)
-    assert red.kept_tokens == 7
+    assert 7 - longest_word < red.kept_tokens <= 7
     again = reducer.reduce(ctx, target_tokens=7)
     assert again.kept_ids == red.kept_ids and again.text == red.text
     batch = reducer.reduce_batch([ctx, ctx + " Birds sing."], ["q1", "q2"], rate=0.5)
@@ -142,6 +140,8 @@ def test_bad_inputs(exported, tmp_path):
     reducer = TokenReducer.from_pretrained(exported[2])
     with pytest.raises(ReducerError, match="empty"):
         reducer.reduce("")
+    with pytest.raises(ReducerError, match="whitespace"):
+        reducer.reduce(" \n\t ", "q", rate=0.5)
     with pytest.raises(ReducerError, match="rate"):
         reducer.reduce("abc", rate=1.5)
     with pytest.raises(ReducerError, match="not both"):
@@ -210,7 +210,7 @@ def test_generate_helper(exported, tiny_lm):
 def test_untrained_reducer_without_ppo(tiny_lm, tmp_path):
     reducer = TokenReducer.from_base_model(tiny_lm.model, tiny_lm.tokenizer, spec=tiny_lm.spec)
     red = reducer.reduce("The code for otter is 1234. The sky is blue.", "Code?", rate=0.5)
-    assert red.kept_tokens == round(0.5 * red.original_tokens)
+    assert 0 < red.kept_tokens <= red.max_tokens == red.original_tokens // 2
     reducer.save_pretrained(tmp_path / "r")
     again = TokenReducer.from_pretrained(tmp_path / "r")
     assert again.reduce("The code for otter is 1234. The sky is blue.", "Code?", rate=0.5).kept_ids == red.kept_ids
@@ -259,19 +259,28 @@ def test_reducer_imports_no_trainer():
 
 def test_onnx_parity(exported, tmp_path):
     ort = pytest.importorskip("onnxruntime")
+    from agents.export import ONNX_INPUTS
 
     reducer = TokenReducer.from_pretrained(exported[2])
     path = export_onnx(reducer, tmp_path / "policy.onnx")
     sess = ort.InferenceSession(str(path))
+    net = reducer.network
     torch.manual_seed(0)
-    f = torch.randn(2, 20, reducer.network.feature_dim)
     att = torch.ones(2, 20, dtype=torch.long)
     att[1, 15:] = 0
     red = att.clone()
     red[:, :4] = 0
-    cost = torch.tensor([[0.3], [0.8]])
-    feeds = {"features": f, "attention_mask": att, "reducible_mask": red, "budget": cost}
-    want = reducer.network(feeds)[0].detach().numpy()
-    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
-    assert np.allclose(got[0], want[0], atol=1e-4)
-    assert np.allclose(got[1, :15], want[1, :15], atol=1e-4)
+    units = torch.where(red.bool(), (torch.arange(20) - 4) // 3, torch.full((2, 20), -1))
+    feeds = {
+        "features": torch.randn(2, 20, net.feature_dim),
+        "lexical": torch.rand(2, 20, net.lexical_size),
+        "attention_mask": att,
+        "reducible_mask": red,
+        "unit_index": units,
+        "budget": torch.tensor([[0.0, 0.3, 0.0], [1.0, 0.0, 0.8]]),
+    }
+    want_scores, want_stop, _ = net(feeds)
+    got_scores, got_stop = sess.run(None, {k: feeds[k].numpy() for k in ONNX_INPUTS})
+    n_units = int(units.max()) + 1
+    assert np.allclose(got_scores[:, :n_units], want_scores[:, :n_units].detach().numpy(), atol=1e-4)
+    assert np.allclose(got_stop, want_stop.detach().numpy(), atol=1e-4)

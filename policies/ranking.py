@@ -1,0 +1,119 @@
+"""The policy's action distribution: a Plackett-Luce ranking of units, cut by the budget (pure torch).
+
+The network scores every unit. A sampled action is an ordering of the units (Gumbel-perturbed scores, sorted),
+which is how a ranking policy samples without replacement. The budget decides where the ordering stops:
+
+* with a rate or target, :func:`policies.budget.fill_units` walks the ordering and keeps each unit that still
+  fits; the action's *prefix* runs up to the last unit kept;
+* in adaptive mode a STOP item (the network's stop score) is ranked with the units; the prefix is every unit
+  ranked before it.
+
+The action handed to the environment is a priority per unit: ``(U - rank) / U > 0`` for the prefix in its
+order, negative for the rest, so the environment's fill keeps exactly the prefix's kept units. The
+log-probability is that of the prefix under Plackett-Luce (plus STOP's pick in adaptive mode): everything after
+the prefix cannot change what is kept, so it is left out, which keeps PPO's ratios free of that noise. The
+deterministic action sorts by score, which is exactly what the deployed reducer does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from policies.budget import fill_units
+
+NEG = -1e9
+"""Score of padding units: never picked."""
+
+
+def _encode(order: torch.Tensor, prefix_len: torch.Tensor, n_units: int) -> torch.Tensor:
+    """Priorities ``[B, U]`` from orderings ``[B, U]`` and prefix lengths ``[B]``."""
+    b, u = order.shape
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(u, device=order.device).expand(b, u))
+    pos = (u - rank).float() / u
+    neg = -(rank + 1).float() / u
+    return torch.where(rank < prefix_len[:, None], pos, neg).clamp(-1.0, 1.0)
+
+
+class RankingDistribution:
+    """Plackett-Luce over units, cut by each row's budget.
+
+    Args:
+        scores: ``[B, U]`` unit scores (logits).
+        stop: ``[B]`` STOP scores (used in adaptive rows).
+        lengths: ``[B, U]`` tokens per unit; 0 marks padding.
+        max_tokens: ``[B]`` token budget per row; negative in adaptive rows.
+    """
+
+    def __init__(self, scores: torch.Tensor, stop: torch.Tensor, lengths: torch.Tensor, max_tokens: torch.Tensor):
+        self.valid = lengths > 0
+        self.scores = torch.where(self.valid, scores, torch.full_like(scores, NEG))
+        self.stop = stop
+        self.lengths = lengths
+        self.max_tokens = max_tokens
+        self.adaptive = max_tokens < 0
+
+    def _cut(self, keys: torch.Tensor, stop_key: torch.Tensor) -> torch.Tensor:
+        """Priorities for orderings by decreasing ``keys`` (ties to the earlier unit)."""
+        b, u = keys.shape
+        idx = torch.arange(u, device=keys.device)
+        # A stable sort: equal keys keep their position order, so ties go to the earlier unit.
+        masked = torch.where(self.valid, keys, torch.full_like(keys, -torch.inf))
+        order = torch.sort(masked, dim=1, descending=True, stable=True).indices
+        sorted_keys = torch.gather(keys, 1, order)
+        sorted_valid = torch.gather(self.valid, 1, order)
+        prefix = torch.zeros(b, dtype=torch.long, device=keys.device)
+        lengths = torch.gather(self.lengths, 1, order).cpu().numpy()
+        for r in range(b):
+            if bool(self.adaptive[r]):
+                prefix[r] = int(((sorted_keys[r] > stop_key[r]) & sorted_valid[r]).sum())
+            else:
+                # fill_units walks the ordering; the prefix ends at the last unit it keeps
+                prio = (u - idx).float().cpu().numpy() * sorted_valid[r].cpu().numpy()
+                kept = fill_units(prio, lengths[r], int(self.max_tokens[r]))
+                hits = np.flatnonzero(kept)
+                prefix[r] = int(hits[-1]) + 1 if len(hits) else 0
+        return _encode(order, prefix, u)
+
+    def sample(self) -> torch.Tensor:
+        """Sampled priorities ``[B, U]`` (Gumbel-max sampling of the ordering, STOP included in adaptive rows)."""
+        g = -torch.log(-torch.log(torch.rand_like(self.scores).clamp(1e-20, 1.0)))
+        g_stop = -torch.log(-torch.log(torch.rand_like(self.stop).clamp(1e-20, 1.0)))
+        return self._cut(self.scores + g, self.stop + g_stop)
+
+    def mode(self) -> torch.Tensor:
+        """Deterministic priorities: units sorted by score; adaptive rows keep the units scored above STOP."""
+        return self._cut(self.scores, self.stop)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[B]`` log-probability of each action's prefix (and of STOP after it, in adaptive rows)."""
+        b, u = actions.shape
+        prefix = (actions > 0) & self.valid
+        m = prefix.sum(1)
+        # Prefix units first (in their order), then the rest: suffix sets are what Plackett-Luce normalises over.
+        rest = torch.where(self.valid, torch.full_like(actions, -2.0), torch.full_like(actions, -3.0))
+        key = torch.where(prefix, actions, rest)
+        order = torch.sort(key, dim=1, descending=True, stable=True).indices
+        s = torch.gather(self.scores, 1, order)
+        # Padding scores are NEG (finite), so no -inf reaches a gradient; their mass is exp(NEG) = 0.
+        lse = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log-sum-exp over the units not yet picked
+        stop = self.stop[:, None]
+        lse = torch.where(self.adaptive[:, None], torch.logaddexp(lse, stop), lse)
+        picked = torch.arange(u, device=actions.device)[None, :] < m[:, None]
+        terms = torch.where(picked, s - lse, torch.zeros_like(s))
+        logp = terms.sum(1)
+        # STOP is picked right after the prefix; past the last unit the remaining mass is STOP's alone.
+        lse_m = torch.gather(torch.cat([lse, stop], dim=1), 1, m[:, None]).squeeze(1)
+        return logp + torch.where(self.adaptive, self.stop - lse_m, torch.zeros_like(logp))
+
+    def entropy(self) -> torch.Tensor:
+        """``[B]`` entropy of the first pick (over units, and STOP in adaptive rows), divided by log(choices).
+
+        The entropy of a whole ranking has no closed form; the first pick's is a cheap, length-free proxy.
+        """
+        stop = torch.where(self.adaptive, self.stop, torch.full_like(self.stop, NEG))
+        logp = torch.log_softmax(torch.cat([self.scores, stop[:, None]], 1), dim=1)
+        ent = -(logp.exp() * logp).sum(1)  # padding: exp(NEG) = 0 exactly, so it adds nothing
+        n = self.valid.sum(1) + self.adaptive.long()
+        return ent / torch.log(n.clamp(min=2).float())

@@ -1,0 +1,190 @@
+"""The deployable contract: units, lexical channels, the budget's fill rule and the ranking distribution."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from policies.budget import Budget, BudgetConfig, fill_units, keep_top, rank_priorities
+from policies.lexical import CHANNELS, bm25_scores, lexical_channels, token_words, words
+from policies.processor import ProcessorConfig, encode, windows
+from policies.ranking import NEG, RankingDistribution
+from policies.units import segment, unit_lengths
+
+MIXED = "Café 😀 naïve — 東京 は 大きい。 The code for otter is 1234. Hi!  Next line\nnew one"
+
+
+def _offsets(tokenizer, text):
+    b = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return b["input_ids"], b["offset_mapping"]
+
+
+@pytest.mark.parametrize("unit", ["token", "word", "sentence"])
+def test_units_never_split_a_character(tiny_tokenizer, unit):
+    ids, offsets = _offsets(tiny_tokenizer, MIXED)
+    idx = segment(MIXED, offsets, unit)
+    assert len(idx) == len(ids) and idx[0] == 0 and (np.diff(idx) >= 0).all() and (np.diff(idx) <= 1).all()
+    # every unit decodes to whole characters: no replacement character anywhere
+    for u in range(idx[-1] + 1):
+        text = tiny_tokenizer.decode([t for t, i in zip(ids, idx, strict=True) if i == u])
+        assert "\ufffd" not in text, (unit, text)
+    # and any subset of units does too
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        keep = rng.random(idx[-1] + 1) < 0.5
+        assert "\ufffd" not in tiny_tokenizer.decode([t for t, i in zip(ids, idx, strict=True) if keep[i]])
+
+
+def test_units_nest_and_follow_words_and_sentences(tiny_tokenizer):
+    ids, offsets = _offsets(tiny_tokenizer, MIXED)
+    tok, word, sent = (segment(MIXED, offsets, u) for u in ("token", "word", "sentence"))
+    assert tok[-1] > word[-1] > sent[-1]
+    for fine, coarse in ((tok, word), (word, sent)):  # a coarser unit never splits a finer one
+        for u in range(fine[-1] + 1):
+            assert len(set(coarse[fine == u])) == 1
+    def text_of(index, u):
+        return tiny_tokenizer.decode([t for t, i in zip(ids, index, strict=True) if i == u])
+
+    sentences = [text_of(sent, u) for u in range(sent[-1] + 1)]
+    assert sentences[1].strip() == "The code for otter is 1234."
+    assert sentences[2].strip() == "Hi!"
+    words_ = [text_of(word, u).strip() for u in range(word[-1] + 1)]
+    assert "otter" in words_ and "1234." in words_ and "naïve" in words_
+    assert unit_lengths(sent).sum() == len(ids)
+    with pytest.raises(ValueError, match="unknown unit"):
+        segment(MIXED, offsets, "paragraph")
+
+
+def test_lexical_channels_mark_question_and_bridge(tiny_tokenizer):
+    text = "Bob grabbed the red cup. Alice took the red key. Alice went to the garden. Bob went to the kitchen."
+    ids, offsets = _offsets(tiny_tokenizer, text)
+    sent = segment(text, offsets, "sentence")
+    ch = lexical_channels(text, offsets, sent, "Where is the red key?")
+    assert ch.shape == (len(ids), len(CHANNELS)) and (ch >= 0).all() and (ch <= 1).all()
+    per_sentence = np.stack([ch[sent == u].max(0) for u in range(4)])
+    bm25, hop2 = per_sentence[:, CHANNELS.index("sent_bm25")], per_sentence[:, CHANNELS.index("sent_hop2")]
+    assert bm25.argmax() == 1  # "Alice took the red key."
+    assert hop2[2] > hop2[3] and hop2[2] > hop2[0]  # the bridge (Alice) leads to "Alice went to the garden."
+    assert per_sentence[:, CHANNELS.index("position")].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    tw = token_words(text, offsets)
+    assert all(set(w) <= set(words(text)) for w in tw)
+
+
+def test_bm25_prefers_rare_matching_words():
+    docs = [["the", "code", "for", "otter"], ["the", "code", "for", "heron"], ["the", "sky"]]
+    s = bm25_scores(docs, ["code", "otter"])
+    assert s.argmax() == 0 and s[1] > s[2] == 0
+
+
+def test_fill_units_never_exceeds_and_skips_what_does_not_fit():
+    lengths = np.array([5, 2, 4, 1, 0])
+    prio = np.array([0.9, 0.8, 0.7, 0.6, 1.0])  # the padding unit (length 0) is never kept
+    assert fill_units(prio, lengths, 6).tolist() == [True, False, False, True, False]
+    assert fill_units(prio, lengths, 7).tolist() == [True, True, False, False, False]
+    assert fill_units(prio, lengths, None).tolist() == [True, True, True, True, False]
+    assert fill_units(-prio, lengths, None).sum() == 0  # only positive priorities are candidates
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        lengths = rng.integers(1, 6, n)
+        cap = int(rng.integers(1, lengths.sum() + 1))
+        keep = fill_units(rng.random(n) + 0.01, lengths, cap)
+        assert lengths[keep].sum() <= cap
+        # as close as the units allow: no dropped unit would still fit
+        assert (lengths[~keep] > cap - lengths[keep].sum()).all()
+
+
+def test_budget_tokens_are_never_above_the_rate():
+    for n in range(1, 60):
+        for rate in (0.1, 0.3, 0.5, 0.7, 1.0):
+            m = Budget(rate=rate).max_tokens(n)
+            assert m <= max(1, rate * n + 1e-6) and m >= 1
+    assert Budget(target_tokens=500).max_tokens(40) == 40
+    assert Budget().max_tokens(40) is None and Budget().adaptive
+    cfg = BudgetConfig()
+    assert cfg.observe(Budget(rate=0.3), 100).tolist() == pytest.approx([0, 0.3, 0])
+    assert cfg.observe(Budget(target_tokens=25), 100).tolist() == pytest.approx([0, 0.25, 0])
+    assert cfg.observe(Budget(token_cost=0.5), 100).tolist() == pytest.approx([1, 0, 0.5])
+    assert keep_top([0.2, 0.9, 0.9, 0.1], 2).tolist() == [False, True, True, False]
+    assert rank_priorities([3.0, 1.0, 2.0]).tolist() == pytest.approx([1.0, 1 / 3, 2 / 3])
+
+
+def _prefixes(n_units, lengths, cap, adaptive):
+    """Every distinct kept prefix of an ordering, with the ordering that produces it."""
+    seen = {}
+    for perm in itertools.permutations(range(n_units)):
+        if adaptive:
+            for m in range(n_units + 1):
+                seen.setdefault(perm[:m], perm)
+        else:
+            kept, used, last = [], 0, 0
+            for j, u in enumerate(perm):
+                if used + lengths[u] <= cap:
+                    kept.append(u)
+                    used += lengths[u]
+                    last = j + 1
+            seen.setdefault(perm[:last], perm)
+    return seen
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_ranking_probabilities_sum_to_one(adaptive):
+    torch.manual_seed(0)
+    lengths = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]])  # four units and one padding unit
+    scores = torch.randn(1, 5)
+    stop = torch.randn(1)
+    cap = torch.tensor([-1.0 if adaptive else 4.0])
+    dist = RankingDistribution(scores, stop, lengths, cap)
+    total = 0.0
+    for prefix in _prefixes(4, lengths[0].int().tolist(), 4, adaptive):
+        action = torch.full((1, 5), -1.0)
+        for j, u in enumerate(prefix):
+            action[0, u] = (5 - j) / 5
+        total += float(dist.log_prob(action).exp())
+    assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ranking_sampling_matches_log_prob_and_mode_sorts():
+    torch.manual_seed(0)
+    scores = torch.tensor([[2.0, 0.5, -1.0, 0.0]])
+    lengths = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    n = 4000
+    dist = RankingDistribution(scores.expand(n, 4), torch.zeros(n), lengths.expand(n, 4), torch.full((n,), 1.0))
+    acts = dist.sample()
+    first = (acts > 0).float().argmax(1)  # with room for one unit the prefix is one unit
+    freq = torch.bincount(first, minlength=4).float() / n
+    want = torch.softmax(scores[0, :3], 0)
+    assert torch.allclose(freq[:3], want, atol=0.03)
+    assert (acts[:, 3] <= 0).all()  # padding is never picked
+    lp = dist.log_prob(acts)
+    assert torch.allclose(lp, want[first].log(), atol=1e-5)
+    mode = RankingDistribution(scores, torch.zeros(1), lengths, torch.tensor([2.0])).mode()
+    assert (mode[0, :2] > 0).all() and (mode[0, 2:] <= 0).all()
+    adaptive = RankingDistribution(scores, torch.tensor([0.25]), lengths, torch.tensor([-1.0])).mode()
+    assert (adaptive[0] > 0).tolist() == [True, True, False, False]  # the units scored above STOP
+
+
+def test_ranking_gradients_are_finite_with_padding():
+    scores = torch.randn(3, 6, requires_grad=True)
+    stop = torch.randn(3, requires_grad=True)
+    lengths = torch.tensor([[1.0, 2, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [2, 0, 0, 0, 0, 0]])
+    dist = RankingDistribution(scores, stop, lengths, torch.tensor([2.0, -1.0, 2.0]))
+    acts = dist.sample()
+    (dist.log_prob(acts).sum() + dist.entropy().sum()).backward()
+    assert torch.isfinite(scores.grad).all() and torch.isfinite(stop.grad).all()
+    assert (scores.grad[0, 3:] == 0).all()
+
+
+def test_windows_cut_at_unit_boundaries(tiny_tokenizer):
+    text = " ".join(f"The code for key{i} is {1000 + i}." for i in range(30))
+    enc = encode(ProcessorConfig(unit="sentence"), tiny_tokenizer, text, "What is the code?")
+    parts = windows(enc, 64)
+    assert len(parts) > 1 and sum(len(p.context) for p in parts) == len(enc.context)
+    assert all(len(p.question) + len(p.context) <= 64 for p in parts)
+    assert sum(p.n_units for p in parts) == enc.n_units  # no sentence was cut
+    assert np.concatenate([p.lexical for p in parts]).shape == enc.lexical.shape
+
+
+def test_unit_scores_pad_with_neg():
+    assert NEG < -1e6
