@@ -38,7 +38,7 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
     """
     net = policy.net
     with torch.random.fork_rng():  # building the copy must not move training's random stream
-        network = TokenKeepNetwork(net.config, net.feature_dim, net.lexical_size, net.budget_size)
+        network = TokenKeepNetwork(net.config, net.feature_dim, net.lexical_size, net.budget_size, net.attention_size)
     network.load_state_dict(net.state_dict())
     return TokenReducer.from_base_model(
         lm.model,

@@ -129,7 +129,7 @@ class TokenKeepCore:
         self.processor = processor if processor is not None else ProcessorConfig()
         self.budget = budget if budget is not None else BudgetConfig()
         self.max_len = self.processor.max_len
-        self.features = self.lm.feature_module(self.processor.feature_layer)
+        self.features = self.lm.feature_module(self.processor.feature_layer, self.processor.attention_layers)
         self.score = make_score(reward)
         examples = load_tasks(tasks, default_n=num_examples, seed=task_seed) if isinstance(tasks, str) else list(tasks)
         if not examples:
@@ -158,10 +158,11 @@ class TokenKeepCore:
         self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
         layout = observation_layout(
             self.max_len,
-            self.features.width,
+            self.features.hidden_size,
             self.processor.lexical_size,
             self.budget.observation_size,
             self.lm.vocab_size,
+            self.features.attention_size,
         )
         self.observation_space = spaces.Dict(
             {name: spaces.Box(low, high, shape, dtype) for name, (shape, dtype, low, high) in layout.items()}
@@ -192,7 +193,8 @@ class TokenKeepCore:
 
         def compute(missing: list[int]) -> list[torch.Tensor]:
             seqs = [self.pool[i].question + self.pool[i].context for i in missing]
-            return self.features.encode(seqs, self.lm.pad_id, self.lm.max_batch_tokens)
+            q_len = [len(self.pool[i].question) for i in missing]
+            return self.features.encode(seqs, self.lm.pad_id, self.lm.max_batch_tokens, question_lengths=q_len)
 
         return self._cached("feat", indices, compute)
 
@@ -206,6 +208,7 @@ class TokenKeepCore:
             max_len=self.max_len,
             pad_id=self.lm.pad_id,
             max_tokens=[b.max_tokens(n) for b, n in zip(budgets, sizes, strict=True)],
+            attention_size=self.features.attention_size,
         )
 
     def keep_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:

@@ -114,7 +114,7 @@ class FrozenLM:
         self.pad_id = pad_token_id(tokenizer)
         self.use_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.layout = self._make_layout()
-        self._feature_modules: dict[int, FeatureModule] = {}
+        self._feature_modules: dict[tuple[int, int], FeatureModule] = {}
         self.cache_prefix = True
         self._prefix_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
 
@@ -368,11 +368,12 @@ class FrozenLM:
         return out
 
     # ------------------------------------------------------------------ features
-    def feature_module(self, layer: int) -> FeatureModule:
-        """The policy's feature module for ``layer`` over this model, sharing its weights (built once per layer)."""
-        if layer not in self._feature_modules:
-            self._feature_modules[layer] = FeatureModule.from_causal_lm(self.model, layer)
-        return self._feature_modules[layer]
+    def feature_module(self, layer: int, attention_layers: int = 0) -> FeatureModule:
+        """The policy's feature module over this model, sharing its weights (built once per setting)."""
+        key = (layer, attention_layers)
+        if key not in self._feature_modules:
+            self._feature_modules[key] = FeatureModule.from_causal_lm(self.model, layer, attention_layers)
+        return self._feature_modules[key]
 
     def features(self, seqs: Sequence[Sequence[int]], layer: int = 0) -> list[torch.Tensor]:
         """Per-token features ``[len_i, hidden_size]`` (float16) of ``layer`` for each sequence, batched."""

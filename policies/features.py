@@ -88,53 +88,86 @@ def _truncated_decoder(decoder: nn.Module, layer: int, *, share: bool) -> nn.Mod
 class FeatureModule(nn.Module):
     """Features of layer ``layer`` (0 = input embeddings) of a frozen causal LM, rounded to float16.
 
+    With ``attention_layers`` = a > 0, each context token also gets ``a * heads`` attention channels: how much
+    the question attends to it, per head, in each of the first ``a`` layers. They come from the same truncated
+    forward over ``question + context + question`` (the trailing copy of the question sees the whole context,
+    the leading one lets context states see the question); a channel is the trailing question's mean attention
+    to the token, rescaled so that uniform attention is 1, then ``log1p``. Hidden features of the first
+    ``q + c`` positions are unchanged by the trailing copy (causal attention).
+
     Args:
-        layer: The feature layer.
-        embedding: For layer 0, the input embedding table.
-        decoder: For layer k > 0, a decoder with k blocks and an identity final norm.
+        layer: The hidden-state feature layer.
+        embedding: The input embedding table, when no block needs to run (layer 0, no attention channels).
+        decoder: A decoder with ``max(layer, attention_layers)`` blocks and an identity final norm, otherwise.
+        attention_layers: Layers whose per-head question-to-context attention becomes features (0: none).
     """
 
-    def __init__(self, layer: int, embedding: nn.Embedding | None = None, decoder: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        layer: int,
+        embedding: nn.Embedding | None = None,
+        decoder: nn.Module | None = None,
+        attention_layers: int = 0,
+    ) -> None:
         super().__init__()
-        if (layer == 0) != (embedding is not None) or (layer > 0) != (decoder is not None):
-            raise ValueError("give an embedding for layer 0, or a decoder for layer k > 0")
+        deep = max(layer, attention_layers) > 0
+        if deep != (decoder is not None) or (not deep) != (embedding is not None):
+            raise ValueError("give an embedding when no block runs (layer 0, no attention), else a decoder")
         self.layer = layer
+        self.attention_layers = attention_layers
         self.embedding = embedding
         self.decoder = decoder
         self.requires_grad_(False)
 
     @classmethod
-    def from_causal_lm(cls, model: nn.Module, layer: int) -> FeatureModule:
+    def from_causal_lm(cls, model: nn.Module, layer: int, attention_layers: int = 0) -> FeatureModule:
         """Features of a loaded ``*ForCausalLM``, sharing its weights (used by the training environment)."""
         n_layers = int(model.config.num_hidden_layers)
-        if not 0 <= layer <= n_layers:
-            raise ValueError(f"feature layer must be in [0, {n_layers}], got {layer}")
-        if layer == 0:
+        for name, value in (("feature layer", layer), ("attention layers", attention_layers)):
+            if not 0 <= value <= n_layers:
+                raise ValueError(f"{name} must be in [0, {n_layers}], got {value}")
+        depth = max(layer, attention_layers)
+        if depth == 0:
             return cls(0, embedding=model.get_input_embeddings())
-        return cls(layer, decoder=_truncated_decoder(model.get_decoder(), layer, share=True))
+        decoder = _truncated_decoder(model.get_decoder(), depth, share=True)
+        return cls(layer, decoder=decoder, attention_layers=attention_layers)
 
     @classmethod
-    def empty(cls, hf_config: dict[str, Any], layer: int) -> FeatureModule:
+    def empty(cls, hf_config: dict[str, Any], layer: int, attention_layers: int = 0) -> FeatureModule:
         """An uninitialised module for a base model config (``config.to_dict()``), to load saved weights into.
 
-        Layer 0 keeps the embedding table in float16: features are rounded to float16 anyway, so the saved
-        table is half the size and gives identical features.
+        Without blocks to run, the embedding table is kept in float16: features are rounded to float16 anyway, so
+        the saved table is half the size and gives identical features.
         """
         vocab, width = int(hf_config["vocab_size"]), int(hf_config["hidden_size"])
-        if layer == 0:
+        depth = max(layer, attention_layers)
+        if depth == 0:
             return cls(0, embedding=nn.Embedding(vocab, width, dtype=FEATURE_DTYPE))
         from transformers import AutoConfig, AutoModel
 
         cfg = {k: v for k, v in hf_config.items() if k not in ("transformers_version", "model_type")}
         config = AutoConfig.for_model(hf_config["model_type"], **cfg)
-        return cls(layer, decoder=_truncated_decoder(AutoModel.from_config(config), layer, share=False))
+        decoder = _truncated_decoder(AutoModel.from_config(config), depth, share=False)
+        return cls(layer, decoder=decoder, attention_layers=attention_layers)
 
     @property
-    def width(self) -> int:
-        """Feature width (the base model's hidden size)."""
+    def hidden_size(self) -> int:
+        """Width of the hidden-state features (the base model's hidden size)."""
         if self.embedding is not None:
             return int(self.embedding.embedding_dim)
         return int(self.decoder.config.hidden_size)
+
+    @property
+    def attention_size(self) -> int:
+        """Number of attention channels (layers x heads)."""
+        if not self.attention_layers:
+            return 0
+        return self.attention_layers * int(self.decoder.config.num_attention_heads)
+
+    @property
+    def width(self) -> int:
+        """Feature width: hidden size plus attention channels."""
+        return self.hidden_size + self.attention_size
 
     @property
     def device(self) -> torch.device:
@@ -142,23 +175,86 @@ class FeatureModule(nn.Module):
         return next(self.parameters()).device
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[B, L, D]`` float16 features of right-padded ``ids`` ``[B, L]`` with ``mask`` ``[B, L]``."""
+        """``[B, L, D]`` float16 hidden features of right-padded ``ids`` ``[B, L]`` (no attention channels)."""
+        return self._run(ids, mask)[0]
+
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Hidden features of ``self.layer`` and the attention weights ``[B, H, L, L]`` of the first layers."""
         if self.embedding is not None:
-            h = self.embedding(ids)
-        else:
-            h = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return h.to(FEATURE_DTYPE)
+            return self.embedding(ids).to(FEATURE_DTYPE), []
+        decoder = self.decoder
+        hidden: dict[int, torch.Tensor] = {}
+        weights: list[torch.Tensor] = []
+        hooks = []
+        if self.layer:
+            hooks.append(decoder.layers[self.layer - 1].register_forward_hook(
+                lambda _m, _i, out: hidden.__setitem__(0, out[0] if isinstance(out, tuple) else out)
+            ))  # fmt: skip
+        for i in range(self.attention_layers):
+            hooks.append(decoder.layers[i].self_attn.register_forward_hook(lambda _m, _i, out: weights.append(out[1])))
+        # The mask is built from the decoder's config and attention runs by the layers' (the frozen model's, when
+        # shared): both must say "eager", the only implementation that returns weights, and be restored after.
+        configs = list({id(c): c for c in (decoder.config, *(m.self_attn.config for m in decoder.layers))}.values())
+        saved = [c._attn_implementation for c in configs]
+        try:
+            if self.attention_layers:
+                for c in configs:
+                    c._attn_implementation = "eager"
+            h = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        finally:
+            for c, impl in zip(configs, saved, strict=True):
+                c._attn_implementation = impl
+            for hook in hooks:
+                hook.remove()
+        h = hidden.get(0, h) if self.layer else decoder.embed_tokens(ids)
+        return h.to(FEATURE_DTYPE), weights
 
     @torch.inference_mode()
-    def encode(self, seqs: Sequence[Sequence[int]], pad_id: int, max_batch_tokens: int = 16384) -> list[torch.Tensor]:
-        """Features ``[len_i, D]`` (float16, CPU) of each token sequence; one forward per length-sorted micro-batch.
+    def encode(
+        self,
+        seqs: Sequence[Sequence[int]],
+        pad_id: int,
+        max_batch_tokens: int = 16384,
+        question_lengths: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
+        """Features ``[len_i, width]`` (float16, CPU) of each question + context sequence, micro-batched.
 
         Right padding never changes a real position's features (causal attention, or a lookup for layer 0).
+
+        Args:
+            seqs: Question + context token ids per row.
+            pad_id: Padding id.
+            max_batch_tokens: Padded-token budget of one micro-batch.
+            question_lengths: Question tokens at the start of each row (needed for attention channels).
         """
+        if self.attention_layers and question_lengths is None:
+            raise ValueError("attention channels need the question length of every row")
+        q_len = list(question_lengths) if question_lengths is not None else [0] * len(seqs)
+        runs = [list(s) + list(s[:q]) if self.attention_layers else list(s) for s, q in zip(seqs, q_len, strict=True)]
         out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
-        for batch in micro_batches([len(s) for s in seqs], max_batch_tokens):
-            ids, mask = pad_right([seqs[i] for i in batch], pad_id)
-            h = self(ids.to(self.device), mask.to(self.device)).cpu()
+        for batch in micro_batches([len(s) for s in runs], max_batch_tokens):
+            ids, mask = pad_right([runs[i] for i in batch], pad_id)
+            h, weights = self._run(ids.to(self.device), mask.to(self.device))
+            h = h.cpu()
             for r, i in enumerate(batch):
-                out[i] = h[r, : len(seqs[i])].clone()
+                n, q = len(seqs[i]), q_len[i]
+                row = h[r, :n]
+                if self.attention_layers:
+                    row = torch.cat([row, self._attention_channels(weights, r, n, q).to(FEATURE_DTYPE)], -1)
+                out[i] = row.clone()
         return out
+
+    @staticmethod
+    def _attention_channels(weights: list[torch.Tensor], r: int, n: int, q: int) -> torch.Tensor:
+        """``[n, layers * heads]``: the trailing question's attention to each context token, per layer and head."""
+        c = n - q
+        chans = torch.zeros(n, len(weights) * int(weights[0].shape[1]))
+        if c <= 0 or q == 0:
+            return chans
+        per = []
+        for w in weights:  # [B, H, L, L]
+            rows = w[r, :, n : n + q, q:n].float().mean(1)  # [H, c]: trailing question -> context
+            rows = rows / rows.sum(-1, keepdim=True).clamp(min=1e-9) * c
+            per.append(torch.log1p(rows).T.cpu())
+        chans[q:n] = torch.cat(per, -1)
+        return chans

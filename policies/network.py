@@ -12,9 +12,9 @@ Output: ``scores [B, L]`` (one ranking score per unit, at the unit's index; padd
 
 Architecture:
 
-1. Tokens: LayerNorm + projection of the frozen-model features, plus a projection of the lexical channels, a
-   segment embedding (question or context) and the budget embedding; a depthwise convolution for neighbouring
-   tokens; bidirectional attention blocks in which context tokens see the question and each other.
+1. Tokens: LayerNorm + projection of the frozen-model features, plus projections of the lexical and attention
+   channels, a segment embedding (question or context) and the budget embedding; a depthwise convolution for
+   neighbouring tokens; bidirectional attention blocks in which context tokens see the question and each other.
 2. Units: the mean of each unit's token states, joined with the mean question state.
 3. Units again: attention blocks over units with a learned bias per head for the signed, log-bucketed distance
    between units, so a unit can look for a related unit before or after it ("a later fact overrides this one").
@@ -114,22 +114,29 @@ class TokenKeepNetwork(nn.Module):
 
     Args:
         config: The network's shape.
-        feature_dim: Width of the frozen-model features.
+        feature_dim: Width of the frozen-model hidden-state features.
         lexical_size: Number of lexical channels (0: none).
         budget_size: Length of the budget vector.
+        attention_size: Number of attention channels (0: none).
     """
 
-    def __init__(self, config: NetworkConfig, feature_dim: int, lexical_size: int, budget_size: int) -> None:
+    def __init__(
+        self, config: NetworkConfig, feature_dim: int, lexical_size: int, budget_size: int, attention_size: int = 0
+    ) -> None:
         super().__init__()
         self.config = config
         self.feature_dim = feature_dim
         self.lexical_size = lexical_size
         self.budget_size = budget_size
+        self.attention_size = attention_size
         self.trim_units = True  # score only as many units as the batch has (off for ONNX tracing)
         d = config.d_model
         self.in_norm = nn.LayerNorm(feature_dim)
         self.in_proj = nn.Linear(feature_dim, d)
         self.lex_proj = nn.Linear(lexical_size, d) if lexical_size else None
+        self.att_proj = (
+            nn.Sequential(nn.LayerNorm(attention_size), nn.Linear(attention_size, d)) if attention_size else None
+        )
         self.segment = nn.Embedding(2, d)
         self.budget_embed = nn.Sequential(nn.Linear(budget_size, d), nn.SiLU(), nn.Linear(d, d))
         self.conv = nn.Conv1d(d, d, config.conv_kernel, padding=config.conv_kernel // 2, groups=d)
@@ -159,6 +166,8 @@ class TokenKeepNetwork(nn.Module):
         x = self.in_proj(self.in_norm(obs["features"].float()))
         if self.lex_proj is not None:
             x = x + self.lex_proj(obs["lexical"].float())
+        if self.att_proj is not None:
+            x = x + self.att_proj(obs["attention"].float())
         x = (x + self.segment(reducible.long()) + budget[:, None, :]) * valid[..., None]
         x = x + self.conv(self.conv_norm(x).transpose(1, 2)).transpose(1, 2) * valid[..., None]
         for block in self.blocks:

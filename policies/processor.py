@@ -51,18 +51,23 @@ class ProcessorConfig:
             embeddings; layer k costs about k/L of a prefill at deploy time).
         unit: Selection unit: token (characters are never split), word or sentence.
         lexical: Add the lexical question-match channels of policies/lexical.py to the observation.
+        attention_layers: Add the frozen model's per-head attention from the question to each context token, in
+            its first this many layers (0: off; costs about that many layers of a prefill at deploy time).
     """
 
     max_len: int = 256
     feature_layer: int = 0
     unit: Unit = "word"
     lexical: bool = True
+    attention_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {self.max_len}")
-        if self.feature_layer < 0:
-            raise ValueError(f"feature_layer must be >= 0, got {self.feature_layer}")
+        if self.feature_layer < 0 or self.attention_layers < 0:
+            raise ValueError(
+                f"feature_layer and attention_layers must be >= 0, got {self.feature_layer}, {self.attention_layers}"
+            )
 
     @property
     def lexical_size(self) -> int:
@@ -179,17 +184,19 @@ def windows(enc: Encoded, max_len: int) -> list[Encoded]:
 
 
 def observation_layout(
-    max_len: int, feature_dim: int, lexical_size: int, budget_size: int, vocab_size: int
+    max_len: int, feature_dim: int, lexical_size: int, budget_size: int, vocab_size: int, attention_size: int = 0
 ) -> dict[str, tuple]:
     """``name -> (shape, dtype, low, high)`` of every observation array (one example, unbatched).
 
-    ``lexical`` is present only when the processor has lexical channels.
+    ``lexical`` and ``attention`` are present only when the processor has such channels.
     """
-    lexical = {"lexical": ((max_len, lexical_size), np.float32, 0.0, 1.0)} if lexical_size else {}
+    extra = {"lexical": ((max_len, lexical_size), np.float32, 0.0, 1.0)} if lexical_size else {}
+    if attention_size:
+        extra["attention"] = ((max_len, attention_size), np.float32, 0.0, FLOAT16_MAX)
     return {
         "input_ids": ((max_len,), np.int64, 0, vocab_size - 1),
         "features": ((max_len, feature_dim), np.float32, -FLOAT16_MAX, FLOAT16_MAX),
-        **lexical,
+        **extra,
         "attention_mask": ((max_len,), np.int8, 0, 1),
         "reducible_mask": ((max_len,), np.int8, 0, 1),
         "unit_index": ((max_len,), np.int64, -1, max_len - 1),
@@ -207,6 +214,7 @@ def pack_observations(
     max_len: int,
     pad_id: int,
     max_tokens: Sequence[int | None] | None = None,
+    attention_size: int = 0,
 ) -> dict[str, np.ndarray]:
     """Stack a batch of observations ``[B, ...]`` (see the module docstring for the layout).
 
@@ -218,12 +226,13 @@ def pack_observations(
         pad_id: Token id of padding.
         max_tokens: Each row's token budget (:meth:`~policies.budget.Budget.max_tokens`; None in adaptive
             mode), which the training distribution cuts its ranking with; None: every row adaptive.
+        attention_size: The last this many feature columns are attention channels, packed as ``attention``.
 
     Raises:
         ValueError: If a row does not fit in ``max_len`` or its features have the wrong length.
     """
     b = len(items)
-    d = int(features[0].shape[-1]) if b else 0
+    d = int(features[0].shape[-1]) - attention_size if b else 0
     c_lex = int(items[0].lexical.shape[-1]) if b else 0
     obs = {
         "input_ids": np.full((b, max_len), pad_id, np.int64),
@@ -238,6 +247,10 @@ def pack_observations(
     }
     if not c_lex:
         del obs["lexical"]
+    if attention_size:
+        obs["attention"] = np.zeros((b, max_len, attention_size), np.float32)
+        for r, f in enumerate(features):
+            obs["attention"][r, : f.shape[0]] = f[:, d:].float().numpy()
     for r, (it, f) in enumerate(zip(items, features, strict=True)):
         q, c = len(it.question), len(it.context)
         if q + c > max_len:
@@ -245,7 +258,7 @@ def pack_observations(
         if f.shape[0] != q + c:
             raise ValueError(f"row {r}: features cover {f.shape[0]} tokens, expected {q + c}")
         obs["input_ids"][r, : q + c] = [*it.question, *it.context]
-        obs["features"][r, : q + c] = f.float().numpy()
+        obs["features"][r, : q + c] = f[:, :d].float().numpy()
         if c_lex:
             obs["lexical"][r, q : q + c] = it.lexical
         obs["attention_mask"][r, : q + c] = 1

@@ -139,10 +139,12 @@ class TokenReducer(nn.Module):
         """
         processor = processor or ProcessorConfig()
         budget = budget or BudgetConfig()
-        features = FeatureModule.from_causal_lm(model, processor.feature_layer)
+        features = FeatureModule.from_causal_lm(model, processor.feature_layer, processor.attention_layers)
         if not isinstance(network, TokenKeepNetwork):
             config = network or NetworkConfig()
-            network = TokenKeepNetwork(config, features.width, processor.lexical_size, budget.observation_size)
+            network = TokenKeepNetwork(
+                config, features.hidden_size, processor.lexical_size, budget.observation_size, features.attention_size
+            )
         hf_config = model.config.to_dict()
         hf_config.pop("quantization_config", None)
         hf_config.pop("_name_or_path", None)
@@ -230,10 +232,13 @@ class TokenReducer(nn.Module):
         pad = self.config.tokenizer.pad_id
         for start in range(0, len(rows), window_batch):
             chunk = rows[start : start + window_batch]
-            feats = self.features.encode([w.question + w.context for _, w in chunk], pad, max_batch_tokens)
+            feats = self.features.encode(
+                [w.question + w.context for _, w in chunk], pad, max_batch_tokens, [len(w.question) for _, w in chunk]
+            )
             vecs = [self.config.budget.observe(budgets[i], len(items[i].context)) for i, _ in chunk]
             width = max(len(w.question) + len(w.context) for _, w in chunk)
-            obs = pack_observations([w for _, w in chunk], feats, vecs, max_len=width, pad_id=pad)
+            att = self.features.attention_size
+            obs = pack_observations([w for _, w in chunk], feats, vecs, max_len=width, pad_id=pad, attention_size=att)
             unit_scores, stop, _ = self.network({k: torch.as_tensor(v) for k, v in obs.items()})
             for r, (i, w) in enumerate(chunk):
                 scores[i].append(unit_scores[r, : w.n_units].float().numpy())

@@ -80,9 +80,10 @@ def read_reducer_files(directory: str | os.PathLike[str]) -> tuple[FeatureModule
         raise ReducerError(f"the tokenizer files in {d} cannot be loaded: {err}") from err
     if tokenizer_fingerprint(tokenizer) != config.tokenizer.fingerprint:
         raise ReducerError(f"the tokenizer in {d} is not the one this reducer was trained with")
-    features = FeatureModule.empty(config.base_model.hf_config, config.processor.feature_layer)
+    proc = config.processor
+    features = FeatureModule.empty(config.base_model.hf_config, proc.feature_layer, proc.attention_layers)
     network = TokenKeepNetwork(
-        config.network, features.width, config.processor.lexical_size, config.budget.observation_size
+        config.network, features.hidden_size, proc.lexical_size, config.budget.observation_size, features.attention_size
     )
     try:
         network.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("network.")})

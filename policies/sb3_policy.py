@@ -66,6 +66,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
             feature_dim=int(space["features"].shape[-1]),
             lexical_size=int(space["lexical"].shape[-1]) if "lexical" in space.spaces else 0,
             budget_size=int(space["budget"].shape[-1]),
+            attention_size=int(space["attention"].shape[-1]) if "attention" in space.spaces else 0,
         )
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 

@@ -22,10 +22,12 @@ from tests.conftest import build_tiny_tokenizer, make_tiny_lm
 MAX_LEN = 128
 
 
-def _config(feature_layer=0, unit="word"):
+def _config(feature_layer=0, unit="word", attention_layers=0):
     return replace(
         PRESETS["smoke"],
-        processor=ProcessorConfig(max_len=MAX_LEN, feature_layer=feature_layer, unit=unit),
+        processor=ProcessorConfig(
+            max_len=MAX_LEN, feature_layer=feature_layer, unit=unit, attention_layers=attention_layers
+        ),
         budget=BudgetConfig(cost_low=0.2, cost_high=1.0, default_token_cost=0.4),
         network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2),
         run=RunConfig(progress_bar=False),
@@ -43,8 +45,8 @@ def _spread_scores(net, obs):
         net.stop_head[-1].bias += float(scores[valid].median() - stop.mean())
 
 
-def _model(tiny_lm, feature_layer=0, unit="word"):
-    cfg = _config(feature_layer, unit)
+def _model(tiny_lm, feature_layer=0, unit="word", attention_layers=0):
+    cfg = _config(feature_layer, unit, attention_layers)
     core = TokenKeepCore(tiny_lm, "kv:train:n=12,distractors=3", processor=cfg.processor, budget=cfg.budget)
     model = build_ppo(cfg, BatchedTokenKeepVecEnv(core, n_envs=4, seed=0), None)
     _spread_scores(model.policy.net, core.observe(range(len(core.pool)), [Budget()] * len(core.pool)))
@@ -59,9 +61,13 @@ def exported(tiny_lm, tmp_path_factory):
     return model, core, out
 
 
-@pytest.mark.parametrize("feature_layer,unit", [(0, "word"), (1, "word"), (0, "token"), (0, "sentence")])
-def test_parity_with_sb3_deterministic_action(tiny_lm, tmp_path, feature_layer, unit):
-    model, core, cfg = _model(tiny_lm, feature_layer, unit)
+@pytest.mark.parametrize(
+    "feature_layer,unit,attention_layers",
+    [(0, "word", 0), (1, "word", 0), (0, "token", 0), (0, "sentence", 0), (0, "word", 2), (1, "sentence", 2)],
+)
+def test_parity_with_sb3_deterministic_action(tiny_lm, tmp_path, feature_layer, unit, attention_layers):
+    model, core, cfg = _model(tiny_lm, feature_layer, unit, attention_layers)
+    assert ("attention" in core.observation_space.spaces) == bool(attention_layers)
     export_reducer(model, tiny_lm, cfg, tmp_path / "r")
     reducer = TokenReducer.from_pretrained(tmp_path / "r")
     idx = list(range(len(core.pool)))
@@ -91,7 +97,8 @@ def test_saved_files_and_no_pickle(exported):
     for key in ("format_version", "base_model", "tokenizer", "processor", "budget", "network", "package_version"):
         assert key in cfg
     assert cfg["budget"]["default_token_cost"] == 0.4 and cfg["budget"]["cost_low"] == 0.2
-    assert cfg["processor"] == {"max_len": MAX_LEN, "feature_layer": 0, "unit": "word", "lexical": True}
+    processor = {"max_len": MAX_LEN, "feature_layer": 0, "unit": "word", "lexical": True, "attention_layers": 0}
+    assert cfg["processor"] == processor
 
 
 def test_rate_and_target_are_met_and_deterministic(exported):
