@@ -13,7 +13,9 @@ that ships.
 from __future__ import annotations
 
 import html
+import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +104,8 @@ class HeldoutEvalCallback(BaseCallback):
         eval_freq: Episodes between evaluations.
         heuristics: Baseline names to compare with; their rows are computed once and reused.
         n_text_examples: How many examples to log as text with dropped tokens struck through.
+        history_path: A JSON file that holds every evaluation so far, rewritten atomically after each one (earlier
+            entries, e.g. from before a resume, are kept).
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class HeldoutEvalCallback(BaseCallback):
         eval_freq: int,
         heuristics: Sequence[str] = EVAL_HEURISTICS,
         n_text_examples: int = 3,
+        history_path: Path | None = None,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -122,7 +127,10 @@ class HeldoutEvalCallback(BaseCallback):
         self.heuristic_names = list(heuristics)
         self.n_text_examples = n_text_examples
         self.last_eval = 0
+        self.history_path = history_path
         self.history: list[dict[str, Any]] = []
+        if history_path is not None and history_path.exists():
+            self.history = json.loads(history_path.read_text())
         self._baseline_rows: list[dict[str, Any]] | None = None
 
     def _on_step(self) -> bool:
@@ -182,6 +190,8 @@ class HeldoutEvalCallback(BaseCallback):
         self.logger.record("eval/examples", "\n\n---\n\n".join(texts), exclude=("stdout", "log", "json", "csv"))
         self.logger.dump(self.num_timesteps)
         self.history.append(summary)
+        if self.history_path is not None:
+            write_atomic(self.history_path, json.dumps(self.history, indent=2) + "\n")
         return summary
 
 
@@ -206,6 +216,19 @@ class AtomicCheckpointCallback(BaseCallback):
             self.last_save = self.num_timesteps
             save_checkpoint(self.model, self.directory, self.keep)
         return True
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temporary file in the same directory, then rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(model, directory: Path, keep: int = 3) -> Path:

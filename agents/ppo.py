@@ -13,11 +13,9 @@ Run directory layout (``--out DIR``)::
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from agents.callbacks import (
     ReductionStatsCallback,
     latest_checkpoint,
     save_checkpoint,
+    write_atomic,
 )
 from agents.config import TrainConfig, load_config
 from agents.evaluate import load_eval_tasks
@@ -46,15 +45,6 @@ from policies.sb3_policy import TokenKeepPolicy
 
 class RunDirectoryError(RuntimeError):
     """The run directory cannot be used as asked (finished run, or a run in progress without --resume)."""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temporary file in the same directory and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def linear_schedule(start: float, end_fraction: float = 0.1) -> Callable[[float], float]:
@@ -186,7 +176,7 @@ def train(
     evaluator = None
     if run.eval_freq > 0 and config.tasks.heldout.strip():
         heldout = load_eval_tasks(config.tasks.heldout, lm.tokenizer, config.tasks.eval_examples, seed=run.seed)
-        evaluator = HeldoutEvalCallback(lm, config, heldout, run.eval_freq)
+        evaluator = HeldoutEvalCallback(lm, config, heldout, run.eval_freq, history_path=out / "eval_history.json")
         evaluator.last_eval = model.num_timesteps
         callbacks.append(evaluator)
     remaining = config.ppo.total_timesteps - model.num_timesteps
@@ -203,12 +193,8 @@ def train(
         path = save_checkpoint(model, out / "checkpoints", run.keep_checkpoints)
         print(f"\ninterrupted: saved {path}; continue with: python train.py --resume --out {out}", file=sys.stderr)
         raise
-    if evaluator is not None:
-        if evaluator.last_eval != model.num_timesteps:
-            evaluator.run_eval()
-        history_path = out / "eval_history.json"
-        old = json.loads(history_path.read_text()) if history_path.exists() else []
-        write_atomic(history_path, json.dumps(old + evaluator.history, indent=2) + "\n")
+    if evaluator is not None and evaluator.last_eval != model.num_timesteps:
+        evaluator.run_eval()
     save_checkpoint(model, out / "checkpoints", run.keep_checkpoints)
     final = out / "final_model.zip"
     if export:

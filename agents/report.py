@@ -126,3 +126,44 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
         pareto_plot(report, tmp / "pareto.png")
         (tmp / "examples.html").write_text(examples_html(report) + "\n")
     return Path(out)
+
+
+def learning_curve_plot(curves: dict[str, list[dict[str, Any]]], path: Path, rate: float = 0.3) -> None:
+    """Held-out score against episodes, one panel per task, one line per run; heuristics as flat lines.
+
+    Args:
+        curves: Run label -> its ``eval_history.json`` entries (from :class:`agents.callbacks.HeldoutEvalCallback`).
+        path: The PNG to write.
+        rate: The keep rate whose scores are drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(curves.values()))
+    tasks = sorted({k.split("/")[0] for entry in first for k in entry if "/" in k}, key=lambda t: t.split(":")[0])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for label, hist in curves.items():
+            xs = [h["timesteps"] for h in hist if f"{task}/policy_rate{rate}" in h]
+            ys = [h[f"{task}/policy_rate{rate}"] for h in hist if f"{task}/policy_rate{rate}" in h]
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        last = first[-1]
+        best = last.get(f"{task}/best_heuristic_name_rate{rate}", "?")
+        for key, style, label in (
+            (f"{task}/best_heuristic_rate{rate}", "--", f"best heuristic ({best})"),
+            (f"{task}/random_rate{rate}", ":", "random"),
+            (f"{task}/full", "-.", "full context"),
+        ):
+            if key in last:
+                ax.axhline(last[key], linestyle=style, color="grey", linewidth=1, label=label)
+        ax.set_title(f"{task} (rate {rate})")
+        ax.set_xlabel("training episodes")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out score (choice acc. or EM)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
