@@ -211,14 +211,14 @@ PRESETS: dict[str, TrainConfig] = {
     # The real run: SmolLM2-135M on CPU, every task family, sized for about 20 minutes of training on 2 cores.
     "default": TrainConfig(
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=64, eval_examples=16),
-        ppo=PPOConfig(total_timesteps=3072, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=3e-4),
+        ppo=PPOConfig(total_timesteps=4096, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=1e-4),
         warm_start=WarmStartConfig(steps=300, batch_size=32),
         run=RunConfig(eval_freq=1024, checkpoint_freq=512),
     ),
     # The same recipe for about 2 hours on 2 cores: larger pools and five times the episodes.
     "long": TrainConfig(
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=256, eval_examples=32),
-        ppo=PPOConfig(total_timesteps=16384, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=3e-4),
+        ppo=PPOConfig(total_timesteps=16384, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=1e-4),
         warm_start=WarmStartConfig(steps=600, batch_size=32),
         run=RunConfig(eval_freq=2048, checkpoint_freq=1024),
     ),

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from agents.baselines import KeepMethod
 from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
-from envs.scoring import build_prompts, choice_accuracy
+from envs.scoring import choice_priors, score_reduced
 from envs.task_specs import TaskSpec, split_specs
 from policies.budget import Budget, keep_top
 
@@ -101,6 +101,7 @@ def evaluate(
     total = sum(len(budgets[m.name]) for _, m in jobs)
     bar = tqdm(total=total, desc="evaluating", disable=not progress)
     results, examples = [], []
+    priors = {t: choice_priors(lm, e) if all(x.choices is not None for x in e) else None for t, e in tasks.items()}
     for task, method in jobs:
         encs = tasks[task]
         score_s, scores = 0.0, None
@@ -119,10 +120,8 @@ def evaluate(
                 tuple(t for t, k in zip(e.context, m, strict=True) if k) for e, m in zip(encs, masks, strict=True)
             ]
             t1 = time.perf_counter()
-            res = lm.score_answers(build_prompts(lm, encs, contexts), [e.answer for e in encs])
-            choice = None
-            if all(e.choices is not None for e in encs):
-                choice = choice_accuracy(lm, encs, contexts)[1].numpy().astype(np.float64)
+            res, _, calibrated = score_reduced(lm, encs, contexts, priors[task])
+            choice = None if calibrated is None else calibrated.numpy().astype(np.float64)
             model_ms = 1000 * (time.perf_counter() - t1) / len(encs)
             em = res.greedy_match.numpy().astype(np.float64)
             ll = np.array([t.mean().item() for t in res.token_logprobs])

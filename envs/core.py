@@ -9,7 +9,7 @@ Observations are packed by :func:`policies.processor.pack_observations` (the lay
 same function the deployed reducer uses; the budget vector comes from :class:`policies.budget.BudgetConfig`.
 
 Action: one priority per selection unit (``Box(-1, 1, (max_len,))``, aligned with ``unit_index``); the kept
-units are :func:`policies.budget.fill_units` of it under the episode's budget, the rule the reducer uses.
+units are :func:`policies.budget.select_units` of it under the episode's budget, the rule the reducer uses.
 
 Reward: ``r = s - token_cost * kept / context_tokens`` where ``s`` is the task score of the reduced prompt,
 minus the full-context score when the score is relative (``loglik``). Each episode's budget is drawn by
@@ -37,7 +37,7 @@ from envs.examples import EncodedExample, Example, encode_example, prepare_examp
 from envs.frozen_lm import FrozenLM
 from envs.scoring import TaskScore, make_score
 from envs.task_specs import load_tasks
-from policies.budget import Budget, BudgetConfig, fill_units
+from policies.budget import Budget, BudgetConfig, select_units
 from policies.processor import Encoded, ProcessorConfig, observation_layout, pack_observations
 
 
@@ -207,15 +207,15 @@ class TokenKeepCore:
             [self.budget.observe(b, n) for b, n in zip(budgets, sizes, strict=True)],
             max_len=self.max_len,
             pad_id=self.lm.pad_id,
-            max_tokens=[b.max_tokens(n) for b, n in zip(budgets, sizes, strict=True)],
+            limits=[self.budget.limits(b, n).as_array() for b, n in zip(budgets, sizes, strict=True)],
             attention_size=self.features.attention_size,
         )
 
     def keep_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:
-        """Bool mask over example ``index``'s context tokens: the units :func:`fill_units` keeps for ``action``."""
+        """Bool mask over example ``index``'s context tokens: the units :func:`select_units` keeps for ``action``."""
         enc = self.inputs[index]
         lengths = enc.unit_lengths
-        keep_units = fill_units(action[: len(lengths)], lengths, budget.max_tokens(len(enc.context)))
+        keep_units = select_units(action[: len(lengths)], lengths, self.budget.limits(budget, len(enc.context)))
         return keep_units[enc.unit_index]
     def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
         """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""

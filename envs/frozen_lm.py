@@ -27,6 +27,9 @@ from envs.model_cache import DEFAULT_MODEL_SPEC, load_model, tiny_random_model
 from policies.features import FeatureModule, micro_batches, pad_right
 from policies.processor import pad_token_id
 
+HEAD_CHUNK = 256
+"""Answer positions that go through the LM head together (bounds the ``[positions, vocab]`` logits)."""
+
 INSTRUCTION = "Read the text and answer the question with a short answer."
 
 
@@ -282,18 +285,25 @@ class FrozenLM:
                 targets += list(answers[i])
                 owners += [i] * la
             h = hidden[torch.tensor(rows, device=ids.device), torch.tensor(cols, device=ids.device)]
-            logp = torch.log_softmax(head(h).float(), dim=-1)
             tgt = torch.tensor(targets, device=ids.device)
-            tok_lp = logp.gather(1, tgt[:, None])[:, 0].cpu()
-            hit = (logp.argmax(-1) == tgt).cpu()
+            # The LM head over the vocabulary is the largest tensor here: take it a slice of positions at a time.
+            tok_lp, hit, full = [], [], []
+            for s in range(0, len(targets), HEAD_CHUNK):
+                logp = torch.log_softmax(head(h[s : s + HEAD_CHUNK]).float(), dim=-1)
+                tok_lp.append(logp.gather(1, tgt[s : s + HEAD_CHUNK, None])[:, 0].cpu())
+                hit.append((logp.argmax(-1) == tgt[s : s + HEAD_CHUNK]).cpu())
+                if dists is not None:
+                    full.append(logp.cpu())
+            tok_lp_all, hit_all = torch.cat(tok_lp), torch.cat(hit)
+            full_all = torch.cat(full) if dists is not None else None
             start = 0
             for i in batch:
                 la = len(answers[i])
-                per_token[i] = tok_lp[start : start + la]
+                per_token[i] = tok_lp_all[start : start + la]
                 total[i] = per_token[i].sum()
-                match[i] = bool(hit[start : start + la].all())
+                match[i] = bool(hit_all[start : start + la].all())
                 if dists is not None:
-                    dists[i] = logp[start : start + la].cpu()
+                    dists[i] = full_all[start : start + la]
                 start += la
         return AnswerScores(total, per_token, match, dists)
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from envs.examples import EncodedExample
-from envs.frozen_lm import FrozenLM
+from envs.frozen_lm import AnswerScores, FrozenLM
 
 Contexts = Sequence[Sequence[int]] | None
 
@@ -46,46 +46,70 @@ def answer_loglik(lm: FrozenLM, encs: Sequence[EncodedExample], contexts: Contex
     return torch.stack([t.mean() for t in s.token_logprobs])
 
 
+def choice_priors(lm: FrozenLM, encs: Sequence[EncodedExample]) -> list[torch.Tensor]:
+    """Per example, ``[n_choices]`` log-probabilities of each choice with an empty context (the model's prior)."""
+    if any(e.choices is None for e in encs):
+        raise ValueError("choice_priors needs examples with choices")
+    empty = build_prompts(lm, encs, [()] * len(encs))
+    prompts = [p for e, p in zip(encs, empty, strict=True) for _ in e.choices]
+    lp = lm.score_answers(prompts, [c for e in encs for c in e.choices]).logprob
+    out, k = [], 0
+    for e in encs:
+        out.append(lp[k : k + len(e.choices)])
+        k += len(e.choices)
+    return out
+
+
+def score_reduced(
+    lm: FrozenLM,
+    encs: Sequence[EncodedExample],
+    contexts: Contexts = None,
+    priors: Sequence[torch.Tensor] | None = None,
+) -> tuple[AnswerScores, torch.Tensor | None, torch.Tensor | None]:
+    """Answer scores and, where every example has choices, raw and calibrated choice accuracy; one batched call.
+
+    A choice's raw score is its summed log-probability; its calibrated score subtracts the same choice's
+    log-probability with an empty context (:func:`choice_priors`, computed here unless given), which removes the
+    small model's prior over answers.
+
+    Returns:
+        The :class:`~envs.frozen_lm.AnswerScores` of the gold answers, and two ``[B]`` bool tensors (raw and
+        calibrated choice correct), or None for both when some example has no choices.
+    """
+    prompts = build_prompts(lm, encs, contexts)
+    pairs_p, pairs_a = list(prompts), [e.answer for e in encs]
+    with_choices = all(e.choices is not None for e in encs)
+    if with_choices:
+        for e, p in zip(encs, prompts, strict=True):
+            pairs_p += [p] * len(e.choices)
+            pairs_a += list(e.choices)
+    res = lm.score_answers(pairs_p, pairs_a)
+    n = len(encs)
+    answers = AnswerScores(res.logprob[:n], res.token_logprobs[:n], res.greedy_match[:n])
+    if not with_choices:
+        return answers, None, None
+    priors = list(priors) if priors is not None else choice_priors(lm, encs)
+    raw, cal, k = [], [], n
+    for e, prior in zip(encs, priors, strict=True):
+        lp = res.logprob[k : k + len(e.choices)]
+        raw.append(int(lp.argmax()) == e.answer_index)
+        cal.append(int((lp - prior).argmax()) == e.answer_index)
+        k += len(e.choices)
+    return answers, torch.tensor(raw), torch.tensor(cal)
+
+
 def choice_accuracy(
     lm: FrozenLM, encs: Sequence[EncodedExample], contexts: Contexts = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw and calibrated multiple-choice accuracy, in one batched scoring call.
-
-    A choice's raw score is its summed log-probability; its calibrated score subtracts the log-probability of
-    the same choice under the same prompt with an empty context, which removes the small model's prior
-    over answers.
-
-    Args:
-        lm: The frozen model.
-        encs: Examples that all have choices.
-        contexts: Replacement contexts, or None for the full ones.
-
-    Returns:
-        Two ``[B]`` bool tensors: raw correct and calibrated correct.
+    """Raw and calibrated multiple-choice accuracy (see :func:`score_reduced`), as two ``[B]`` bool tensors.
 
     Raises:
         ValueError: If an example has no choices.
     """
     if any(e.choices is None for e in encs):
         raise ValueError("choice_accuracy needs examples with choices")
-    prompts = build_prompts(lm, encs, contexts)
-    empty = build_prompts(lm, encs, [()] * len(encs))
-    pairs_p, pairs_a = [], []
-    for e, p, q in zip(encs, prompts, empty, strict=True):
-        for c in e.choices:
-            pairs_p += [p, q]
-            pairs_a += [c, c]
-    lp = lm.score_answers(pairs_p, pairs_a).logprob
-    raw, cal = [], []
-    k = 0
-    for e in encs:
-        n = len(e.choices)
-        full = lp[k : k + 2 * n : 2]
-        prior = lp[k + 1 : k + 2 * n : 2]
-        raw.append(int(full.argmax()) == e.answer_index)
-        cal.append(int((full - prior).argmax()) == e.answer_index)
-        k += 2 * n
-    return torch.tensor(raw), torch.tensor(cal)
+    _, raw, cal = score_reduced(lm, encs, contexts)
+    return raw, cal
 
 
 @dataclass

@@ -12,7 +12,8 @@ longer contexts.
   asked one (same colour or same noun), so overlap with the question finds the first link but not the last
   (4 choices).
 * ``state``: where a person is *now*, after several moves; later facts override earlier ones, and the
-  choices include the person's earlier places (4 choices).
+  choices include the person's earlier places (4 choices). The deciding (last) move is placed uniformly in the
+  story, which goes on with other people's moves, so keeping the end of the text does not find it.
 """
 
 from __future__ import annotations
@@ -192,47 +193,51 @@ def _state(rng: random.Random, split: str, filler: int, distractors: int) -> Exa
     people = rng.sample(data.NAMES[split], k=n_people)
     target = people[0]
     moves_lo, moves_hi = (2, 4) if split == "train" else (3, 5)
-    events: list[tuple[str, str]] = []  # (person, place) in story order, interleaved across people
-    trail: list[str] = []
-    for person in people:
-        n_moves = rng.randint(moves_lo, moves_hi) if person == target else rng.randint(1, 3)
+
+    def trail(n: int) -> list[str]:
         places = [rng.choice(data.PLACES[split])]
-        while len(places) < n_moves:
+        while len(places) < n:
             nxt = rng.choice(data.PLACES[split])
-            if nxt not in places:
+            if nxt != places[-1]:
                 places.append(nxt)
-        if person == target:
-            trail = places
-        # Each person's moves keep their relative order; people's stories are interleaved at random.
-        slots = sorted(rng.sample(range(len(events) + n_moves), k=n_moves))
-        merged: list[tuple[str, str]] = []
-        it = iter(events)
-        mine = iter(places)
-        for pos in range(len(events) + n_moves):
-            merged.append((person, next(mine)) if pos in slots else next(it))
-        events = merged
+        return places
+
+    mine = trail(rng.randint(moves_lo, moves_hi))
+    others = [(p, trail(rng.randint(1, 3))) for p in people[1:]]
+    total = len(mine) + sum(len(t) for _, t in others)
+    # The target's final move lands uniformly anywhere it can in the story, and the story goes on after it, so
+    # the deciding fact is not where a positional heuristic ("keep the end") would find it.
+    last = rng.randint(len(mine) - 1, total - 1)
+    slots = sorted(rng.sample(range(last), k=len(mine) - 1)) + [last]
+    queue = [(p, place) for p, t in others for place in t]
+    rng.shuffle(queue)
+    # each other person's moves keep their own order: re-sort every person's places into its original sequence
+    order = {p: iter(t) for p, t in others}
+    queue = [(p, next(order[p])) for p, _ in queue]
+    events: list[tuple[str, str]] = []
+    it_mine, it_other = iter(mine), iter(queue)
+    for pos in range(total):
+        events.append((target, next(it_mine)) if pos in slots else next(it_other))
     first_seen: set[str] = set()
     facts: list[tuple[str, bool]] = []
-    last_target = max(i for i, (p, _) in enumerate(events) if p == target)
     for i, (person, place) in enumerate(events):
         if person in first_seen:
             sentence = f"Then {person} {rng.choice(data.MOVE_VERBS[split])} the {place}."
         else:
             sentence = f"{person} is in the {place}."
             first_seen.add(person)
-        facts.append((sentence, i == last_target))
+        facts.append((sentence, i == last))
     for _ in range(filler):
         facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[split]), False))
     b = _Builder()
     for sentence, is_evidence in facts:
         b.add(sentence, evidence=is_evidence)
-    answer = trail[-1]
-    earlier = [p for p in trail[:-1] if p != answer]
+    answer = mine[-1]
     return Example(
         context=b.text(),
         question=f"Where is {target} now?",
         answer=f" {answer}",
-        choices=_choices(rng, answer, earlier, data.PLACES[split]),
+        choices=_choices(rng, answer, [p for p in mine[:-1] if p != answer], data.PLACES[split]),
         answer_prefix=f"{target} is now in the",
         evidence=tuple(b.evidence),
         family=f"state:{split}",

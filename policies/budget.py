@@ -5,7 +5,8 @@ Two objects, one concept:
 * :class:`Budget` is what one reduction is asked for: a keep ``rate`` or a number of ``target_tokens`` (the
   policy ranks units and :func:`fill_units` keeps the best that fit: never above the budget, as close as the
   units allow), or, with neither, the *adaptive* mode: the policy decides how much to keep, conditioned on a
-  ``token_cost`` (the price of keeping the whole context, charged in the training reward).
+  ``token_cost`` (the price of keeping the whole context, charged in the training reward), within
+  ``[adaptive_min_rate, adaptive_max_rate]`` of the context (:func:`adaptive_units`).
 * :class:`BudgetConfig` is the range a policy is trained on and the default a deployed reducer uses. It is
   part of the run config and is written unchanged into ``reducer_config.json``; :meth:`BudgetConfig.sample`
   draws training budgets and :meth:`BudgetConfig.observe` is the one place a budget becomes the policy's input.
@@ -82,6 +83,8 @@ class BudgetConfig:
         cost_low: Lowest token cost drawn for an adaptive episode.
         cost_high: Highest token cost drawn for an adaptive episode; the policy sees cost / cost_high.
         default_token_cost: Token cost of adaptive reductions that give none (the reducer's no-rate default).
+        adaptive_min_rate: The adaptive mode keeps at least this fraction of the context (whole units).
+        adaptive_max_rate: The adaptive mode keeps at most this fraction of the context (at least one unit).
     """
 
     rate_low: float = 0.1
@@ -90,6 +93,8 @@ class BudgetConfig:
     cost_low: float = 0.05
     cost_high: float = 1.0
     default_token_cost: float = 0.3
+    adaptive_min_rate: float = 0.1
+    adaptive_max_rate: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0 < self.rate_low <= self.rate_high <= 1:
@@ -100,6 +105,11 @@ class BudgetConfig:
             raise BudgetError(f"need 0 <= cost_low <= cost_high, cost_high > 0, got {self.cost_low}, {self.cost_high}")
         if self.default_token_cost < 0:
             raise BudgetError(f"default_token_cost must be >= 0, got {self.default_token_cost}")
+        if not 0 <= self.adaptive_min_rate <= self.adaptive_max_rate <= 1:
+            raise BudgetError(
+                "need 0 <= adaptive_min_rate <= adaptive_max_rate <= 1, "
+                f"got {self.adaptive_min_rate}, {self.adaptive_max_rate}"
+            )
 
     @property
     def observation_size(self) -> int:
@@ -118,6 +128,13 @@ class BudgetConfig:
             return 0.0
         return self.default_token_cost if budget.token_cost is None else budget.token_cost
 
+    def limits(self, budget: Budget, n_tokens: int) -> TokenLimits:
+        """The token limits of ``budget`` on a context of ``n_tokens`` tokens."""
+        if budget.adaptive:
+            lo = math.ceil(self.adaptive_min_rate * n_tokens - 1e-9)
+            return TokenLimits(True, lo, math.floor(self.adaptive_max_rate * n_tokens + 1e-9))
+        return TokenLimits(False, 0, int(budget.max_tokens(n_tokens)))
+
     def observe(self, budget: Budget, n_tokens: int) -> np.ndarray:
         """The policy's budget input ``[adaptive, rate, token_cost / cost_high]`` (float32).
 
@@ -129,13 +146,70 @@ class BudgetConfig:
         return np.array([0.0, rate, 0.0], dtype=np.float32)
 
 
-def fill_units(priority: np.ndarray, lengths: np.ndarray, max_tokens: int | None) -> np.ndarray:
-    """Bool mask of the units kept: the one selection rule of the env, the reducer and the baselines.
+@dataclass(frozen=True)
+class TokenLimits:
+    """What a budget allows on one context, in tokens.
 
-    Units with priority > 0 are candidates. Without a budget (adaptive mode) every candidate is kept. With one,
-    candidates are taken in decreasing priority (ties to the earlier unit) and each is kept if it still fits
-    in ``max_tokens``; one that does not fit is skipped, so the result is never above the budget and as close to
-    it as the units allow.
+    Attributes:
+        adaptive: True in adaptive mode (the policy's STOP decides, within the limits).
+        min_tokens: Fewest tokens to keep (adaptive mode; 0 otherwise).
+        max_tokens: Most tokens to keep.
+    """
+
+    adaptive: bool
+    min_tokens: int
+    max_tokens: int
+
+    def as_array(self) -> np.ndarray:
+        """``[adaptive, min_tokens, max_tokens]`` as float32, the ``limits`` observation."""
+        return np.array([float(self.adaptive), self.min_tokens, self.max_tokens], dtype=np.float32)
+
+
+def select_units(priority: np.ndarray, lengths: np.ndarray, limits: TokenLimits) -> np.ndarray:
+    """Bool mask of the units kept under ``limits``: :func:`adaptive_units` or :func:`fill_units`."""
+    if limits.adaptive:
+        return adaptive_units(priority, lengths, limits.min_tokens, limits.max_tokens)
+    return fill_units(priority, lengths, limits.max_tokens)
+
+
+def adaptive_count(sorted_lengths: np.ndarray, n_before_stop: int, min_tokens: int, max_tokens: int) -> int:
+    """How many units, taken in ranked order, the adaptive mode keeps.
+
+    The policy's choice (the units ranked before STOP) is clamped so that the kept tokens reach ``min_tokens``
+    and stay within ``max_tokens``; one unit is always kept.
+    """
+    n = len(sorted_lengths)
+    if n == 0:
+        return 0
+    c = np.cumsum(sorted_lengths)
+    k_min = min(int((c < min_tokens).sum()) + 1, n)
+    k_max = max(int((c <= max_tokens).sum()), 1)
+    return int(min(max(n_before_stop, k_min), k_max))
+
+
+def adaptive_units(priority: np.ndarray, lengths: np.ndarray, min_tokens: int, max_tokens: int) -> np.ndarray:
+    """Bool mask of the units the adaptive mode keeps.
+
+    Units are ranked by priority (ties to the earlier unit); those with priority > 0 are the policy's choice,
+    and :func:`adaptive_count` clamps how many of the ranked units are kept.
+    """
+    priority = np.asarray(priority, dtype=np.float64)
+    lengths = np.asarray(lengths)
+    valid = np.flatnonzero(lengths > 0)
+    order = valid[np.lexsort((valid, -priority[valid]))]
+    k = adaptive_count(lengths[order], int((priority[valid] > 0).sum()), min_tokens, max_tokens)
+    keep = np.zeros(len(priority), dtype=bool)
+    keep[order[:k]] = True
+    return keep
+
+
+def fill_units(priority: np.ndarray, lengths: np.ndarray, max_tokens: int | None) -> np.ndarray:
+    """Bool mask of the units kept under a rate or target: the rule of the env, the reducer and the baselines.
+
+    Units with priority > 0 are candidates. Without a budget every candidate is kept. With one, candidates are
+    taken in decreasing priority (ties to the earlier unit) and each is kept if it still fits in ``max_tokens``;
+    one that does not fit is skipped, so the result is never above the budget and as close to it as the units
+    allow.
 
     Args:
         priority: ``[U]`` priorities (padding units may hold anything).

@@ -13,6 +13,8 @@ Channels per context token, each in [0, 1] (:data:`CHANNELS`):
   retrievers do), so an entity linked to the question through another sentence is marked;
 * ``sent_bm25``: BM25 of the token's sentence against the question, divided by the best sentence's;
 * ``sent_hop2`` / ``sent_hop3``: BM25 of the token's sentence against the first / second expansion;
+* ``last_mention``: like ``q_match``, but only on a question word's last occurrence in the context: where
+  later statements update earlier ones, the latest mention of what the question asks about is current;
 * ``position``: the relative position of the token's sentence in the context (0 first, 1 last).
 
 :func:`bm25_scores` is also the ``bm25`` baseline of ``eval.py`` (LongLLMLingua's retrieval baseline).
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-CHANNELS = ("q_match", "hop_match", "sent_bm25", "sent_hop2", "sent_hop3", "position")
+CHANNELS = ("q_match", "hop_match", "sent_bm25", "sent_hop2", "sent_hop3", "last_mention", "position")
 WORD = re.compile(r"\w+")
 
 
@@ -132,5 +134,9 @@ def lexical_channels(
         out[t, 1] = max((inv.get(w, 0.0) / top_idf for w in ws if w in bridge), default=0.0)
     for c, s in enumerate(scores):
         out[:, 2 + c] = _normalised(s)[sentence_index]
-    out[:, 5] = pos
+    last_sentence = {w: u for u, ws in enumerate(sents) for w in ws if w in q}  # later sentences overwrite
+    for t, ws in enumerate(tw):
+        hits = [inv.get(w, 0.0) / top_idf for w in ws if last_sentence.get(w) == sentence_index[t]]
+        out[t, 5] = max(hits, default=0.0)
+    out[:, 6] = pos
     return out

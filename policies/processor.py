@@ -202,7 +202,7 @@ def observation_layout(
         "unit_index": ((max_len,), np.int64, -1, max_len - 1),
         "unit_lengths": ((max_len,), np.float32, 0.0, float(max_len)),
         "budget": ((budget_size,), np.float32, 0.0, FLOAT16_MAX),
-        "max_tokens": ((1,), np.float32, -1.0, float(max_len)),
+        "limits": ((3,), np.float32, 0.0, float(max_len)),
     }
 
 
@@ -213,7 +213,7 @@ def pack_observations(
     *,
     max_len: int,
     pad_id: int,
-    max_tokens: Sequence[int | None] | None = None,
+    limits: Sequence[np.ndarray] | None = None,
     attention_size: int = 0,
 ) -> dict[str, np.ndarray]:
     """Stack a batch of observations ``[B, ...]`` (see the module docstring for the layout).
@@ -224,8 +224,8 @@ def pack_observations(
         budgets: Budget vectors (:meth:`~policies.budget.BudgetConfig.observe`).
         max_len: Padded length.
         pad_id: Token id of padding.
-        max_tokens: Each row's token budget (:meth:`~policies.budget.Budget.max_tokens`; None in adaptive
-            mode), which the training distribution cuts its ranking with; None: every row adaptive.
+        limits: Each row's token limits (:meth:`~policies.budget.TokenLimits.as_array`), which the training
+            distribution cuts its ranking with; None: zeros (the deployed reducer applies the limits itself).
         attention_size: The last this many feature columns are attention channels, packed as ``attention``.
 
     Raises:
@@ -243,7 +243,7 @@ def pack_observations(
         "unit_index": np.full((b, max_len), -1, np.int64),
         "unit_lengths": np.zeros((b, max_len), np.float32),
         "budget": np.stack([np.asarray(x, np.float32) for x in budgets]) if b else np.zeros((0, 3), np.float32),
-        "max_tokens": np.array([[-1.0 if m is None else float(m)] for m in (max_tokens or [None] * b)], np.float32),
+        "limits": np.stack([np.asarray(x, np.float32) for x in limits]) if limits else np.zeros((b, 3), np.float32),
     }
     if not c_lex:
         del obs["lexical"]

@@ -6,13 +6,15 @@ which is how a ranking policy samples without replacement. The budget decides wh
 * with a rate or target, :func:`policies.budget.fill_units` walks the ordering and keeps each unit that still
   fits; the action's *prefix* runs up to the last unit kept;
 * in adaptive mode a STOP item (the network's stop score) is ranked with the units; the prefix is every unit
-  ranked before it.
+  ranked before it, and :func:`policies.budget.adaptive_count` clamps how many ranked units are kept (when the
+  prefix is too short, the units ranked right after STOP are kept too).
 
 The action handed to the environment is a priority per unit: ``(U - rank) / U > 0`` for the prefix in its
-order, negative for the rest, so the environment's fill keeps exactly the prefix's kept units. The
-log-probability is that of the prefix under Plackett-Luce (plus STOP's pick in adaptive mode): everything after
-the prefix cannot change what is kept, so it is left out, which keeps PPO's ratios free of that noise. The
-deterministic action sorts by score, which is exactly what the deployed reducer does.
+order, ``-(rank + 1) / U`` for the rest in their sampled order, so the environment's rule keeps exactly what
+the sampled ranking keeps. The log-probability is that of the picks that decide what is kept under
+Plackett-Luce (the prefix, STOP in adaptive mode, and any units kept after STOP): later picks cannot change
+what is kept, so they are left out, which keeps PPO's ratios free of that noise. The deterministic action sorts
+by score, which is exactly what the deployed reducer does.
 """
 
 from __future__ import annotations
@@ -43,16 +45,17 @@ class RankingDistribution:
         scores: ``[B, U]`` unit scores (logits).
         stop: ``[B]`` STOP scores (used in adaptive rows).
         lengths: ``[B, U]`` tokens per unit; 0 marks padding.
-        max_tokens: ``[B]`` token budget per row; negative in adaptive rows.
+        limits: ``[B, 3]`` per row ``[adaptive, min_tokens, max_tokens]`` (:class:`~policies.budget.TokenLimits`).
     """
 
-    def __init__(self, scores: torch.Tensor, stop: torch.Tensor, lengths: torch.Tensor, max_tokens: torch.Tensor):
+    def __init__(self, scores: torch.Tensor, stop: torch.Tensor, lengths: torch.Tensor, limits: torch.Tensor):
         self.valid = lengths > 0
         self.scores = torch.where(self.valid, scores, torch.full_like(scores, NEG))
         self.stop = stop
         self.lengths = lengths
-        self.max_tokens = max_tokens
-        self.adaptive = max_tokens < 0
+        self.adaptive = limits[:, 0] > 0.5
+        self.min_tokens = limits[:, 1]
+        self.max_tokens = limits[:, 2]
 
     def _cut(self, keys: torch.Tensor, stop_key: torch.Tensor) -> torch.Tensor:
         """Priorities for orderings by decreasing ``keys`` (ties to the earlier unit)."""
@@ -71,7 +74,7 @@ class RankingDistribution:
             else:
                 # fill_units walks the ordering; the prefix ends at the last unit it keeps
                 prio = (u - idx).float().cpu().numpy() * sorted_valid[r].cpu().numpy()
-                kept = fill_units(prio, lengths[r], int(self.max_tokens[r]))
+                kept = fill_units(prio, lengths[r], int(self.max_tokens[r].item()))
                 hits = np.flatnonzero(kept)
                 prefix[r] = int(hits[-1]) + 1 if len(hits) else 0
         return _encode(order, prefix, u)
@@ -91,17 +94,28 @@ class RankingDistribution:
         b, u = actions.shape
         prefix = (actions > 0) & self.valid
         m = prefix.sum(1)
-        # Prefix units first (in their order), then the rest: suffix sets are what Plackett-Luce normalises over.
-        rest = torch.where(self.valid, torch.full_like(actions, -2.0), torch.full_like(actions, -3.0))
+        n_valid = self.valid.sum(1)
+        # Prefix units first (in their order), then the rest in their sampled order, then padding: suffix sets are
+        # what Plackett-Luce normalises over, and the order after STOP matters for units kept past it.
+        rest = torch.where(self.valid, actions.clamp(-1.0, 0.0) - 2.0, torch.full_like(actions, -10.0))
         key = torch.where(prefix, actions, rest)
         order = torch.sort(key, dim=1, descending=True, stable=True).indices
         s = torch.gather(self.scores, 1, order)
+        # Adaptive rows keep k ranked units (adaptive_count): units after STOP up to k are picks too.
+        c = torch.cumsum(torch.gather(self.lengths, 1, order), dim=1)
+        sorted_valid = torch.gather(self.valid, 1, order)
+        k_min = torch.minimum((c < self.min_tokens[:, None]).sum(1) + 1, n_valid)
+        k_max = ((c <= self.max_tokens[:, None]) & sorted_valid).sum(1).clamp(min=1)
+        k = torch.minimum(torch.maximum(m, k_min), k_max)
         # Padding scores are NEG (finite), so no -inf reaches a gradient; their mass is exp(NEG) = 0.
-        lse = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log-sum-exp over the units not yet picked
+        lse_units = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log-sum-exp over the units not yet picked
         stop = self.stop[:, None]
-        lse = torch.where(self.adaptive[:, None], torch.logaddexp(lse, stop), lse)
-        picked = torch.arange(u, device=actions.device)[None, :] < m[:, None]
+        lse = torch.where(self.adaptive[:, None], torch.logaddexp(lse_units, stop), lse_units)
+        pos = torch.arange(u, device=actions.device)[None, :]
+        picked = pos < m[:, None]
+        after_stop = self.adaptive[:, None] & (pos >= m[:, None]) & (pos < k[:, None])
         terms = torch.where(picked, s - lse, torch.zeros_like(s))
+        terms = terms + torch.where(after_stop, s - lse_units, torch.zeros_like(s))
         logp = terms.sum(1)
         # STOP is picked right after the prefix; past the last unit the remaining mass is STOP's alone.
         lse_m = torch.gather(torch.cat([lse, stop], dim=1), 1, m[:, None]).squeeze(1)

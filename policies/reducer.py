@@ -16,7 +16,8 @@ A saved reducer is a directory::
 Selection: the network scores every selection unit (token, word or sentence, as trained). With a rate or a
 target, units are ranked by score and :func:`policies.budget.fill_units` keeps the best that fit: never above
 the budget, as close as the units allow. Without either (adaptive mode) the units scored above the network's
-STOP score are kept. Pieces of one character are always kept or dropped together.
+STOP score are kept, within the budget config's ``adaptive_min_rate`` and ``adaptive_max_rate``
+(:func:`policies.budget.adaptive_units`). Pieces of one character are always kept or dropped together.
 
 Long contexts: a context longer than ``max_len - len(question)`` tokens is cut into consecutive windows at
 unit boundaries, every window is scored with the question (``window_batch`` windows per forward, so memory
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.budget import Budget, BudgetConfig, BudgetError, fill_units, rank_priorities
+from policies.budget import Budget, BudgetConfig, BudgetError, rank_priorities, select_units
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
 from policies.network import NetworkConfig, TokenKeepNetwork
@@ -73,7 +74,8 @@ class Reduction:
         original_tokens: Context tokens before reduction.
         kept_tokens: Context tokens after reduction.
         budget: The budget asked for.
-        max_tokens: The budget in tokens (None in adaptive mode); ``kept_tokens <= max_tokens`` always.
+        max_tokens: The most tokens the budget allows (the rate's or target's, or the adaptive mode's upper
+            limit); ``kept_tokens <= max_tokens`` always, except that one unit is always kept.
     """
 
     text: str
@@ -249,11 +251,11 @@ class TokenReducer(nn.Module):
             # global unit of each token: windows' units, in order (a unit cut by a window edge counts twice)
             token_unit = np.concatenate([w.unit_index + k for w, k in _offsets(windows(enc, self.max_len))])
             lengths = np.bincount(token_unit, minlength=len(unit_scores))
-            if budget.adaptive:
-                priority = np.where(unit_scores > unit_stop, 1.0 + unit_scores - unit_stop, -1.0)
+            if budget.adaptive:  # above STOP is the policy's choice; below it, ranked, for the minimum
+                priority = unit_scores - unit_stop
             else:
                 priority = rank_priorities(unit_scores)
-            keep_units = fill_units(priority, lengths, budget.max_tokens(len(enc.context)))
+            keep_units = select_units(priority, lengths, self.config.budget.limits(budget, len(enc.context)))
             out.append(keep_units[token_unit])
         return out
 
@@ -340,7 +342,7 @@ class TokenReducer(nn.Module):
             original_tokens=n,
             kept_tokens=len(kept),
             budget=budget,
-            max_tokens=budget.max_tokens(n),
+            max_tokens=self.config.budget.limits(budget, n).max_tokens,
         )
 
     def compress_prompt(

@@ -78,7 +78,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
     def _run(self, obs: PyTorchObs) -> tuple[RankingDistribution, torch.Tensor]:
         o = self.extract_features(obs)
         scores, stop, values = self.net(o)
-        return RankingDistribution(scores, stop, o["unit_lengths"], o["max_tokens"][:, 0]), values
+        return RankingDistribution(scores, stop, o["unit_lengths"], o["limits"]), values
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[torch.Tensor, ...]:
         """Actions, values ``[B, 1]`` and log-probabilities ``[B]``."""

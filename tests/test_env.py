@@ -13,8 +13,16 @@ from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
 from policies.processor import ProcessorConfig
 
-# adaptive episodes only, at a fixed token cost of 0.3: "keep everything" costs exactly 0.3
-FIXED = BudgetConfig(adaptive_fraction=1.0, cost_low=0.3, cost_high=0.3, default_token_cost=0.3)
+# adaptive episodes only, at a fixed token cost of 0.3, free to keep anything from nothing to everything:
+# "keep everything" costs exactly 0.3
+FIXED = BudgetConfig(
+    adaptive_fraction=1.0,
+    cost_low=0.3,
+    cost_high=0.3,
+    default_token_cost=0.3,
+    adaptive_min_rate=0.0,
+    adaptive_max_rate=1.0,
+)
 RANGE = BudgetConfig(adaptive_fraction=0.5, cost_low=0.0, cost_high=1.0)
 P96 = ProcessorConfig(max_len=96)
 KW = dict(tasks="kv:train:n=12,distractors=3", processor=P96, budget=FIXED)
@@ -114,10 +122,11 @@ def test_observation_layout(tiny_lm):
     core = TokenKeepCore(tiny_lm, **KW)
     obs = core.observe([0], [Budget(token_cost=0.15)])
     assert obs["budget"][0].tolist() == pytest.approx([1.0, 0.0, 0.15 / 0.3])
-    assert obs["max_tokens"][0, 0] == -1  # adaptive: no token budget
+    n = len(core.pool[0].context)
+    assert obs["limits"][0].tolist() == [1, 0, n]  # adaptive, anywhere from nothing to everything
     rated = core.observe([0], [Budget(rate=0.5)])
     assert rated["budget"][0].tolist() == pytest.approx([0.0, 0.5, 0.0])
-    assert rated["max_tokens"][0, 0] == len(core.pool[0].context) // 2
+    assert rated["limits"][0].tolist() == [0, 0, n // 2]
     e = core.pool[0]
     q, c = len(e.question), len(e.context)
     assert obs["input_ids"][0, :q].tolist() == list(e.question)
@@ -236,8 +245,9 @@ def test_custom_score_function(tiny_lm):
 
     env = TokenKeepEnv(tiny_lm, reward=evidence_recall, **KW)
     obs, _ = env.reset(seed=0)
-    _, r, _, _, info = env.step(np.full(96, -1.0, np.float32))  # keep nothing
-    assert info["task_score"] == 0.0 and r == 0.0
+    _, r, _, _, info = env.step(np.full(96, -1.0, np.float32))  # keep as little as allowed: one unit
+    assert info["task_score"] == 0.0 and info["kept_ratio"] < 0.1
+    assert r == pytest.approx(-0.3 * info["kept_ratio"])
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -290,7 +300,9 @@ def test_default_model_keep_nothing_scores_lower():
     from envs.frozen_lm import FrozenLM
 
     lm = FrozenLM.load()
-    free = BudgetConfig(adaptive_fraction=1.0, cost_low=0.0, cost_high=1.0, default_token_cost=0.0)
+    free = BudgetConfig(
+        adaptive_fraction=1.0, cost_high=1.0, default_token_cost=0.0, adaptive_min_rate=0.0, adaptive_max_rate=1.0
+    )
     env = TokenKeepEnv(lm, tasks="passkey:train:n=4,filler=2", processor=ProcessorConfig(max_len=128), budget=free)
     gaps = []
     for i in range(4):

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from policies.budget import Budget, BudgetConfig, fill_units, keep_top, rank_priorities
+from policies.budget import (
+    Budget,
+    BudgetConfig,
+    TokenLimits,
+    adaptive_count,
+    adaptive_units,
+    fill_units,
+    keep_top,
+    rank_priorities,
+    select_units,
+)
 from policies.lexical import CHANNELS, bm25_scores, lexical_channels, token_words, words
 from policies.processor import ProcessorConfig, encode, windows
 from policies.ranking import NEG, RankingDistribution
@@ -67,6 +77,17 @@ def test_lexical_channels_mark_question_and_bridge(tiny_tokenizer):
     assert bm25.argmax() == 1  # "Alice took the red key."
     assert hop2[2] > hop2[3] and hop2[2] > hop2[0]  # the bridge (Alice) leads to "Alice went to the garden."
     assert per_sentence[:, CHANNELS.index("position")].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    # a question word's last occurrence is marked: the current state
+    text2 = "Ann is in the hall. Bob is in the den. Then Ann went to the yard. Then Bob went to the loft."
+    ids2, off2 = _offsets(tiny_tokenizer, text2)
+    sent2 = segment(text2, off2, "sentence")
+    ch2 = lexical_channels(text2, off2, sent2, "Where is Ann now?")
+    words2 = token_words(text2, off2)
+    first_ann = [t for t, w in enumerate(words2) if w == ["ann"] and sent2[t] == 0]
+    last_ann = [t for t, w in enumerate(words2) if w == ["ann"] and sent2[t] == 2]
+    last = ch2[:, CHANNELS.index("last_mention")]
+    assert (last[first_ann] == 0).all() and (last[last_ann] > 0).all()
+    assert (ch2[first_ann, CHANNELS.index("q_match")] > 0).all()
     tw = token_words(text, offsets)
     assert all(set(w) <= set(words(text)) for w in tw)
 
@@ -95,6 +116,21 @@ def test_fill_units_never_exceeds_and_skips_what_does_not_fit():
         assert (lengths[~keep] > cap - lengths[keep].sum()).all()
 
 
+def test_adaptive_mode_keeps_within_its_range():
+    lengths = np.array([2, 2, 2, 2, 2, 0])
+    prio = np.array([0.5, -0.1, -0.2, 0.9, -0.3, 1.0])  # two units above STOP; the padding unit never counts
+    assert adaptive_units(prio, lengths, 0, 10).tolist() == [True, False, False, True, False, False]
+    # too little: the next-ranked units are added until the minimum is reached
+    assert adaptive_units(prio, lengths, 6, 10).tolist() == [True, True, False, True, False, False]
+    # too much: capped at the maximum (ranked order)
+    assert adaptive_units(np.ones(6), lengths, 0, 4).tolist() == [True, True, False, False, False, False]
+    # at least one unit, even when it alone is above the maximum
+    assert adaptive_units(np.array([-1.0, -2.0]), np.array([9, 1]), 0, 5).sum() == 1
+    cfg = BudgetConfig()
+    assert cfg.limits(Budget(), 100) == TokenLimits(True, 10, 90)
+    assert cfg.limits(Budget(rate=0.3), 100) == TokenLimits(False, 0, 30)
+
+
 def test_budget_tokens_are_never_above_the_rate():
     for n in range(1, 60):
         for rate in (0.1, 0.3, 0.5, 0.7, 1.0):
@@ -110,39 +146,46 @@ def test_budget_tokens_are_never_above_the_rate():
     assert rank_priorities([3.0, 1.0, 2.0]).tolist() == pytest.approx([1.0, 1 / 3, 2 / 3])
 
 
-def _prefixes(n_units, lengths, cap, adaptive):
-    """Every distinct kept prefix of an ordering, with the ordering that produces it."""
-    seen = {}
+def _events(n_units, lengths, limits):
+    """Every distinct deciding event of a ranking: (units picked in order, STOP position or None, units kept)."""
+    adaptive, lo, hi = limits
+    seen = set()
     for perm in itertools.permutations(range(n_units)):
         if adaptive:
             for m in range(n_units + 1):
-                seen.setdefault(perm[:m], perm)
+                k = adaptive_count(np.array([lengths[u] for u in perm]), m, lo, hi)
+                seen.add((perm[: max(m, k)], m, frozenset(perm[:k])))
         else:
             kept, used, last = [], 0, 0
             for j, u in enumerate(perm):
-                if used + lengths[u] <= cap:
+                if used + lengths[u] <= hi:
                     kept.append(u)
                     used += lengths[u]
                     last = j + 1
-            seen.setdefault(perm[:last], perm)
+            seen.add((perm[:last], None, frozenset(kept)))
     return seen
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_ranking_probabilities_sum_to_one(adaptive):
+@pytest.mark.parametrize("limits", [(0, 0, 4), (1, 0, 8), (1, 4, 8), (1, 3, 5)])
+def test_ranking_probabilities_sum_to_one(limits):
     torch.manual_seed(0)
     lengths = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]])  # four units and one padding unit
     scores = torch.randn(1, 5)
     stop = torch.randn(1)
-    cap = torch.tensor([-1.0 if adaptive else 4.0])
-    dist = RankingDistribution(scores, stop, lengths, cap)
+    dist = RankingDistribution(scores, stop, lengths, torch.tensor([limits], dtype=torch.float32))
     total = 0.0
-    for prefix in _prefixes(4, lengths[0].int().tolist(), 4, adaptive):
+    events = _events(4, lengths[0].int().tolist(), limits)
+    for picks, m, kept in events:
         action = torch.full((1, 5), -1.0)
-        for j, u in enumerate(prefix):
-            action[0, u] = (5 - j) / 5
+        rest = [u for u in range(4) if u not in picks]
+        for j, u in enumerate([*picks, *rest]):
+            before_stop = j < (m if m is not None else len(picks))
+            action[0, u] = (5 - j) / 5 if before_stop else -(j + 1) / 5
         total += float(dist.log_prob(action).exp())
-    assert total == pytest.approx(1.0, abs=1e-5)
+        # the environment's rule keeps exactly what the event decides
+        keep = select_units(action[0].numpy(), lengths[0].numpy(), TokenLimits(bool(limits[0]), limits[1], limits[2]))
+        assert set(np.flatnonzero(keep).tolist()) == set(kept)
+    assert total == pytest.approx(1.0, abs=1e-5), len(events)
 
 
 def test_ranking_sampling_matches_log_prob_and_mode_sorts():
@@ -150,7 +193,8 @@ def test_ranking_sampling_matches_log_prob_and_mode_sorts():
     scores = torch.tensor([[2.0, 0.5, -1.0, 0.0]])
     lengths = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     n = 4000
-    dist = RankingDistribution(scores.expand(n, 4), torch.zeros(n), lengths.expand(n, 4), torch.full((n,), 1.0))
+    rate_limits = torch.tensor([[0.0, 0.0, 1.0]])
+    dist = RankingDistribution(scores.expand(n, 4), torch.zeros(n), lengths.expand(n, 4), rate_limits.expand(n, 3))
     acts = dist.sample()
     first = (acts > 0).float().argmax(1)  # with room for one unit the prefix is one unit
     freq = torch.bincount(first, minlength=4).float() / n
@@ -159,9 +203,10 @@ def test_ranking_sampling_matches_log_prob_and_mode_sorts():
     assert (acts[:, 3] <= 0).all()  # padding is never picked
     lp = dist.log_prob(acts)
     assert torch.allclose(lp, want[first].log(), atol=1e-5)
-    mode = RankingDistribution(scores, torch.zeros(1), lengths, torch.tensor([2.0])).mode()
+    mode = RankingDistribution(scores, torch.zeros(1), lengths, torch.tensor([[0.0, 0.0, 2.0]])).mode()
     assert (mode[0, :2] > 0).all() and (mode[0, 2:] <= 0).all()
-    adaptive = RankingDistribution(scores, torch.tensor([0.25]), lengths, torch.tensor([-1.0])).mode()
+    free = torch.tensor([[1.0, 0.0, 3.0]])
+    adaptive = RankingDistribution(scores, torch.tensor([0.25]), lengths, free).mode()
     assert (adaptive[0] > 0).tolist() == [True, True, False, False]  # the units scored above STOP
 
 
@@ -169,7 +214,7 @@ def test_ranking_gradients_are_finite_with_padding():
     scores = torch.randn(3, 6, requires_grad=True)
     stop = torch.randn(3, requires_grad=True)
     lengths = torch.tensor([[1.0, 2, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [2, 0, 0, 0, 0, 0]])
-    dist = RankingDistribution(scores, stop, lengths, torch.tensor([2.0, -1.0, 2.0]))
+    dist = RankingDistribution(scores, stop, lengths, torch.tensor([[0, 0, 2.0], [1, 2, 5], [0, 0, 2]]))
     acts = dist.sample()
     (dist.log_prob(acts).sum() + dist.entropy().sum()).backward()
     assert torch.isfinite(scores.grad).all() and torch.isfinite(stop.grad).all()
