@@ -29,9 +29,10 @@ test: install
 	$(PY) -m pytest -q tests
 
 RUN ?= runs/default
+HELDOUT := passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout
 train: install
 	$(PY) train.py --preset default --out $(RUN)
-	$(PY) eval.py --reducer $(RUN)/reducer --tasks passkey:heldout,kv:heldout --out $(RUN)/eval
+	$(PY) eval.py --reducer $(RUN)/reducer --tasks $(HELDOUT) --n 100 --rates 0.3 --out $(RUN)/eval
 
 bench: install
 	$(PY) bench/env_throughput.py

@@ -152,6 +152,8 @@ class RunConfig:
         seed: Random seed (policy init, episode sampling, task generation).
         eval_freq: Evaluate on the held-out tasks every this many episodes (0: off).
         eval_rates: Keep rates the periodic evaluation compares the policy and the heuristics at.
+        eval_heuristics: Heuristics the periodic evaluation compares the policy with (computed once per run; see
+            agents/baselines.py for the names).
         checkpoint_freq: Save a checkpoint every this many episodes.
         keep_checkpoints: How many recent checkpoints to keep.
         torch_threads: Torch CPU threads (0: torch's default).
@@ -161,6 +163,7 @@ class RunConfig:
     seed: int = 0
     eval_freq: int = 1024
     eval_rates: tuple[float, ...] = (0.3, 0.5)
+    eval_heuristics: tuple[str, ...] = ("random", "head", "tail", "bm25", "selective_context", "llmlingua")
     checkpoint_freq: int = 1024
     keep_checkpoints: int = 3
     torch_threads: int = 0
@@ -171,6 +174,10 @@ class RunConfig:
             raise ValueError("run.eval_freq must be >= 0, run.checkpoint_freq and run.keep_checkpoints >= 1")
         if any(not 0 < r <= 1 for r in self.eval_rates):
             raise ValueError(f"run.eval_rates must lie in (0, 1], got {list(self.eval_rates)}")
+        known = ("random", "head", "tail", "bm25", "selective_context", "llmlingua", "oracle")
+        unknown = [h for h in self.eval_heuristics if h not in known]
+        if unknown:
+            raise ValueError(f"run.eval_heuristics: unknown {unknown}; choose from {list(known)}")
 
 
 @dataclass
@@ -193,6 +200,7 @@ class TrainConfig:
 
 _ALL_TRAIN = "passkey:train:filler=3,kv:train:distractors=6,qa:train,multihop:train,state:train"
 _ALL_HELDOUT = "passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout"
+_CHEAP = ("random", "tail", "bm25")  # heuristics that need no frozen-model forward to rank
 
 PRESETS: dict[str, TrainConfig] = {
     # A tiny random model over the default tokenizer: exercises the whole pipeline in well under a minute.
@@ -213,14 +221,15 @@ PRESETS: dict[str, TrainConfig] = {
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=64, eval_examples=16),
         ppo=PPOConfig(total_timesteps=4096, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=1e-4),
         warm_start=WarmStartConfig(steps=300, batch_size=32),
-        run=RunConfig(eval_freq=1024, checkpoint_freq=512),
+        # On 2 cores an evaluation is minutes: two of them, at rate 0.3, against the cheap heuristics.
+        run=RunConfig(eval_freq=2048, eval_rates=(0.3,), eval_heuristics=_CHEAP, checkpoint_freq=512),
     ),
     # The same recipe for about 2 hours on 2 cores: larger pools and five times the episodes.
     "long": TrainConfig(
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=256, eval_examples=32),
         ppo=PPOConfig(total_timesteps=16384, n_envs=16, n_steps=8, batch_size=64, n_epochs=4, learning_rate=1e-4),
         warm_start=WarmStartConfig(steps=600, batch_size=32),
-        run=RunConfig(eval_freq=2048, checkpoint_freq=1024),
+        run=RunConfig(eval_freq=4096, eval_rates=(0.3,), eval_heuristics=_CHEAP, checkpoint_freq=1024),
     ),
 }
 

@@ -176,7 +176,9 @@ def train(
     evaluator = None
     if run.eval_freq > 0 and config.tasks.heldout.strip():
         heldout = load_eval_tasks(config.tasks.heldout, lm.tokenizer, config.tasks.eval_examples, seed=run.seed)
-        evaluator = HeldoutEvalCallback(lm, config, heldout, run.eval_freq, history_path=out / "eval_history.json")
+        evaluator = HeldoutEvalCallback(
+            lm, config, heldout, run.eval_freq, run.eval_heuristics, history_path=out / "eval_history.json"
+        )
         evaluator.last_eval = model.num_timesteps
         callbacks.append(evaluator)
     remaining = config.ppo.total_timesteps - model.num_timesteps

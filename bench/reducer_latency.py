@@ -1,18 +1,21 @@
-"""Reducer latency against the frozen model's prefill, and end-to-end speedup at rate 0.5, in one run.
+"""Reducer latency against the frozen model's prefill, and end-to-end speedup at rate 0.3, in one run.
 
 On the same prompts of about 1,000 context tokens (long passkey/kv contexts; the reducer processes them in
 ``max_len`` windows), one at a time (batch 1, as a serving request would):
 
 * prefill(full): a forward of the frozen model over the full chat-wrapped prompt, logits for the last token.
-* reduce: ``TokenReducer.reduce(context, question, rate=0.5)`` (tokenisation, features, policy, selection).
+* reduce: ``TokenReducer.reduce(context, question, rate=0.3)`` (tokenisation, units, lexical channels,
+  features, policy, selection).
 * prefill(kept): the same forward over the prompt rebuilt from the kept tokens.
 
-Prints ``reducer / prefill(full)`` (goal <= 0.05) and ``speedup = prefill(full) / (reduce + prefill(kept))``
-(goal >= 1.7) on the last two lines. Timing does not depend on the policy's weights, so without ``--reducer``
-an untrained reducer of the default architecture is used.
+Prints ``reducer / prefill(full)`` and ``speedup = prefill(full) / (reduce + prefill(kept))`` (goal >= 2 at
+rate 0.3) on the last two lines. Timing does not depend on the policy's weights, so without ``--reducer`` an
+untrained reducer of the default preset's shape is used; ``--feature-layer``, ``--attention-layers`` and
+``--unit`` price the other input options of the feature ablation.
 
 Usage:
     python bench/reducer_latency.py [--reducer runs/default/reducer] [--prompts 6] [--repeats 2]
+    python bench/reducer_latency.py --feature-layer 4        # what question-first layer-4 features cost
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import dataclasses
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,15 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.config import PRESETS  # noqa: E402
 from envs.frozen_lm import FrozenLM  # noqa: E402
 from envs.task_families import make_examples  # noqa: E402
-from policies.processor import encode_question  # noqa: E402
+from policies.processor import ProcessorConfig, encode_question  # noqa: E402
 from policies.reducer import TokenReducer  # noqa: E402
 
 
-def untrained_reducer(lm: FrozenLM, out: Path) -> TokenReducer:
-    """A reducer with the default preset's architecture and random policy weights, saved and reloaded."""
+def untrained_reducer(lm: FrozenLM, out: Path, processor: ProcessorConfig) -> TokenReducer:
+    """A reducer with the default preset's network and random policy weights, saved and reloaded."""
     cfg = PRESETS["default"]
     reducer = TokenReducer.from_base_model(
-        lm.model, lm.tokenizer, spec=lm.spec, file_hash=lm.file_hash, processor=cfg.processor,
+        lm.model, lm.tokenizer, spec=lm.spec, file_hash=lm.file_hash, processor=processor,
         budget=cfg.budget, network=cfg.network,
     )  # fmt: skip
     reducer.save_pretrained(out)
@@ -53,13 +57,28 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="frozen model spec")
     ap.add_argument("--prompts", type=int, default=6, help="number of ~1,000-token prompts")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over the prompts")
-    ap.add_argument("--rate", type=float, default=0.5, help="kept ratio")
+    ap.add_argument("--rate", type=float, default=0.3, help="kept ratio")
     ap.add_argument("--tokens", type=int, default=1000, help="context tokens per prompt (at least)")
+    ap.add_argument("--feature-layer", type=int, default=None, help="untrained reducer: hidden-state layer")
+    ap.add_argument("--attention-layers", type=int, default=None, help="untrained reducer: attention layers")
+    ap.add_argument("--unit", default=None, help="untrained reducer: token, word or sentence")
+    ap.add_argument("--no-lexical", action="store_true", help="untrained reducer: without lexical channels")
     args = ap.parse_args()
+    proc = PRESETS["default"].processor
+    proc = replace(
+        proc,
+        feature_layer=proc.feature_layer if args.feature_layer is None else args.feature_layer,
+        attention_layers=proc.attention_layers if args.attention_layers is None else args.attention_layers,
+        unit=args.unit or proc.unit,
+        lexical=proc.lexical and not args.no_lexical,
+    )
 
     lm = FrozenLM.load(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        reducer = TokenReducer.from_pretrained(args.reducer) if args.reducer else untrained_reducer(lm, Path(tmp) / "r")
+        reducer = (
+            TokenReducer.from_pretrained(args.reducer) if args.reducer else untrained_reducer(lm, Path(tmp) / "r", proc)
+        )
+    print(f"reducer processor: {reducer.config.processor}")
     reducer.check_compatible(lm.tokenizer, lm.spec, lm.file_hash)
     # Each prompt: held-out passkey/kv contexts joined until the context reaches ~1,000 tokens; the question is
     # the first example's.
