@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from envs.backends import BackendError
 from envs.examples import EncodedExample, Example, encode_example, prepare_example
 from envs.frozen_lm import FrozenLM
 from envs.scoring import TaskScore, make_score
@@ -236,6 +237,8 @@ class TokenKeepCore:
         encs = [self.pool[i] for i in indices]
         try:
             res = self.score(self.lm, encs, contexts, refs) if contexts is not None else self.score(self.lm, encs)
+        except BackendError:
+            raise  # the server's own message (down, wrong model) says more than the examples do
         except Exception as err:
             names = ", ".join(f"{i} ({self.pool[i].example.family})" for i in list(indices)[:3])
             raise RuntimeError(f"the {self.score.name} score failed on examples {names}: {err}") from err

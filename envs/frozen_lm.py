@@ -1,34 +1,37 @@
-"""A frozen Hugging Face causal LM with the batched scoring operations the environment needs.
+"""A frozen causal LM behind one scoring interface, plus the tokenizer, prompt layout and policy features.
 
 Contract:
-    * The wrapped model is frozen: eval mode, ``requires_grad=False`` on every parameter, and every public
-      operation runs under ``torch.inference_mode()``. Nothing here ever trains it.
-    * Every batched operation takes a list of variable-length token-id sequences and runs a single forward
-      pass per micro-batch (sorted by length to limit padding waste; by default one micro-batch holds up to
-      ``max_batch_tokens`` padded tokens). Padding never changes a result: scores match one-by-one scoring
-      to within float rounding.
+    * Scoring (answer log-likelihood, teacher-forced exact match, answer distributions) and greedy generation
+      are delegated to a scoring backend (:mod:`envs.backends`): the in-process Hugging Face model by default
+      (:class:`envs.hf_backend.TransformersBackend`), or a vLLM server for a ``vllm+http://...`` spec
+      (:class:`envs.vllm_backend.VLLMBackend`). Callers see the same :meth:`FrozenLM.score_answers` either way.
+    * ``model`` is always a local, frozen model: eval mode, ``requires_grad=False`` on every parameter. With the
+      in-process backend it is the scored model; with a remote one it is the small local feature model (same
+      tokenizer as the server's, checked on connection) that computes the policy's features. Nothing here
+      ever trains it.
     * Prompts are assembled at the token level as ``prefix + context + suffix`` (see :class:`PromptLayout`),
       so the reducible context is always an exact token span inside the (optionally chat-wrapped) prompt.
 
 Loading from specs (``smollm2-135m``, ``tiny-random``, ``.gguf`` paths, directories, hub ids) and the GGUF
-conversion cache live in :mod:`envs.model_cache`; policy features in :mod:`policies.features`.
+conversion cache live in :mod:`envs.model_cache`; remote specs in :mod:`envs.backends`; policy features in
+:mod:`policies.features`.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from envs.backends import AnswerScores, RemoteSpec, ScoringBackend, is_remote_spec
+from envs.hf_backend import TransformersBackend
 from envs.model_cache import DEFAULT_MODEL_SPEC, load_model, tiny_random_model
 from policies.features import FeatureModule, micro_batches, pad_right
 from policies.processor import pad_token_id
 
-HEAD_CHUNK = 256
-"""Answer positions that go through the LM head together (bounds the ``[positions, vocab]`` logits)."""
+__all__ = ["INSTRUCTION", "AnswerScores", "FrozenLM", "PromptLayout"]
 
 INSTRUCTION = "Read the text and answer the question with a short answer."
 
@@ -65,35 +68,18 @@ class PromptLayout:
         return ids, slice(start, start + len(context))
 
 
-@dataclass
-class AnswerScores:
-    """Result of :meth:`FrozenLM.score_answers` for a batch of B (prompt, answer) pairs.
-
-    Attributes:
-        logprob: ``[B]`` summed log p(answer | prompt).
-        token_logprobs: B tensors ``[n_answer_i]``, per answer token.
-        greedy_match: ``[B]`` bool, True where greedy decoding from the prompt would emit the answer
-            tokens first (teacher forcing: every answer token is the argmax given the ones before it).
-        answer_logprobs_full: B tensors ``[n_answer_i, vocab]`` of log-distributions at the answer
-            positions, only when requested (for KL scores).
-    """
-
-    logprob: torch.Tensor
-    token_logprobs: list[torch.Tensor]
-    greedy_match: torch.Tensor
-    answer_logprobs_full: list[torch.Tensor] | None = None
-
-
 class FrozenLM:
-    """A frozen causal LM plus tokenizer with batched, padding-invariant scoring.
+    """A frozen causal LM plus tokenizer with batched, padding-invariant scoring through a scoring backend.
 
     Args:
-        model: A Hugging Face ``*ForCausalLM`` model. It is put in eval mode and frozen.
+        model: A Hugging Face ``*ForCausalLM`` model. It is put in eval mode and frozen. With a remote backend
+            it is the local feature model.
         tokenizer: Its tokenizer. Its settings are never changed.
         spec: The spec the model was loaded from (recorded in exported reducers).
         use_chat_template: Wrap prompts in the tokenizer's chat template when it has one.
-        max_batch_tokens: Padded-token budget of one forward micro-batch.
+        max_batch_tokens: Padded-token budget of one local forward micro-batch (scoring in process, features).
         file_hash: Hash of the weights file the model came from, when known.
+        backend: The scoring backend (default: :class:`~envs.hf_backend.TransformersBackend` over ``model``).
     """
 
     def __init__(
@@ -105,6 +91,7 @@ class FrozenLM:
         use_chat_template: bool = True,
         max_batch_tokens: int = 16384,
         file_hash: str | None = None,
+        backend: ScoringBackend | None = None,
     ) -> None:
         model.eval()
         for p in model.parameters():
@@ -119,7 +106,12 @@ class FrozenLM:
         self.layout = self._make_layout()
         self._feature_modules: dict[tuple[int, int], FeatureModule] = {}
         self.cache_prefix = True
-        self._prefix_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+        self.backend: ScoringBackend = backend if backend is not None else TransformersBackend(self)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the scored model is served outside this process (a ``vllm+http://`` spec)."""
+        return bool(self.backend.remote)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -133,29 +125,49 @@ class FrozenLM:
         use_chat_template: bool = True,
         max_batch_tokens: int = 16384,
     ) -> FrozenLM:
-        """Load a frozen model from a spec (see :mod:`envs.model_cache`).
+        """Load a frozen model from a spec (see :mod:`envs.model_cache`), or connect to a served one.
+
+        A ``vllm+http://HOST:PORT[?...]`` spec (:mod:`envs.backends`) loads the local feature model it names and
+        connects to the server, checking that it serves the expected model with the same tokenizer.
 
         Args:
-            spec: ``smollm2-135m``, ``tiny-random``, a ``.gguf`` path, a local directory or a hub id.
-            dtype: ``float32``, ``bfloat16`` or ``float16``.
-            device: Torch device string.
+            spec: ``smollm2-135m``, ``tiny-random``, a ``.gguf`` path, a local directory, a hub id, or a remote spec.
+            dtype: ``float32``, ``bfloat16`` or ``float16`` (of the local model).
+            device: Torch device string (of the local model).
             trust_remote_code: Passed to ``from_pretrained``; off unless asked for.
             use_chat_template: Wrap prompts in the chat template when the tokenizer has one.
-            max_batch_tokens: Padded-token budget of one forward micro-batch.
+            max_batch_tokens: Padded-token budget of one local forward micro-batch.
 
         Raises:
-            ValueError: On an unknown dtype.
+            ValueError: On an unknown dtype or a malformed remote spec.
             FileNotFoundError: If a GGUF path or embedded package is missing.
+            BackendError: If a remote server is down, serves another model or uses another tokenizer.
         """
-        m = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        return cls(
+        remote = RemoteSpec.parse(spec) if is_remote_spec(spec) else None
+        m = load_model(
+            remote.features if remote else spec,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            num_layers=remote.feature_layers if remote else None,
+        )
+        lm = cls(
             m.model,
             m.tokenizer,
-            m.spec,
+            spec if remote else m.spec,
             use_chat_template=use_chat_template,
             max_batch_tokens=max_batch_tokens,
-            file_hash=m.file_hash,
+            file_hash=None if remote else m.file_hash,
         )
+        if remote:
+            from envs.vllm_backend import VLLMBackend
+
+            eos = lm.model.generation_config.eos_token_id
+            eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+            lm.backend = VLLMBackend.connect(
+                remote, lm.tokenizer, vocab_size=lm.vocab_size, eos_ids=eos_ids, probe=lm.layout
+            )
+        return lm
 
     @classmethod
     def tiny_random(cls, seed: int = 0, max_batch_tokens: int = 16384) -> FrozenLM:
@@ -231,8 +243,7 @@ class FrozenLM:
         ids, mask = pad_right(seqs, self.pad_id)
         return ids.to(self.device), mask.to(self.device)
 
-    # ------------------------------------------------------------------ scoring
-    @torch.inference_mode()
+    # ------------------------------------------------------------------ scoring (delegated to the backend)
     def score_answers(
         self,
         prompts: Sequence[Sequence[int]],
@@ -240,10 +251,7 @@ class FrozenLM:
         *,
         return_distributions: bool = False,
     ) -> AnswerScores:
-        """Log-likelihood of each answer given its prompt, one forward pass per micro-batch.
-
-        Sequences are right-padded: with causal attention a real position never attends to padding after it,
-        so results match unpadded scoring. Only answer positions go through the LM head.
+        """Log-likelihood of each answer given its prompt, batched by the scoring backend.
 
         Args:
             prompts: B prompt token-id sequences.
@@ -255,92 +263,12 @@ class FrozenLM:
 
         Raises:
             ValueError: On mismatched lengths or an empty prompt or answer.
+            BackendError: When a remote backend cannot answer.
         """
-        if len(prompts) != len(answers):
-            raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
-        for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-            if len(p) == 0 or len(a) == 0:
-                raise ValueError(f"pair {i}: prompt and answer must both be non-empty")
-        n = len(prompts)
-        seqs = [list(p) + list(a) for p, a in zip(prompts, answers, strict=True)]
-        total = torch.zeros(n, dtype=torch.float32)
-        per_token: list[torch.Tensor] = [torch.empty(0)] * n
-        match = torch.zeros(n, dtype=torch.bool)
-        dists: list[torch.Tensor] | None = [torch.empty(0)] * n if return_distributions else None
-        head = self.model.get_output_embeddings()
-        prefix = list(self.layout.prefix) if self.cache_prefix else []
-        for batch in self._micro_batches([len(s) for s in seqs]):
-            # Prompts built by build_prompt share the layout's prefix: its keys and values are computed once
-            # and reused, so only the rest runs through the model.
-            shared = prefix and all(seqs[i][: len(prefix)] == prefix and len(prompts[i]) > len(prefix) for i in batch)
-            p = len(prefix) if shared else 0
-            ids, mask = self._pad_right([seqs[i][p:] for i in batch])
-            hidden = self._forward(ids, mask, p)
-            # Positions predicting answer token j sit at len(prompt) - 1 + j (minus the cached prefix).
-            rows, cols, targets, owners = [], [], [], []
-            for r, i in enumerate(batch):
-                lp, la = len(prompts[i]) - p, len(answers[i])
-                rows += [r] * la
-                cols += range(lp - 1, lp - 1 + la)
-                targets += list(answers[i])
-                owners += [i] * la
-            h = hidden[torch.tensor(rows, device=ids.device), torch.tensor(cols, device=ids.device)]
-            tgt = torch.tensor(targets, device=ids.device)
-            # The LM head over the vocabulary is the largest tensor here: take it a slice of positions at a time.
-            tok_lp, hit, full = [], [], []
-            for s in range(0, len(targets), HEAD_CHUNK):
-                logp = torch.log_softmax(head(h[s : s + HEAD_CHUNK]).float(), dim=-1)
-                tok_lp.append(logp.gather(1, tgt[s : s + HEAD_CHUNK, None])[:, 0].cpu())
-                hit.append((logp.argmax(-1) == tgt[s : s + HEAD_CHUNK]).cpu())
-                if dists is not None:
-                    full.append(logp.cpu())
-            tok_lp_all, hit_all = torch.cat(tok_lp), torch.cat(hit)
-            full_all = torch.cat(full) if dists is not None else None
-            start = 0
-            for i in batch:
-                la = len(answers[i])
-                per_token[i] = tok_lp_all[start : start + la]
-                total[i] = per_token[i].sum()
-                match[i] = bool(hit_all[start : start + la].all())
-                if dists is not None:
-                    dists[i] = full_all[start : start + la]
-                start += la
-        return AnswerScores(total, per_token, match, dists)
+        return self.backend.score_answers(prompts, answers, return_distributions=return_distributions)
 
-    def _prefix_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """Per-layer (keys, values) ``[1, heads, P, head_dim]`` of the layout prefix, computed on first use."""
-        if self._prefix_kv is None:
-            from transformers import DynamicCache
-
-            ids = torch.tensor([list(self.layout.prefix)], device=self.device)
-            cache = DynamicCache(config=self.model.config)
-            self.model.get_decoder()(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
-            self._prefix_kv = tuple((layer.keys, layer.values) for layer in cache.layers)
-        return self._prefix_kv
-
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
-        """Last hidden states of ``ids`` ``[B, W]``, continuing the cached layout prefix when ``prefix_len`` > 0."""
-        base = self.model.get_decoder()
-        if not prefix_len:
-            return base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        from transformers import DynamicCache
-
-        b = ids.shape[0]
-        kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_cache()]
-        cache = DynamicCache(kv, config=self.model.config)
-        full_mask = torch.cat([torch.ones(b, prefix_len, dtype=mask.dtype, device=mask.device), mask], 1)
-        out = base(input_ids=ids, attention_mask=full_mask, use_cache=True, **{self._cache_arg: cache})
-        return out.last_hidden_state
-
-    @property
-    def _cache_arg(self) -> str:
-        """The decoder's keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
-        params = inspect.signature(self.model.get_decoder().forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
-
-    @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
-        """Greedy generation for a batch of prompts (left-padded, one ``generate`` call per micro-batch).
+        """Greedy generation for a batch of prompts.
 
         Args:
             prompts: B prompt token-id sequences.
@@ -349,33 +277,7 @@ class FrozenLM:
         Returns:
             B lists of generated token ids (EOS and what follows removed).
         """
-        out: list[list[int]] = [[] for _ in prompts]
-        eos = self.model.generation_config.eos_token_id
-        eos_set = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        for batch in self._micro_batches([len(p) + max_new_tokens for p in prompts]):
-            width = max(len(prompts[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, i in enumerate(batch):
-                p = list(prompts[i])
-                ids[r, width - len(p) :] = torch.as_tensor(p)
-                mask[r, width - len(p) :] = 1
-            gen = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.pad_id,
-                eos_token_id=list(eos_set) or None,
-            )[:, width:].cpu()
-            for r, i in enumerate(batch):
-                toks: list[int] = []
-                for t in gen[r].tolist():
-                    if t in eos_set:
-                        break
-                    toks.append(t)
-                out[i] = toks
-        return out
+        return self.backend.generate(prompts, max_new_tokens)
 
     # ------------------------------------------------------------------ features
     def feature_module(self, layer: int, attention_layers: int = 0) -> FeatureModule:

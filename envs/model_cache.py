@@ -111,10 +111,45 @@ def tiny_random_model(seed: int = 0) -> LoadedModel:
     return LoadedModel(model, tokenizer, TINY_RANDOM_SPEC)
 
 
+def model_directory(spec: str) -> Path | str:
+    """Where ``from_pretrained`` finds a spec's weights: the cached conversion of a GGUF spec, else the spec itself.
+
+    This is also the directory a vLLM server loads to serve the same model (``docs/scaling.md``).
+
+    Raises:
+        FileNotFoundError: If a GGUF path or embedded package is missing.
+    """
+    if spec in EMBEDDED or spec.endswith(".gguf"):
+        gguf = _gguf_file(spec)
+        return cached_gguf_conversion(gguf, file_sha256(gguf))
+    return spec
+
+
+def _gguf_file(spec: str) -> Path:
+    """The GGUF file of an embedded spec or a ``.gguf`` path, checked to exist."""
+    gguf = embedded_gguf_path(spec) if spec in EMBEDDED else Path(spec)
+    if not gguf.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf}")
+    return gguf
+
+
 def load_model(
-    spec: str = DEFAULT_MODEL_SPEC, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False
+    spec: str = DEFAULT_MODEL_SPEC,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    num_layers: int | None = None,
 ) -> LoadedModel:
     """Load a model and tokenizer from a spec (see the module docstring).
+
+    Args:
+        spec: The model spec.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: Torch device string.
+        trust_remote_code: Passed to ``from_pretrained``.
+        num_layers: Load only the first ``num_layers`` blocks (a feature model for a served frozen model: the
+            weights of the later blocks are never read into memory). None: all.
 
     Raises:
         ValueError: On an unknown dtype.
@@ -129,18 +164,17 @@ def load_model(
         loaded.model.to(device)
         return loaded
     file_hash = None
+    kw: dict[str, Any] = {} if num_layers is None else {"num_hidden_layers": num_layers}
     if spec in EMBEDDED or spec.endswith(".gguf"):
-        gguf = embedded_gguf_path(spec) if spec in EMBEDDED else Path(spec)
-        if not gguf.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {gguf}")
+        gguf = _gguf_file(spec)
         file_hash = file_sha256(gguf)
         local = cached_gguf_conversion(gguf, file_hash)
-        model = AutoModelForCausalLM.from_pretrained(local, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(local, dtype=DTYPES[dtype], **kw)
         tokenizer = AutoTokenizer.from_pretrained(local)
     else:
-        kw = {"trust_remote_code": trust_remote_code}
+        kw["trust_remote_code"] = trust_remote_code
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=DTYPES[dtype], **kw)
-        tokenizer = AutoTokenizer.from_pretrained(spec, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     model.to(device)
     return LoadedModel(model, tokenizer, spec, file_hash)
 

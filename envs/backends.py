@@ -1,0 +1,165 @@
+"""The scoring-backend interface behind :class:`~envs.frozen_lm.FrozenLM`, and remote model specs.
+
+A scoring backend answers the only questions the environment and the evaluator ask the frozen model, on token-id
+sequences the caller has already assembled (:meth:`FrozenLM.build_prompt`):
+
+* answer log-likelihood and teacher-forced exact match: ``score_answers(prompts, answers)``;
+* the answer-position distributions, where the reward needs them (``kl``):
+  ``score_answers(..., return_distributions=True)``;
+* greedy generation: ``generate(prompts, max_new_tokens)`` (the reducer's ``generate`` helper).
+
+Two backends implement it: :class:`envs.hf_backend.TransformersBackend` (in-process, the default) and
+:class:`envs.vllm_backend.VLLMBackend` (a vLLM server reached over its OpenAI-compatible HTTP API). Either way
+the policy's features are computed locally, by ``FrozenLM.model``.
+
+A model spec selects the backend: every spec of :mod:`envs.model_cache` loads in-process; a remote spec reads::
+
+    vllm+http://HOST:PORT[?model=NAME&features=SPEC&feature_layers=K&max_in_flight=N&timeout=S&retries=R]
+
+``model`` is the served model name to expect (default: the one model the server serves); ``features`` the
+local model that computes the policy's features and owns the tokenizer (default ``smollm2-135m``; the same HF
+directory the server loads, or a smaller sibling with the same tokenizer); ``feature_layers`` loads only its
+first K blocks (default: all); the rest bound the HTTP client (see :class:`RemoteSpec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlsplit
+
+import torch
+
+from envs.model_cache import DEFAULT_MODEL_SPEC
+
+REMOTE_SCHEMES = ("vllm+http", "vllm+https")
+"""URL schemes of remote model specs."""
+
+
+@dataclass
+class AnswerScores:
+    """Result of :meth:`ScoringBackend.score_answers` for a batch of B (prompt, answer) pairs.
+
+    Attributes:
+        logprob: ``[B]`` summed log p(answer | prompt).
+        token_logprobs: B tensors ``[n_answer_i]``, per answer token.
+        greedy_match: ``[B]`` bool, True where greedy decoding from the prompt would emit the answer
+            tokens first (teacher forcing: every answer token is the argmax given the ones before it).
+        answer_logprobs_full: B tensors ``[n_answer_i, vocab]`` of log-distributions at the answer
+            positions, only when requested (for KL scores).
+    """
+
+    logprob: torch.Tensor
+    token_logprobs: list[torch.Tensor]
+    greedy_match: torch.Tensor
+    answer_logprobs_full: list[torch.Tensor] | None = None
+
+
+class BackendError(RuntimeError):
+    """The scoring backend cannot answer: server down, wrong model or tokenizer, or a refused request."""
+
+
+@runtime_checkable
+class ScoringBackend(Protocol):
+    """What :class:`~envs.frozen_lm.FrozenLM` delegates scoring and generation to.
+
+    Attributes:
+        name: ``transformers`` or ``vllm``.
+        remote: Whether the scored model lives outside this process.
+    """
+
+    name: str
+    remote: bool
+
+    def score_answers(
+        self,
+        prompts: Sequence[Sequence[int]],
+        answers: Sequence[Sequence[int]],
+        *,
+        return_distributions: bool = False,
+    ) -> AnswerScores:
+        """Log-likelihood (and greedy match, optionally distributions) of each answer given its prompt."""
+        ...
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
+        """Greedy continuations of each prompt, EOS and what follows removed."""
+        ...
+
+    def describe(self) -> str:
+        """One line naming the backend and the model it scores with."""
+        ...
+
+
+def check_pairs(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]) -> None:
+    """Validate a ``score_answers`` batch.
+
+    Raises:
+        ValueError: On mismatched lengths or an empty prompt or answer.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        if len(p) == 0 or len(a) == 0:
+            raise ValueError(f"pair {i}: prompt and answer must both be non-empty")
+
+
+def is_remote_spec(spec: str) -> bool:
+    """Whether a model spec names a served model (``vllm+http://...``)."""
+    return spec.split("://", 1)[0] in REMOTE_SCHEMES
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """A parsed remote model spec (see the module docstring).
+
+    Attributes:
+        url: The server's base URL, e.g. ``http://127.0.0.1:8000`` (no ``/v1``).
+        model: Served model name to expect; None accepts the server's only model.
+        features: Local model spec for the policy's features and the tokenizer.
+        feature_layers: Load only the first K blocks of the feature model (None: all).
+        max_in_flight: Requests in flight at once, at most.
+        request_tokens: Prompt tokens per request, at most (a larger batch is split into several requests).
+        timeout: Seconds to wait for one response.
+        retries: Extra tries of an idempotent request after a connection error, a time-out or a 5xx/429.
+    """
+
+    url: str
+    model: str | None = None
+    features: str = DEFAULT_MODEL_SPEC
+    feature_layers: int | None = None
+    max_in_flight: int = 8
+    request_tokens: int = 8192
+    timeout: float = 120.0
+    retries: int = 3
+
+    @classmethod
+    def parse(cls, spec: str) -> RemoteSpec:
+        """Parse ``vllm+http://HOST:PORT[?key=value&...]``.
+
+        Raises:
+            ValueError: On another scheme, a missing host, an unknown option or a bad value.
+        """
+        if not is_remote_spec(spec):
+            raise ValueError(f"not a remote model spec: {spec!r} (expected vllm+http://HOST:PORT)")
+        parts = urlsplit(spec)
+        if not parts.hostname:
+            raise ValueError(f"remote model spec {spec!r} has no host")
+        url = f"{parts.scheme.removeprefix('vllm+')}://{parts.netloc}{parts.path.rstrip('/').removesuffix('/v1')}"
+        known = {f.name: f for f in fields(cls) if f.name != "url"}
+        kwargs: dict[str, object] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in known:
+                raise ValueError(f"remote model spec: unknown option {key!r}; choose from {sorted(known)}")
+            kind = {"feature_layers": int, "max_in_flight": int, "request_tokens": int, "retries": int}.get(key)
+            kind = float if key == "timeout" else kind
+            try:
+                kwargs[key] = kind(value) if kind else value
+            except ValueError as err:
+                raise ValueError(f"remote model spec: option {key}={value!r} is not a number") from err
+        out = cls(url=url, **kwargs)  # type: ignore[arg-type]
+        if out.max_in_flight < 1 or out.request_tokens < 1 or out.retries < 0 or out.timeout <= 0:
+            raise ValueError("remote model spec: max_in_flight, request_tokens, timeout must be > 0, retries >= 0")
+        if out.feature_layers is not None and out.feature_layers < 0:
+            raise ValueError("remote model spec: feature_layers must be >= 0")
+        return out

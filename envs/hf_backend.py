@@ -1,0 +1,176 @@
+"""The in-process scoring backend: the frozen Hugging Face model's own forward passes (the default).
+
+Every batched operation takes a list of variable-length token-id sequences and runs a single forward pass per
+micro-batch (sorted by length to limit padding waste; one micro-batch holds up to the owner's
+``max_batch_tokens`` padded tokens). Padding never changes a result: scores match one-by-one scoring to within
+float rounding. Prompts that start with the owner's layout prefix (the chat header) reuse its keys and values,
+computed once. Everything runs under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from envs.backends import AnswerScores, check_pairs
+
+HEAD_CHUNK = 256
+"""Answer positions that go through the LM head together (bounds the ``[positions, vocab]`` logits)."""
+
+
+class TransformersBackend:
+    """Scoring and greedy generation with the owner's in-process model.
+
+    Args:
+        owner: The :class:`~envs.frozen_lm.FrozenLM` whose ``model``, ``pad_id``, ``max_batch_tokens``,
+            ``layout`` and ``cache_prefix`` are read at every call (so changing them on the owner takes effect).
+    """
+
+    name = "transformers"
+    remote = False
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self._prefix_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+
+    def describe(self) -> str:  # noqa: D102
+        return f"in-process transformers ({type(self.owner.model).__name__}, spec {self.owner.spec})"
+
+    @torch.inference_mode()
+    def score_answers(
+        self,
+        prompts: Sequence[Sequence[int]],
+        answers: Sequence[Sequence[int]],
+        *,
+        return_distributions: bool = False,
+    ) -> AnswerScores:
+        """Log-likelihood of each answer given its prompt, one forward pass per micro-batch.
+
+        Sequences are right-padded: with causal attention a real position never attends to padding after it,
+        so results match unpadded scoring. Only answer positions go through the LM head.
+
+        Raises:
+            ValueError: On mismatched lengths or an empty prompt or answer.
+        """
+        check_pairs(prompts, answers)
+        lm = self.owner
+        n = len(prompts)
+        seqs = [list(p) + list(a) for p, a in zip(prompts, answers, strict=True)]
+        total = torch.zeros(n, dtype=torch.float32)
+        per_token: list[torch.Tensor] = [torch.empty(0)] * n
+        match = torch.zeros(n, dtype=torch.bool)
+        dists: list[torch.Tensor] | None = [torch.empty(0)] * n if return_distributions else None
+        head = lm.model.get_output_embeddings()
+        prefix = list(lm.layout.prefix) if lm.cache_prefix else []
+        for batch in lm._micro_batches([len(s) for s in seqs]):
+            # Prompts built by build_prompt share the layout's prefix: its keys and values are computed once
+            # and reused, so only the rest runs through the model.
+            shared = prefix and all(seqs[i][: len(prefix)] == prefix and len(prompts[i]) > len(prefix) for i in batch)
+            p = len(prefix) if shared else 0
+            ids, mask = lm._pad_right([seqs[i][p:] for i in batch])
+            hidden = self._forward(ids, mask, p)
+            # Positions predicting answer token j sit at len(prompt) - 1 + j (minus the cached prefix).
+            rows, cols, targets = [], [], []
+            for r, i in enumerate(batch):
+                lp, la = len(prompts[i]) - p, len(answers[i])
+                rows += [r] * la
+                cols += range(lp - 1, lp - 1 + la)
+                targets += list(answers[i])
+            h = hidden[torch.tensor(rows, device=ids.device), torch.tensor(cols, device=ids.device)]
+            tgt = torch.tensor(targets, device=ids.device)
+            # The LM head over the vocabulary is the largest tensor here: take it a slice of positions at a time.
+            tok_lp, hit, full = [], [], []
+            for s in range(0, len(targets), HEAD_CHUNK):
+                logp = torch.log_softmax(head(h[s : s + HEAD_CHUNK]).float(), dim=-1)
+                tok_lp.append(logp.gather(1, tgt[s : s + HEAD_CHUNK, None])[:, 0].cpu())
+                hit.append((logp.argmax(-1) == tgt[s : s + HEAD_CHUNK]).cpu())
+                if dists is not None:
+                    full.append(logp.cpu())
+            tok_lp_all, hit_all = torch.cat(tok_lp), torch.cat(hit)
+            full_all = torch.cat(full) if dists is not None else None
+            start = 0
+            for i in batch:
+                la = len(answers[i])
+                per_token[i] = tok_lp_all[start : start + la]
+                total[i] = per_token[i].sum()
+                match[i] = bool(hit_all[start : start + la].all())
+                if dists is not None:
+                    dists[i] = full_all[start : start + la]
+                start += la
+        return AnswerScores(total, per_token, match, dists)
+
+    def _prefix_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Per-layer (keys, values) ``[1, heads, P, head_dim]`` of the layout prefix, computed on first use."""
+        if self._prefix_kv is None:
+            from transformers import DynamicCache
+
+            model = self.owner.model
+            ids = torch.tensor([list(self.owner.layout.prefix)], device=self.owner.device)
+            cache = DynamicCache(config=model.config)
+            model.get_decoder()(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+            self._prefix_kv = tuple((layer.keys, layer.values) for layer in cache.layers)
+        return self._prefix_kv
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
+        """Last hidden states of ``ids`` ``[B, W]``, continuing the cached layout prefix when ``prefix_len`` > 0."""
+        model = self.owner.model
+        base = model.get_decoder()
+        if not prefix_len:
+            return base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        from transformers import DynamicCache
+
+        b = ids.shape[0]
+        kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_cache()]
+        cache = DynamicCache(kv, config=model.config)
+        full_mask = torch.cat([torch.ones(b, prefix_len, dtype=mask.dtype, device=mask.device), mask], 1)
+        out = base(input_ids=ids, attention_mask=full_mask, use_cache=True, **{self._cache_arg: cache})
+        return out.last_hidden_state
+
+    @property
+    def _cache_arg(self) -> str:
+        """The decoder's keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+        params = inspect.signature(self.owner.model.get_decoder().forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
+        """Greedy generation for a batch of prompts (left-padded, one ``generate`` call per micro-batch).
+
+        Args:
+            prompts: B prompt token-id sequences.
+            max_new_tokens: Tokens to generate at most; generation stops early at EOS.
+
+        Returns:
+            B lists of generated token ids (EOS and what follows removed).
+        """
+        lm = self.owner
+        out: list[list[int]] = [[] for _ in prompts]
+        eos = lm.model.generation_config.eos_token_id
+        eos_set = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        for batch in lm._micro_batches([len(p) + max_new_tokens for p in prompts]):
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.full((len(batch), width), lm.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, i in enumerate(batch):
+                p = list(prompts[i])
+                ids[r, width - len(p) :] = torch.as_tensor(p)
+                mask[r, width - len(p) :] = 1
+            gen = lm.model.generate(
+                input_ids=ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=lm.pad_id,
+                eos_token_id=list(eos_set) or None,
+            )[:, width:].cpu()
+            for r, i in enumerate(batch):
+                toks: list[int] = []
+                for t in gen[r].tolist():
+                    if t in eos_set:
+                        break
+                    toks.append(t)
+                out[i] = toks
+        return out

@@ -1,0 +1,371 @@
+"""The vLLM scoring backend: a vLLM server reached over its OpenAI-compatible HTTP API.
+
+Every request carries token ids, never text, so the server scores exactly the prompts the environment built.
+
+* Scoring: ``POST /v1/completions`` with ``prompt`` a list of token-id lists (prompt + answer), ``max_tokens: 1``,
+  ``temperature: 0`` and ``prompt_logprobs: 1``. ``choices[k].prompt_logprobs[i]`` is null for ``i = 0``, else
+  ``{str(token_id): {"logprob", "rank", "decoded_token"}}`` for the prompt's token ``i`` (and the top-1 token).
+  Answer token ``j`` of a pair sits at position ``len(prompt) + j``; greedy decoding emits it iff its rank is 1.
+* Distributions (``kl`` reward only): one ``max_tokens: 1`` completion per answer position, of prompt + the
+  answer tokens before it, with ``logprobs: K`` and ``return_tokens_as_token_ids: true``; K = -1 asks for the
+  whole vocabulary (the server must run with ``--max-logprobs -1``). With a finite K the tokens outside the top
+  K share the remaining probability mass evenly.
+* Generation: ``max_tokens: n``, ``temperature: 0``, ``return_token_ids: true``.
+* Connection checks: ``GET /v1/models`` (the served model's name) and ``POST /tokenize`` / ``/detokenize``
+  (the tokenizer's fingerprint on a probe text and a spread of ids, compared with the local tokenizer's).
+
+Batching: one :meth:`VLLMBackend.score_answers` call (one vec-env step) becomes requests of at most
+``request_tokens`` tokens, at least ``min(B, max_in_flight)`` of them, sent by ``max_in_flight`` worker threads
+(each with its own keep-alive session) and matched back by ``choices[k].index``. The server batches concurrent
+requests continuously.
+
+Failures: scoring and the connection checks are idempotent, so a connection error, a time-out, or HTTP 429/5xx
+is retried ``retries`` times with exponential backoff, then raised as :class:`~envs.backends.BackendError`
+naming the server and the cause. Generation is sent once. Any other HTTP error is raised at once with the
+server's message.
+
+Caveat: vLLM skips its prefix cache for requests that ask for prompt log-probabilities (vLLM PR #17251), so the
+shared chat-template prefix is recomputed for every prompt; the in-process backend caches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+import torch
+
+from envs.backends import AnswerScores, BackendError, RemoteSpec, check_pairs
+
+PROBE_TEXT = "tokenkeep probe: The pass key is 48213.\n\tÜber 東京 café – naïve 🙂 x = [1, 2]; <b>ok</b>"
+"""Text tokenised by the server and locally to compare tokenizers (the prompt layout's text is appended)."""
+RETRY_STATUS = (429, 500, 502, 503, 504)
+START_HINT = (
+    "start one with `python -m vllm.entrypoints.launchers.api_server.entry --model DIR --port PORT` "
+    "(docs/scaling.md), or check the URL"
+)
+
+
+class VLLMBackend:
+    """Scoring and greedy generation by a vLLM server, over HTTP.
+
+    Args:
+        url: Base URL of the server, e.g. ``http://127.0.0.1:8000``.
+        tokenizer: The local tokenizer (the feature model's); the server's must tokenise the same way.
+        model: Served model name to expect (None: the server's only model).
+        vocab_size: Width of returned distributions (the local model's vocabulary).
+        eos_ids: Token ids that end a generation.
+        max_in_flight: Requests in flight at once, at most.
+        request_tokens: Tokens per request, at most.
+        timeout: Seconds to wait for one response.
+        retries: Extra tries of an idempotent request.
+        dist_top_k: Log-probabilities per answer position for distributions (-1: the whole vocabulary).
+        backoff: First retry delay in seconds (doubles every try).
+    """
+
+    name = "vllm"
+    remote = True
+
+    def __init__(
+        self,
+        url: str,
+        tokenizer: Any,
+        *,
+        model: str | None = None,
+        vocab_size: int | None = None,
+        eos_ids: Sequence[int] = (),
+        max_in_flight: int = 8,
+        request_tokens: int = 8192,
+        timeout: float = 120.0,
+        retries: int = 3,
+        dist_top_k: int = -1,
+        backoff: float = 0.5,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.tokenizer = tokenizer
+        self.model = model
+        self.vocab_size = int(vocab_size or len(tokenizer))
+        eos = {tokenizer.eos_token_id, *eos_ids} - {None}
+        self.eos_ids = frozenset(int(t) for t in eos)
+        self.max_in_flight = max_in_flight
+        self.request_tokens = request_tokens
+        self.timeout = timeout
+        self.retries = retries
+        self.dist_top_k = dist_top_k
+        self.backoff = backoff
+        self.max_model_len: int | None = None
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="vllm-client")
+
+    @classmethod
+    def connect(
+        cls, spec: RemoteSpec, tokenizer: Any, *, vocab_size: int, eos_ids: Sequence[int] = (), probe: Any = None
+    ) -> VLLMBackend:
+        """A backend for a parsed remote spec, after checking the server (see :meth:`check`).
+
+        Args:
+            spec: The remote spec.
+            tokenizer: The local tokenizer.
+            vocab_size: The local model's vocabulary size.
+            eos_ids: Token ids that end a generation (besides the tokenizer's EOS).
+            probe: A :class:`~envs.frozen_lm.PromptLayout` whose text joins the tokenizer probe.
+
+        Raises:
+            BackendError: If the server is down, serves another model or uses another tokenizer.
+        """
+        backend = cls(
+            spec.url,
+            tokenizer,
+            model=spec.model,
+            vocab_size=vocab_size,
+            eos_ids=eos_ids,
+            max_in_flight=spec.max_in_flight,
+            request_tokens=spec.request_tokens,
+            timeout=spec.timeout,
+            retries=spec.retries,
+        )
+        extra = "" if probe is None else tokenizer.decode([*probe.prefix, *probe.middle, *probe.suffix])
+        backend.check(PROBE_TEXT + extra)
+        return backend
+
+    def describe(self) -> str:  # noqa: D102
+        return f"vLLM server {self.url} serving {self.model!r}"
+
+    # ------------------------------------------------------------------ HTTP
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+            with self._lock:
+                self._sessions.append(s)
+        return s
+
+    def _request(self, method: str, path: str, payload: dict | None = None, *, idempotent: bool = True) -> Any:
+        """One JSON request, retried when idempotent and the failure is transient.
+
+        Raises:
+            BackendError: When every try failed, or at once on a non-transient HTTP error.
+        """
+        tries = 1 + (self.retries if idempotent else 0)
+        cause = ""
+        for k in range(tries):
+            try:
+                r = self._session().request(method, self.url + path, json=payload, timeout=self.timeout)
+            except requests.ConnectionError as err:
+                cause = f"cannot connect ({_short(err)})"
+            except requests.Timeout:
+                cause = f"no answer within {self.timeout:g} s"
+            else:
+                if r.status_code == 200:
+                    return r.json()
+                cause = f"HTTP {r.status_code}: {_server_message(r)}"
+                if r.status_code not in RETRY_STATUS:
+                    raise BackendError(f"the vLLM server at {self.url} refused {method} {path}: {cause}")
+            if k + 1 < tries:
+                time.sleep(self.backoff * 2**k)
+        tried = f"after {tries} tries" if tries > 1 else "(not retried: not idempotent)"
+        raise BackendError(
+            f"the vLLM server at {self.url} did not answer {method} {path} {tried}: {cause}; {START_HINT}"
+        )
+
+    def _post_all(self, path: str, payloads: Sequence[dict], *, idempotent: bool = True) -> list[Any]:
+        """POST every payload, at most ``max_in_flight`` at once; responses in payload order."""
+        if len(payloads) == 1:
+            return [self._request("POST", path, payloads[0], idempotent=idempotent)]
+        futures = [self._pool.submit(self._request, "POST", path, p, idempotent=idempotent) for p in payloads]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stop the worker threads and close the keep-alive connections."""
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            for s in self._sessions:
+                s.close()
+            self._sessions.clear()
+
+    # ------------------------------------------------------------------ checks
+    def check(self, probe_text: str = PROBE_TEXT) -> None:
+        """Check that the server is up, serves the expected model, and tokenises like the local tokenizer.
+
+        Raises:
+            BackendError: Naming the server and what differs.
+        """
+        listed = self._request("GET", "/v1/models")
+        cards = {c["id"]: c for c in listed.get("data", [])}
+        if self.model is None:
+            if len(cards) != 1:
+                raise BackendError(
+                    f"the vLLM server at {self.url} serves {sorted(cards)}; name one with ?model=NAME in the spec"
+                )
+            self.model = next(iter(cards))
+        elif self.model not in cards:
+            raise BackendError(
+                f"the vLLM server at {self.url} serves {sorted(cards)}, not {self.model!r}: wrong server or model"
+            )
+        self.max_model_len = cards[self.model].get("max_model_len")
+        local, served = self._fingerprints(probe_text)
+        if local != served:
+            raise BackendError(
+                f"the vLLM server at {self.url} serves {self.model!r} with another tokenizer than the local feature "
+                f"model's (tokenizer fingerprint {served[:12]}… vs {local[:12]}…): serve the model the reducer is "
+                "trained for, or pick a features= model that shares its tokenizer"
+            )
+
+    def _fingerprints(self, probe_text: str) -> tuple[str, str]:
+        """``(local, served)`` fingerprints: ids of the probe text and the text of a spread of ids, hashed."""
+        tok = self.tokenizer
+        special = set(tok.all_special_ids)
+        step = max(1, len(tok) // 256)
+        ids = [i for i in range(0, len(tok), step) if i not in special]
+        local_ids = list(tok(probe_text, add_special_tokens=False)["input_ids"])
+        served_ids = self._request(
+            "POST", "/tokenize", {"model": self.model, "prompt": probe_text, "add_special_tokens": False}
+        )["tokens"]
+        served_text = self._request("POST", "/detokenize", {"model": self.model, "tokens": ids})["prompt"]
+        return _digest(local_ids, tok.decode(ids)), _digest(served_ids, served_text)
+
+    # ------------------------------------------------------------------ scoring
+    def _chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices in order, cut into at least ``min(n, max_in_flight)`` requests of similar token counts."""
+        want = min(len(lengths), self.max_in_flight)
+        target = min(self.request_tokens, math.ceil(sum(lengths) / max(want, 1)))
+        out: list[list[int]] = [[]]
+        used = 0
+        for i, n in enumerate(lengths):
+            if out[-1] and used + n > target:
+                out.append([])
+                used = 0
+            out[-1].append(i)
+            used += n
+        return out
+
+    def score_answers(
+        self,
+        prompts: Sequence[Sequence[int]],
+        answers: Sequence[Sequence[int]],
+        *,
+        return_distributions: bool = False,
+    ) -> AnswerScores:
+        """Log-likelihood of each answer given its prompt, from the server's prompt log-probabilities.
+
+        Raises:
+            ValueError: On mismatched lengths or an empty prompt or answer.
+            BackendError: When the server cannot answer.
+        """
+        check_pairs(prompts, answers)
+        if not prompts:
+            empty = [] if return_distributions else None
+            return AnswerScores(torch.zeros(0), [], torch.zeros(0, dtype=torch.bool), empty)
+        seqs = [[int(t) for t in p] + [int(t) for t in a] for p, a in zip(prompts, answers, strict=True)]
+        chunks = self._chunks([len(s) for s in seqs])
+        base = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1}
+        responses = self._post_all("/v1/completions", [base | {"prompt": [seqs[i] for i in c]} for c in chunks])
+        n = len(seqs)
+        per_token: list[torch.Tensor] = [torch.empty(0)] * n
+        match = torch.zeros(n, dtype=torch.bool)
+        for chunk, resp in zip(chunks, responses, strict=True):
+            for choice in resp["choices"]:
+                i = chunk[choice["index"]]
+                plp = choice["prompt_logprobs"]
+                lps, hit = [], True
+                for j, tok in enumerate(answers[i]):
+                    entry = plp[len(prompts[i]) + j]
+                    mine = entry[str(int(tok))]
+                    lps.append(float(mine["logprob"]))
+                    rank = mine.get("rank")
+                    best = max(entry.items(), key=lambda kv: kv[1]["logprob"])[0]
+                    hit = hit and (rank == 1 if rank is not None else best == str(int(tok)))
+                per_token[i] = torch.tensor(lps, dtype=torch.float32)
+                match[i] = hit
+        total = torch.stack([t.sum() for t in per_token])
+        dists = self._distributions(prompts, answers) if return_distributions else None
+        return AnswerScores(total, per_token, match, dists)
+
+    def _distributions(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """``[n_answer, vocab]`` log-distributions at each pair's answer positions (one request per position)."""
+        rows = [
+            (i, [int(t) for t in prompts[i]] + [int(t) for t in answers[i][:j]])
+            for i in range(len(prompts))
+            for j in range(len(answers[i]))
+        ]
+        chunks = self._chunks([len(r) for _, r in rows])
+        base = {
+            "model": self.model,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": self.dist_top_k,
+            "return_tokens_as_token_ids": True,
+        }
+        responses = self._post_all("/v1/completions", [base | {"prompt": [rows[r][1] for r in c]} for c in chunks])
+        found: list[dict[int, float]] = [{} for _ in rows]
+        for chunk, resp in zip(chunks, responses, strict=True):
+            for choice in resp["choices"]:
+                top = choice["logprobs"]["top_logprobs"][0]
+                found[chunk[choice["index"]]] = {int(k.rsplit(":", 1)[1]): float(v) for k, v in top.items()}
+        width = max([self.vocab_size] + [max(f) + 1 for f in found if f])
+        out: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
+        for (i, _), f in zip(rows, found, strict=True):
+            ids = torch.tensor(list(f), dtype=torch.long)
+            lps = torch.tensor(list(f.values()), dtype=torch.float32)
+            rest = max(1.0 - float(lps.exp().sum()), 1e-12)
+            fill = math.log(rest / (width - len(f))) if width > len(f) else -math.inf
+            row = torch.full((width,), fill, dtype=torch.float32)
+            row[ids] = lps
+            out[i].append(row)
+        return [torch.stack(out[i]) for i in range(len(prompts))]
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
+        """Greedy continuations (sent once: generation is not retried).
+
+        Raises:
+            BackendError: When the server cannot answer.
+        """
+        if not prompts:
+            return []
+        seqs = [[int(t) for t in p] for p in prompts]
+        chunks = self._chunks([len(s) for s in seqs])
+        base = {"model": self.model, "max_tokens": max_new_tokens, "temperature": 0.0, "return_token_ids": True}
+        payloads = [base | {"prompt": [seqs[i] for i in c]} for c in chunks]
+        responses = self._post_all("/v1/completions", payloads, idempotent=False)
+        out: list[list[int]] = [[] for _ in prompts]
+        for chunk, resp in zip(chunks, responses, strict=True):
+            for choice in resp["choices"]:
+                toks: list[int] = []
+                for t in choice.get("token_ids") or []:
+                    if t in self.eos_ids:
+                        break
+                    toks.append(int(t))
+                out[chunk[choice["index"]]] = toks
+        return out
+
+
+def _digest(ids: Sequence[int], text: str) -> str:
+    return hashlib.sha256(json.dumps([list(map(int, ids)), text], ensure_ascii=False).encode()).hexdigest()
+
+
+def _short(err: Exception) -> str:
+    """The innermost reason of a requests error (e.g. "Connection refused"), without the URL noise."""
+    text = str(err)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
+        if marker in text:
+            return marker
+    return type(err).__name__
+
+
+def _server_message(r: requests.Response) -> str:
+    """The error message of a vLLM/OpenAI-style error body, else the first 300 characters of the body."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text[:300]
+    err = body.get("error", body) if isinstance(body, dict) else body
+    return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
