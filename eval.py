@@ -4,6 +4,7 @@ Examples:
     python eval.py --reducer runs/default/reducer --tasks passkey:heldout,kv:heldout --out reports/default
     python eval.py --reducer a/reducer b/reducer --tasks jsonl:data/my.jsonl --rates 0.2 0.5 --out r/
     python eval.py --tasks kv:heldout --baselines full random oracle --out r/   # baselines only
+    python eval.py --reducer runs/x/reducer --tasks kv:heldout --model vllm+http://127.0.0.1:8000 --out r/
 
 Writes report.json, report.md (printed at the end), pareto.png and examples.html into --out.
 """
@@ -13,6 +14,7 @@ import sys
 import tyro
 
 from agents.run_eval import EvalArgs, run_eval
+from envs.backends import BackendError
 from policies.reducer import ReducerError
 
 
@@ -21,7 +23,7 @@ def main() -> None:
     args = tyro.cli(EvalArgs, description=__doc__)
     try:
         table = run_eval(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ReducerError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ReducerError, BackendError) as err:
         sys.exit(f"error: {err}")
     print(table)
 

@@ -5,12 +5,14 @@ Examples:
     python train.py --preset default --out runs/default
     python train.py --preset default --out runs/cheap --ppo.total-timesteps 1024 --tasks.train kv:train
     python train.py --resume --out runs/default        # continue an interrupted run
+    python train.py --preset default --out runs/served --model.spec vllm+http://127.0.0.1:8000  # docs/scaling.md
 """
 
 import sys
 
 from agents.config import parse_train_command
 from agents.ppo import RunDirectoryError, train
+from envs.backends import BackendError
 
 
 def main() -> None:
@@ -18,7 +20,7 @@ def main() -> None:
     cmd = parse_train_command(description=__doc__)
     try:
         final = train(cmd.config, cmd.out, resume=cmd.resume)
-    except (ValueError, RunDirectoryError, FileNotFoundError) as err:
+    except (ValueError, RunDirectoryError, FileNotFoundError, BackendError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit(130)

@@ -24,6 +24,7 @@ Methods:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,9 @@ from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
 from policies.budget import Budget, fill_units, keep_top, rank_priorities
 from policies.lexical import bm25_scores, token_words, unit_words, words
-from policies.reducer import TokenReducer
+from policies.processor import encode_context
+from policies.reducer import Reduction, TokenReducer
+from policies.retokenize import project_keep, retokenize
 from policies.units import segment, unit_lengths
 
 
@@ -59,9 +62,19 @@ class KeepMethod:
         """Bool keep masks over each example's context tokens under ``budget``."""
         return [keep_top(s, budget.max_tokens(len(s))) for s in self.scores(encs)]
 
+    def reduce(self, encs: Sequence[EncodedExample], budget: Budget) -> tuple[list[np.ndarray], list[tuple[int, ...]]]:
+        """Keep masks and the reduced contexts the frozen model scores (the kept tokens, unless re-tokenized)."""
+        masks = self.keep(encs, budget)
+        return masks, [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
+
     def available(self, encs: Sequence[EncodedExample]) -> bool:
         """Whether the method applies to these examples."""
         return True
+
+
+def kept_tokens(context: Sequence[int], mask: np.ndarray) -> tuple[int, ...]:
+    """The context tokens a keep mask keeps, in order."""
+    return tuple(t for t, k in zip(context, mask, strict=True) if k)
 
 
 class FullContext(KeepMethod):
@@ -202,18 +215,24 @@ class ReducerMethod(KeepMethod):
         reducer: The reducer.
         name: Label in reports.
         token_cost: Token cost the policy is conditioned on (None: the reducer's default).
+        retokenize_with: The frozen model's tokenizer when it differs from the reducer's: the reducer's kept text
+            is re-tokenized with it (:mod:`policies.retokenize`), and its keep mask over the evaluation's tokens
+            is the projection of the kept characters. None: the tokenizers are the same.
     """
 
     static = False
     adaptive = True
 
-    def __init__(self, reducer: TokenReducer, name: str, token_cost: float | None = None) -> None:
+    def __init__(
+        self, reducer: TokenReducer, name: str, token_cost: float | None = None, retokenize_with: Any = None
+    ) -> None:
         self.reducer = reducer
         self.name = name
         self.token_cost = token_cost
+        self.retokenize_with = retokenize_with
 
-    def keep(self, encs, budget):  # noqa: D102
-        reductions = self.reducer.reduce_batch(
+    def _reductions(self, encs: Sequence[EncodedExample], budget: Budget) -> list[Reduction]:
+        return self.reducer.reduce_batch(
             [e.example.context for e in encs],
             [e.example.question for e in encs],
             rate=budget.rate,
@@ -222,15 +241,28 @@ class ReducerMethod(KeepMethod):
             if budget.adaptive
             else None,
         )
+
+    def keep(self, encs, budget):  # noqa: D102
+        return self.reduce(encs, budget)[0]
+
+    def reduce(self, encs, budget):  # noqa: D102
+        reductions = self._reductions(encs, budget)
+        if self.retokenize_with is not None:
+            masks, contexts = [], []
+            for e, red in zip(encs, reductions, strict=True):
+                src = encode_context(self.reducer.tokenizer, e.example.context)[1]
+                masks.append(project_keep(src, red.keep_mask, e.offsets))
+                contexts.append(retokenize(red.text, self.retokenize_with))
+            return masks, contexts
         masks = []
         for e, red in zip(encs, reductions, strict=True):
             if red.original_tokens != len(e.context):
                 raise ValueError(
                     f"{self.name}: the reducer tokenised a {e.example.family} context into {red.original_tokens} "
-                    f"tokens, the evaluation into {len(e.context)}; they must share a tokenizer"
+                    f"tokens, the evaluation into {len(e.context)}; they must share a tokenizer (or re-tokenize)"
                 )
             masks.append(np.asarray(red.keep_mask, dtype=bool))
-        return masks
+        return masks, [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
 
 
 BASELINES = ("full", "random", "head", "tail", "bm25", "selective_context", "llmlingua", "oracle")

@@ -33,7 +33,8 @@ class ModelConfig:
     """The frozen model.
 
     Attributes:
-        spec: Frozen model spec: smollm2-135m (embedded default), tiny-random, a .gguf path, a directory or a hub id.
+        spec: Frozen model spec: smollm2-135m (embedded default), tiny-random, a .gguf path, a directory, a hub id,
+            or vllm+http://HOST:PORT[?features=SPEC&...] for a model served by vLLM (docs/scaling.md).
         dtype: Frozen model dtype.
         device: Torch device for the frozen model and the policy.
     """

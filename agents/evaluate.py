@@ -9,7 +9,8 @@ per micro-batch. Metrics (means over examples, with 95% bootstrap confidence int
     loglik      mean log-probability per answer token
     choice_acc  calibrated multiple-choice accuracy (tasks with choices; choice log-prob minus its log-prob
                 with an empty context)
-    kept_ratio  kept / original context tokens actually reached
+    kept_ratio  scored / original context tokens actually reached (a re-tokenizing reducer's kept text counts
+                in the frozen model's tokens)
     evidence_recall  share of the recorded evidence tokens kept (tasks that record evidence)
     tokens_in, tokens_out   mean context tokens before / after reduction
     reducer_ms  ranking time per example (the method's own cost)
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.baselines import KeepMethod
+from agents.baselines import KeepMethod, kept_tokens
 from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
 from envs.scoring import choice_priors, score_reduced
@@ -113,19 +114,17 @@ def evaluate(
             t0 = time.perf_counter()
             if scores is not None:
                 masks = [keep_top(s, budget.max_tokens(len(s))) for s in scores]
-            else:
-                masks = method.keep(encs, budget)
+                contexts = [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
+            else:  # a re-tokenizing reducer's contexts are its kept text in the frozen model's tokens
+                masks, contexts = method.reduce(encs, budget)
             reducer_ms = 1000 * (score_s + time.perf_counter() - t0) / len(encs)
-            contexts = [
-                tuple(t for t, k in zip(e.context, m, strict=True) if k) for e, m in zip(encs, masks, strict=True)
-            ]
             t1 = time.perf_counter()
             res, _, calibrated = score_reduced(lm, encs, contexts, priors[task])
             choice = None if calibrated is None else calibrated.numpy().astype(np.float64)
             model_ms = 1000 * (time.perf_counter() - t1) / len(encs)
             em = res.greedy_match.numpy().astype(np.float64)
             ll = np.array([t.mean().item() for t in res.token_logprobs])
-            kept = np.array([m.sum() / len(m) for m in masks])
+            kept = np.array([len(c) / len(e.context) for e, c in zip(encs, contexts, strict=True)])
             recall = [
                 (m & np.asarray(e.evidence)).sum() / sum(e.evidence)
                 for e, m in zip(encs, masks, strict=True)

@@ -8,9 +8,11 @@ from pathlib import Path
 from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baselines
 from agents.evaluate import evaluate, load_eval_tasks
 from agents.report import markdown_table, write_report
+from envs.backends import is_remote_spec
 from envs.frozen_lm import FrozenLM
 from envs.model_cache import DEFAULT_MODEL_SPEC
 from policies.reducer import TokenReducer
+from policies.reducer_config import tokenizer_fingerprint
 
 
 @dataclass
@@ -21,7 +23,8 @@ class EvalArgs:
         tasks: Task spec(s), comma-separated, e.g. passkey:heldout,kv:heldout,jsonl:my.jsonl.
         out: Report directory to write (must not exist or be empty).
         reducer: Reducer directories to evaluate (several compare side by side).
-        model: Frozen model spec that answers (default: the first reducer's base model).
+        model: Frozen model spec that answers (default: the first reducer's base model); vllm+http://HOST:PORT
+            scores with a vLLM server (docs/scaling.md).
         small_lm: Small LM spec for the llmlingua baseline (default: the frozen model).
         rates: Kept ratios to compare at, each in (0, 1].
         baselines: Baselines to include.
@@ -29,6 +32,9 @@ class EvalArgs:
         seed: Seed for synthetic tasks, random keeping and the bootstrap.
         dtype: Frozen model dtype.
         token_cost: Token cost the reducers are conditioned on (default: each reducer's own).
+        retokenize: Serve reducers trained for another base model: skip the base-model check and, where the
+            frozen model's tokenizer differs from a reducer's, re-tokenize the reducer's kept text with it
+            (its method name then ends in "(re-tokenized)").
         progress: Show a progress bar.
     """
 
@@ -43,6 +49,7 @@ class EvalArgs:
     seed: int = 0
     dtype: str = "float32"
     token_cost: float | None = None
+    retokenize: bool = False
     progress: bool = True
 
 
@@ -56,7 +63,8 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     Raises:
         ValueError: On bad rates, task specs or baselines.
         FileExistsError: If ``args.out`` exists and is not empty.
-        ReducerError: On an unreadable reducer or one trained for another model.
+        ReducerError: On an unreadable reducer or one trained for another model (without ``retokenize``).
+        BackendError: When a served frozen model cannot be reached or is not the expected one.
     """
     if not args.rates:
         raise ValueError("give at least one rate")
@@ -77,12 +85,20 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     methods: list[KeepMethod] = []
     names = set()
     for path, reducer in reducers:
-        reducer.check_compatible(lm.tokenizer, lm.spec, lm.file_hash)
+        if not args.retokenize:
+            # A served model's spec is an address, not an identity: there the tokenizer is what can be compared
+            # (the server's model name and tokenizer were checked on connection).
+            local = not (lm.remote or is_remote_spec(reducer.config.base_model.spec))
+            reducer.check_compatible(lm.tokenizer, lm.spec if local else None, lm.file_hash if local else None)
+        same = tokenizer_fingerprint(lm.tokenizer) == reducer.config.tokenizer.fingerprint
         name = f"tokenkeep:{path.parent.name if path.name == 'reducer' else path.name}"
+        name += "" if same else " (re-tokenized)"
         while name in names:
             name += "'"
         names.add(name)
-        methods.append(ReducerMethod(reducer, name, args.token_cost))
+        if not same:
+            print(f"{name}: the reducer's tokenizer differs from the frozen model's; its kept text is re-tokenized")
+        methods.append(ReducerMethod(reducer, name, args.token_cost, retokenize_with=None if same else lm.tokenizer))
     small = FrozenLM.load(args.small_lm, dtype=args.dtype) if args.small_lm else None
     methods += make_baselines(args.baselines, lm, small, seed=args.seed)
     if not methods:

@@ -60,6 +60,7 @@ from policies.reducer_config import (
     tokenizer_fingerprint,
 )
 from policies.reducer_files import read_reducer_files, write_reducer_files
+from policies.retokenize import retokenize as retokenize_text
 
 
 @dataclass
@@ -195,7 +196,10 @@ class TokenReducer(nn.Module):
         """Raise ReducerError unless ``tokenizer`` (and the base model, when given) is the one trained for."""
         base = self.config.base_model
         if tokenizer_fingerprint(tokenizer) != self.config.tokenizer.fingerprint:
-            raise ReducerError(f"this reducer was trained for a different tokenizer (base model {base.spec!r})")
+            raise ReducerError(
+                f"this reducer was trained for a different tokenizer (base model {base.spec!r}); to serve another "
+                "model, re-tokenize its kept text (retokenize=True, eval.py --retokenize)"
+            )
         if file_hash and base.file_hash and file_hash != base.file_hash:
             raise ReducerError(
                 f"this reducer was trained for base model file {base.file_hash[:12]}…, not {file_hash[:12]}…"
@@ -394,16 +398,25 @@ class TokenReducer(nn.Module):
         *,
         answer_prefix: str = "",
         max_new_tokens: int = 32,
+        retokenize: bool = False,
         **reduce_kwargs: Any,
     ) -> str:
         """Reduce the context, then generate the answer with the frozen model ``lm`` (a ``FrozenLM``).
 
+        With ``retokenize=True`` the reducer serves a model it was not trained for: no compatibility check, and
+        where ``lm``'s tokenizer differs from the reducer's, the kept text is re-tokenized with it
+        (:func:`policies.retokenize.retokenize`).
+
         Raises:
-            ReducerError: If ``lm`` uses another tokenizer or base model than the reducer was trained for.
+            ReducerError: If ``lm`` uses another tokenizer or base model than the reducer was trained for (unless
+                ``retokenize``).
         """
-        self.check_compatible(lm.tokenizer, getattr(lm, "spec", None), getattr(lm, "file_hash", None))
+        if not retokenize:
+            self.check_compatible(lm.tokenizer, getattr(lm, "spec", None), getattr(lm, "file_hash", None))
         red = self.reduce(context, question, **reduce_kwargs)
-        prompt, _ = lm.build_prompt(red.kept_ids, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
+        same = tokenizer_fingerprint(lm.tokenizer) == self.config.tokenizer.fingerprint
+        kept = red.kept_ids if same else retokenize_text(red.text, lm.tokenizer)
+        prompt, _ = lm.build_prompt(kept, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
 
 
