@@ -3,9 +3,10 @@
 Every request carries token ids, never text, so the server scores exactly the prompts the environment built.
 
 * Scoring: ``POST /v1/completions`` with ``prompt`` a list of token-id lists (prompt + answer), ``max_tokens: 1``,
-  ``temperature: 0`` and ``prompt_logprobs: 1``. ``choices[k].prompt_logprobs[i]`` is null for ``i = 0``, else
-  ``{str(token_id): {"logprob", "rank", "decoded_token"}}`` for the prompt's token ``i`` (and the top-1 token).
-  Answer token ``j`` of a pair sits at position ``len(prompt) + j``; greedy decoding emits it iff its rank is 1.
+  ``temperature: 0`` and ``prompt_logprobs: 0``. ``choices[k].prompt_logprobs[i]`` is null for ``i = 0``, else
+  ``{str(token_id): {"logprob", "rank", "decoded_token"}}`` for the prompt's token ``i``. Answer token ``j`` of a
+  pair sits at position ``len(prompt) + j``; greedy decoding emits it iff its rank is 1 (no other token is as
+  likely).
 * Distributions (``kl`` reward only): one ``max_tokens: 1`` completion per answer position, of prompt + the
   answer tokens before it, with ``logprobs: K`` and ``return_tokens_as_token_ids: true``; K = -1 asks for the
   whole vocabulary (the server must run with ``--max-logprobs -1``). With a finite K the tokens outside the top
@@ -267,7 +268,7 @@ class VLLMBackend:
             return AnswerScores(torch.zeros(0), [], torch.zeros(0, dtype=torch.bool), empty)
         seqs = [[int(t) for t in p] + [int(t) for t in a] for p, a in zip(prompts, answers, strict=True)]
         chunks = self._chunks([len(s) for s in seqs])
-        base = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1}
+        base = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
         responses = self._post_all("/v1/completions", [base | {"prompt": [seqs[i] for i in c]} for c in chunks])
         n = len(seqs)
         per_token: list[torch.Tensor] = [torch.empty(0)] * n
@@ -278,12 +279,13 @@ class VLLMBackend:
                 plp = choice["prompt_logprobs"]
                 lps, hit = [], True
                 for j, tok in enumerate(answers[i]):
-                    entry = plp[len(prompts[i]) + j]
-                    mine = entry[str(int(tok))]
+                    mine = plp[len(prompts[i]) + j][str(int(tok))]
                     lps.append(float(mine["logprob"]))
-                    rank = mine.get("rank")
-                    best = max(entry.items(), key=lambda kv: kv[1]["logprob"])[0]
-                    hit = hit and (rank == 1 if rank is not None else best == str(int(tok)))
+                    if mine.get("rank") is None:
+                        raise BackendError(
+                            f"the vLLM server at {self.url} returned prompt log-probabilities without ranks"
+                        )
+                    hit = hit and mine["rank"] == 1
                 per_token[i] = torch.tensor(lps, dtype=torch.float32)
                 match[i] = hit
         total = torch.stack([t.sum() for t in per_token])
