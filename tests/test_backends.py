@@ -1,4 +1,7 @@
+import os
 import socket
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -166,3 +169,56 @@ def test_load_from_a_remote_spec(tiny_lm, fake, tmp_path):
     assert torch.equal(feats, tiny_lm.features([[5, 6, 7]], layer=1)[0])  # the same features as the full model's
     with pytest.raises(ValueError, match="feature layer"):
         lm.features([[5, 6]], layer=2)
+
+
+FAKE_ENTRY = """
+import argparse, json, subprocess, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--port", type=int)
+ap.add_argument("--served-model-name")
+args, _ = ap.parse_known_args()
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # stands for the engine process
+print("engine", engine.pid, flush=True)
+
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": args.served_model_name}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+time.sleep(0.5)
+HTTPServer(("127.0.0.1", args.port), H).serve_forever()
+"""
+
+
+def test_server_launcher_waits_for_the_model_and_stops_the_server_by_pid(tmp_path, monkeypatch):
+    from envs.vllm_server import ENTRY, VLLMServer
+
+    pkg = tmp_path / "fakevllm"
+    *parts, last = ENTRY.split(".")
+    d = pkg
+    for p in parts:
+        d = d / p
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "__init__.py").write_text("")
+    (d / f"{last}.py").write_text(FAKE_ENTRY)
+    monkeypatch.setenv("PYTHONPATH", str(pkg))
+    server = VLLMServer(sys.executable, str(tmp_path), log=tmp_path / "server.log", startup_timeout=30)
+    with server:
+        assert server.spec == f"vllm+{server.url}?model={tmp_path}&features={tmp_path}"
+        pid = server.proc.pid
+        engine = int(server.log.read_text().split("engine ")[1].split()[0])
+        os.kill(engine, 0)  # alive while serving
+    assert server.proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # the engine process of the server's group is gone too
+            os.kill(engine, 0)
+            time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
