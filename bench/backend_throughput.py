@@ -91,6 +91,10 @@ def main() -> None:
         rng = np.random.default_rng(0)
         actions = [rng.uniform(-1, 1, (args.n_envs, 256)).astype(np.float32) for _ in range(args.steps)]
 
+        lm, pool_encs = lms["vllm"], cores["vllm"].pool
+        fixed = len(lm.layout.prefix) + len(lm.layout.middle) + len(lm.layout.suffix)
+        scored: list[int] = []  # tokens of every reduced prompt + answer scored in a round
+
         def play(name: str) -> tuple[float, list[list[int]]]:
             venv = venvs[name]
             venv.seed(0)
@@ -100,6 +104,10 @@ def main() -> None:
             for a in actions:
                 infos = venv.step(a)[3]
                 kept.append([i["kept_tokens"] for i in infos])
+                if name == "vllm" and len(scored) < args.steps * args.n_envs:
+                    for i in infos:
+                        e = pool_encs[i["example_index"]]
+                        scored.append(fixed + i["kept_tokens"] + len(e.question) + len(e.answer_prefix) + len(e.answer))
             return time.perf_counter() - t0, kept
 
         seconds = {name: 0.0 for name in lms}
@@ -114,12 +122,16 @@ def main() -> None:
             seconds["in-process"] += t_local
             seconds["vllm"] += t_vllm
     steps = args.steps * args.rounds
+    prefix = len(lms["vllm"].layout.prefix)
+    tokens = float(np.sum(scored))
     rate = {name: steps / s for name, s in seconds.items()}
     print(f"steps per round: {args.steps} x {args.n_envs} episodes; rounds: {args.rounds}")
+    print(f"scored tokens per reduced prompt: {np.mean(scored):.0f}, of which the shared prefix: {prefix}")
+    print(f"torch threads in process: {torch.get_num_threads()}; CPU cores: {os.cpu_count()}")
     if pgid is not None:
         print(f"server CPU time during the in-process rounds: {idle_cpu:.1f}s of {seconds['in-process']:.1f}s wall")
-    print(f"in-process backend: {rate['in-process']:.2f} env steps/s")
-    print(f"vLLM HTTP backend: {rate['vllm']:.2f} env steps/s")
+    for name, label in (("in-process", "in-process backend"), ("vllm", "vLLM HTTP backend")):
+        print(f"{label}: {rate[name]:.2f} env steps/s ({tokens * args.rounds / seconds[name]:.0f} scored tokens/s)")
     print(f"ratio: {rate['vllm'] / rate['in-process']:.3f}")
 
 
