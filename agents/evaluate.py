@@ -162,11 +162,12 @@ def evaluate(
                         for e, m in zip(encs, masks, strict=True)
                     ]
                     t1 = time.perf_counter()
-                    res, _, calibrated = score_reduced(lm, encs, contexts, priors)
+                    res = score_reduced(lm, encs, contexts, priors)
+                    calibrated = res.choice_calibrated
                     a.model_s += time.perf_counter() - t1
-                    em = res.greedy_match.numpy().astype(np.float64)
+                    em = res.exact_match.numpy().astype(np.float64)
                     a.em += em.tolist()
-                    a.ll += [t.mean().item() for t in res.token_logprobs]
+                    a.ll += res.loglik.tolist()
                     if calibrated is None:
                         a.has_choices = False
                     else:

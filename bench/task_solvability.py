@@ -80,8 +80,8 @@ def main() -> None:
         for name in rows:
             pairs = zip(encs, masks[name], strict=True)
             ctxs = [tuple(t for t, k in zip(e.context, m, strict=True) if k) for e, m in pairs]
-            res, _, cal = score_reduced(lm, encs, ctxs, priors)
-            score = (cal if cal is not None else res.greedy_match).float().mean().item()
+            res = score_reduced(lm, encs, ctxs, priors)
+            score = (res.choice_calibrated if priors is not None else res.exact_match).float().mean().item()
             cells.append(f"{score:.2f}")
         metric = "choice (calibrated)" if priors is not None else "EM"
         ctx = sum(len(e.context) for e in encs) / len(encs)
