@@ -86,20 +86,27 @@ def fresh(path: Path, since: float) -> bool:
         return False
 
 
-def wait_for(phase: str, proc: subprocess.Popen, out: Path, rng: random.Random, timeout: float) -> bool:
-    """Block until the run started at ``proc`` is in ``phase`` (True), or it exits or times out (False)."""
+def wait_for(phase: str, proc: subprocess.Popen, out: Path, rng: random.Random, timeout: float, step: int) -> bool:
+    """Block until the run started at ``proc`` is in ``phase`` (True), or it exits or times out (False).
+
+    The run is first let through a random number (0 to 3) of ``step``-episode rollouts past where it resumed, so
+    kills land at varied points of the run, not always at its first rollout.
+    """
     start = time.time()
     end = start + timeout
+    floor = max(latest_checkpoint_episodes(out), 0) + rng.randint(0, 3) * step
     while time.time() < end and proc.poll() is None:
+        p = progress(out) if fresh(out / "progress.json", start) else {}
         if phase in ("rollout", "update"):
-            if fresh(out / "progress.json", start) and progress(out).get("phase") == phase:
+            if p.get("phase") == phase and p.get("episodes", -1) >= floor:
                 time.sleep(rng.uniform(0, 0.05 if phase == "update" else 0.5))
                 return True
         elif phase == "checkpoint":
-            if any(fresh(p, start) for p in (out / "checkpoints").glob(".ckpt_*.zip*")):
+            writing = [q for q in (out / "checkpoints").glob(".ckpt_*.zip*") if fresh(q, start)]
+            if any(int(q.name.split("_")[1].split(".")[0]) >= floor for q in writing):
                 time.sleep(rng.uniform(0, 0.5))
                 return True
-        elif any(fresh(p, start) for p in out.glob(".reducer.tmp-*")):
+        elif any(fresh(q, start) for q in out.glob(".reducer.tmp-*")):
             time.sleep(rng.uniform(0, 0.5))
             return True
         time.sleep(0.005)
@@ -117,6 +124,7 @@ def main() -> None:
     ap.add_argument("--write-window", type=float, default=1.5, help="seconds each atomic write is held open")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for one phase")
+    ap.add_argument("--rollout", type=int, default=64, help="episodes per rollout of the preset (smoke: 8 x 8)")
     args = ap.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -131,7 +139,7 @@ def main() -> None:
     for k, phase in enumerate(SCHEDULE[: args.kills]):
         resuming = (out / "config.json").exists()
         proc = subprocess.Popen(base + (["--resume"] if resuming else []), cwd=ROOT, env=env, stdout=log, stderr=log)
-        hit = wait_for(phase, proc, out, rng, args.timeout)
+        hit = wait_for(phase, proc, out, rng, args.timeout, args.rollout)
         done_before = progress(out).get("episodes", 0)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
