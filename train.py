@@ -11,7 +11,8 @@ Examples:
 import sys
 
 from agents.config import parse_train_command
-from agents.ppo import RunDirectoryError, train
+from agents.ppo import train
+from agents.run_dir import RunDirectoryError
 from envs.backends import BackendError
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.baselines import KeepMethod, ReducerMethod, make_baselines
+from agents.checkpoints import write_atomic
 from agents.config import TrainConfig
 from agents.evaluate import evaluate, task_metric
 from agents.export import reducer_from_policy
@@ -193,58 +192,3 @@ class HeldoutEvalCallback(BaseCallback):
         if self.history_path is not None:
             write_atomic(self.history_path, json.dumps(self.history, indent=2) + "\n")
         return summary
-
-
-class AtomicCheckpointCallback(BaseCallback):
-    """Saves ``checkpoints/ckpt_<timesteps>.zip`` every ``save_freq`` episodes, atomically; keeps the last k.
-
-    Args:
-        directory: The checkpoints directory.
-        save_freq: Episodes between checkpoints.
-        keep: How many recent checkpoints to keep.
-    """
-
-    def __init__(self, directory: Path, save_freq: int, keep: int = 3) -> None:
-        super().__init__()
-        self.directory = Path(directory)
-        self.save_freq = save_freq
-        self.keep = keep
-        self.last_save = 0
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps - self.last_save >= self.save_freq:
-            self.last_save = self.num_timesteps
-            save_checkpoint(self.model, self.directory, self.keep)
-        return True
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temporary file in the same directory, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(model, directory: Path, keep: int = 3) -> Path:
-    """Save an SB3 model as ``ckpt_<timesteps>.zip`` via a temporary file and rename; prune old ones."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"ckpt_{model.num_timesteps:09d}.zip"
-    tmp = directory / f".tmp_{os.getpid()}_{model.num_timesteps}.zip"
-    model.save(tmp)
-    os.replace(tmp, target)
-    for old in sorted(directory.glob("ckpt_*.zip"))[:-keep]:
-        old.unlink()
-    return target
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint with the most timesteps, or None."""
-    found = sorted(Path(directory).glob("ckpt_*.zip"))
-    return found[-1] if found else None

@@ -134,15 +134,21 @@ class WarmStartConfig:
         steps: Gradient steps of behaviour cloning (0: off).
         batch_size: Examples per step.
         learning_rate: Adam learning rate.
+        filler_weight: Share of the listwise target given to non-evidence units, more to those less related to the
+            question (0: evidence only). Above 0 the clone ranks unrelated text above near-miss distractors, the
+            order in which a rate's leftover budget is filled.
     """
 
     steps: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-3
+    filler_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("warm_start.steps must be >= 0, batch_size >= 1 and learning_rate > 0")
+        if not 0 <= self.filler_weight < 1:
+            raise ValueError(f"warm_start.filler_weight must be in [0, 1), got {self.filler_weight}")
 
 
 @dataclass

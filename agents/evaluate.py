@@ -27,7 +27,8 @@ import datetime as _dt
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from agents.baselines import KeepMethod, kept_tokens
 from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
+from envs.jsonl_tasks import iter_jsonl, validate_jsonl
 from envs.scoring import choice_priors, score_reduced
 from envs.task_specs import TaskSpec, split_specs
 from policies.budget import Budget, keep_top
@@ -65,28 +67,61 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+class _Accumulator:
+    """Per-example metrics of one (task, method, budget), gathered chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.em: list[float] = []
+        self.ll: list[float] = []
+        self.choice: list[float] = []
+        self.kept: list[float] = []
+        self.tokens_in: list[int] = []
+        self.tokens_out: list[int] = []
+        self.recall: list[float] = []
+        self.reducer_s = 0.0
+        self.model_s = 0.0
+        self.has_choices = True
+
+
+def _chunks(items: Iterable[EncodedExample], size: int) -> Iterator[list[EncodedExample]]:
+    chunk: list[EncodedExample] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def evaluate(
     lm: FrozenLM,
     methods: Sequence[KeepMethod],
-    tasks: dict[str, list[EncodedExample]],
+    tasks: dict[str, Iterable[EncodedExample]],
     rates: Sequence[float],
     *,
     n_boot: int = 1000,
     seed: int = 0,
     n_html_examples: int = 2,
     progress: bool = True,
+    chunk_size: int = 128,
 ) -> dict[str, Any]:
-    """Evaluate every method on every task at every rate.
+    """Evaluate every method on every task at every rate, streaming through each task once.
+
+    A task is read ``chunk_size`` examples at a time and every method and budget is scored on that chunk before
+    the next is read, so memory does not grow with the task (a generator of examples is fine); only the
+    per-example metrics (a few floats each) are kept, for the means and bootstrap intervals.
 
     Args:
         lm: The frozen model that answers.
         methods: The methods to compare.
-        tasks: Task name -> encoded examples.
+        tasks: Task name -> encoded examples (any iterable, read once).
         rates: Kept ratios to ask for, each in (0, 1].
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
         n_html_examples: Examples per task kept for the HTML page.
-        progress: Show a progress bar.
+        progress: Show a progress bar (examples x methods x budgets).
+        chunk_size: Examples scored together.
 
     Returns:
         The report dict (see the module docstring).
@@ -94,79 +129,102 @@ def evaluate(
     for r in rates:
         if not 0 < r <= 1:
             raise ValueError(f"rates must lie in (0, 1], got {r}")
-    jobs = [(t, m) for t in tasks for m in methods if m.available(tasks[t])]
     budgets = {m.name: [Budget(rate=r) for r in rates] if m.uses_rate else [Budget()] for m in methods}
     for m in methods:
         if m.adaptive:
             budgets[m.name].append(Budget())  # its own choice of how much to keep
-    total = sum(len(budgets[m.name]) for _, m in jobs)
-    bar = tqdm(total=total, desc="evaluating", disable=not progress)
-    results, examples = [], []
-    priors = {t: choice_priors(lm, e) if all(x.choices is not None for x in e) else None for t, e in tasks.items()}
-    for task, method in jobs:
-        encs = tasks[task]
-        score_s, scores = 0.0, None
-        if method.static and method.uses_rate:  # rank once, select at every rate
-            t0 = time.perf_counter()
-            scores = method.scores(encs)
-            score_s = time.perf_counter() - t0
-        for budget in budgets[method.name]:
-            t0 = time.perf_counter()
-            if scores is not None:
-                masks = [keep_top(s, budget.max_tokens(len(s))) for s in scores]
-                contexts = [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
-            else:  # a re-tokenizing reducer's contexts are its kept text in the frozen model's tokens
-                masks, contexts = method.reduce(encs, budget)
-            reducer_ms = 1000 * (score_s + time.perf_counter() - t0) / len(encs)
-            t1 = time.perf_counter()
-            res, _, calibrated = score_reduced(lm, encs, contexts, priors[task])
-            choice = None if calibrated is None else calibrated.numpy().astype(np.float64)
-            model_ms = 1000 * (time.perf_counter() - t1) / len(encs)
-            em = res.greedy_match.numpy().astype(np.float64)
-            ll = np.array([t.mean().item() for t in res.token_logprobs])
-            kept = np.array([len(c) / len(e.context) for e, c in zip(encs, contexts, strict=True)])
-            recall = [
-                (m & np.asarray(e.evidence)).sum() / sum(e.evidence)
-                for e, m in zip(encs, masks, strict=True)
-                if any(e.evidence)
-            ]
-            row = {
-                "task": task,
-                "method": method.name,
-                "rate": budget.rate,
-                "budget": "full" if not method.uses_rate else ("adaptive" if budget.adaptive else "rate"),
-                "n": len(encs),
-                "kept_ratio": float(kept.mean()),
-                "tokens_in": float(np.mean([len(e.context) for e in encs])),
-                "tokens_out": float(np.mean([len(c) for c in contexts])),
-                "em": float(em.mean()),
-                "em_ci": bootstrap_ci(em, n_boot, seed),
-                "loglik": float(ll.mean()),
-                "loglik_ci": bootstrap_ci(ll, n_boot, seed),
-                "choice_acc": None if choice is None else float(choice.mean()),
-                "choice_acc_ci": None if choice is None else bootstrap_ci(choice, n_boot, seed),
-                "evidence_recall": float(np.mean(recall)) if recall else None,
-                "reducer_ms": reducer_ms,
-                "model_ms": model_ms,
-            }
-            results.append(row)
-            for i in range(min(n_html_examples, len(encs))):
-                examples.append(
+    bar = tqdm(desc="evaluating", unit="example", disable=not progress)
+    results, examples, counts = [], [], {}
+    for task, items in tasks.items():
+        acc: dict[tuple[str, int], _Accumulator] = {}
+        skipped: set[str] = set()
+        n_task = 0
+        for encs in _chunks(items, chunk_size):
+            priors = choice_priors(lm, encs) if all(e.choices is not None for e in encs) else None
+            for method in methods:
+                if not method.available(encs):
+                    skipped.add(method.name)
+                    continue
+                score_s, scores = 0.0, None
+                if method.static and method.uses_rate:  # rank once, select at every rate
+                    t0 = time.perf_counter()
+                    scores = method.scores(encs)
+                    score_s = time.perf_counter() - t0
+                for b, budget in enumerate(budgets[method.name]):
+                    a = acc.setdefault((method.name, b), _Accumulator())
+                    t0 = time.perf_counter()
+                    if scores is not None:
+                        masks = [keep_top(s, budget.max_tokens(len(s))) for s in scores]
+                        contexts = [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
+                    else:  # a re-tokenizing reducer's contexts are its kept text in the frozen model's tokens
+                        masks, contexts = method.reduce(encs, budget)
+                    a.reducer_s += score_s + time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    res = score_reduced(lm, encs, contexts, priors)
+                    calibrated = res.choice_calibrated
+                    a.model_s += time.perf_counter() - t1
+                    em = res.exact_match.numpy().astype(np.float64)
+                    a.em += em.tolist()
+                    a.ll += res.loglik.tolist()
+                    if calibrated is None:
+                        a.has_choices = False
+                    else:
+                        a.choice += calibrated.numpy().astype(np.float64).tolist()
+                    a.kept += [len(c) / len(e.context) for e, c in zip(encs, contexts, strict=True)]
+                    a.tokens_in += [len(e.context) for e in encs]
+                    a.tokens_out += [len(c) for c in contexts]
+                    a.recall += [
+                        (m & np.asarray(e.evidence)).sum() / sum(e.evidence)
+                        for e, m in zip(encs, masks, strict=True)
+                        if any(e.evidence)
+                    ]
+                    for i in range(max(0, min(n_html_examples - n_task, len(encs)))):
+                        examples.append(
+                            {
+                                "task": task,
+                                "method": method.name,
+                                "rate": budget.rate,
+                                "budget": _budget_kind(method, budget),
+                                "index": n_task + i,
+                                "question": encs[i].example.question,
+                                "answer": encs[i].example.answer,
+                                "tokens": [lm.decode([t]) for t in encs[i].context],
+                                "token_ids": list(encs[i].context),
+                                "keep": masks[i].astype(int).tolist(),
+                                "correct": bool(em[i]),
+                            }
+                        )
+            n_task += len(encs)
+            bar.update(len(encs))
+        counts[task] = n_task
+        for method in methods:
+            for b, budget in enumerate(budgets[method.name]):
+                a = acc.get((method.name, b))
+                if a is None or method.name in skipped:
+                    continue
+                em, ll = np.asarray(a.em), np.asarray(a.ll)
+                choice = np.asarray(a.choice) if a.has_choices else None
+                results.append(
                     {
                         "task": task,
                         "method": method.name,
-                        "rate": row["rate"],
-                        "budget": row["budget"],
-                        "index": i,
-                        "question": encs[i].example.question,
-                        "answer": encs[i].example.answer,
-                        "tokens": [lm.decode([t]) for t in encs[i].context],
-                        "token_ids": list(encs[i].context),
-                        "keep": masks[i].astype(int).tolist(),
-                        "correct": bool(em[i]),
+                        "rate": budget.rate,
+                        "budget": _budget_kind(method, budget),
+                        "n": len(em),
+                        "kept_ratio": float(np.mean(a.kept)),
+                        "tokens_in": float(np.mean(a.tokens_in)),
+                        "tokens_out": float(np.mean(a.tokens_out)),
+                        "em": float(em.mean()),
+                        "em_ci": bootstrap_ci(em, n_boot, seed),
+                        "loglik": float(ll.mean()),
+                        "loglik_ci": bootstrap_ci(ll, n_boot, seed),
+                        "choice_acc": None if choice is None else float(choice.mean()),
+                        "choice_acc_ci": None if choice is None else bootstrap_ci(choice, n_boot, seed),
+                        "evidence_recall": float(np.mean(a.recall)) if a.recall else None,
+                        "reducer_ms": 1000 * a.reducer_s / len(em),
+                        "model_ms": 1000 * a.model_s / len(em),
                     }
                 )
-            bar.update(1)
     bar.close()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -174,15 +232,34 @@ def evaluate(
         "machine": machine_info(),
         "model": lm.spec,
         "rates": [float(r) for r in rates],
-        "tasks": {t: len(v) for t, v in tasks.items()},
+        "tasks": counts,
         "methods": [m.name for m in methods],
         "results": results,
         "examples": examples,
     }
 
 
-def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[str, list[EncodedExample]]:
-    """Encoded examples of each task spec in a comma-joined spec string, keyed by the spec text.
+def _budget_kind(method: KeepMethod, budget: Budget) -> str:
+    return "full" if not method.uses_rate else ("adaptive" if budget.adaptive else "rate")
+
+
+class StreamedTask:
+    """A JSONL task read and encoded example by example each time it is iterated (constant memory)."""
+
+    def __init__(self, path: Path, tokenizer: Any) -> None:
+        self.path = path
+        self.tokenizer = tokenizer
+
+    def __iter__(self) -> Iterator[EncodedExample]:
+        for ex in iter_jsonl(self.path):
+            yield encode_example(self.tokenizer, ex)
+
+
+def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[str, Iterable[EncodedExample]]:
+    """The examples of each task spec in a comma-joined spec string, keyed by the spec text.
+
+    Synthetic specs give lists; a JSONL spec is checked line by line now (so a bad line fails before any work)
+    and then streamed: :class:`StreamedTask`.
 
     Args:
         spec: E.g. ``"passkey:heldout,kv:heldout:n=50,jsonl:data.jsonl"``.
@@ -195,10 +272,14 @@ def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[st
     """
     specs = split_specs(spec)
     parsed = [TaskSpec.parse(s) for s in specs]  # fail early on a bad spec, before any file is read
-    return {
-        text: [encode_example(tokenizer, ex) for ex in p.examples(n, seed)]
-        for text, p in zip(specs, parsed, strict=True)
-    }
+    out: dict[str, Iterable[EncodedExample]] = {}
+    for text, p in zip(specs, parsed, strict=True):
+        if p.family == "jsonl":
+            validate_jsonl(p.split)
+            out[text] = StreamedTask(Path(p.split), tokenizer)
+        else:
+            out[text] = [encode_example(tokenizer, ex) for ex in p.examples(n, seed)]
+    return out
 
 
 def task_metric(row: dict[str, Any]) -> float:

@@ -1,20 +1,12 @@
-"""PPO training of a TokenKeep policy on the batched vec env; run directories, resume and Ctrl-C handling.
+"""PPO training of a TokenKeep policy on the batched vec env: set-up, warm start, resume and the training loop.
 
-Run directory layout (``--out DIR``)::
-
-    config.json          the resolved config
-    command.txt          the exact command line
-    tb/                  tensorboard logs
-    checkpoints/         ckpt_<episodes>.zip (SB3 format: weights, optimiser, counters)
-    final_model.zip      the trained SB3 model (its presence marks the run finished)
-    eval_history.json    periodic held-out evaluations
-    reducer/             the exported TokenReducer (written when training ends)
+The run directory (layout, lock, resume rules) is :mod:`agents.run_dir`; checkpoints that resume exactly are
+:mod:`agents.checkpoints`.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,26 +17,25 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.callbacks import (
-    AtomicCheckpointCallback,
-    HeldoutEvalCallback,
-    ReductionStatsCallback,
+from agents.callbacks import HeldoutEvalCallback, ReductionStatsCallback
+from agents.checkpoints import (
+    CheckpointCallback,
     latest_checkpoint,
+    load_rng,
+    remove_partial_writes,
+    restore_rng,
     save_checkpoint,
-    write_atomic,
+    write_progress,
 )
-from agents.config import TrainConfig, load_config
+from agents.config import TrainConfig
 from agents.evaluate import load_eval_tasks
 from agents.export import export_reducer
+from agents.run_dir import RunLock, prepare_run_dir
 from agents.warm_start import behaviour_cloning
 from envs.core import TokenKeepCore
 from envs.frozen_lm import FrozenLM
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.sb3_policy import TokenKeepPolicy
-
-
-class RunDirectoryError(RuntimeError):
-    """The run directory cannot be used as asked (finished run, or a run in progress without --resume)."""
 
 
 def linear_schedule(start: float, end_fraction: float = 0.1) -> Callable[[float], float]:
@@ -98,31 +89,6 @@ def build_ppo(config: TrainConfig, venv: BatchedTokenKeepVecEnv, tensorboard_log
     )
 
 
-def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, command: Sequence[str] | None) -> TrainConfig:
-    """Check and initialise the run directory; on resume return the run's own config.
-
-    Raises:
-        RunDirectoryError: If ``out`` holds a finished run, or a started run without ``resume``, or ``resume``
-            is asked for where there is nothing to resume.
-    """
-    finished = (out / "final_model.zip").exists()
-    started = (out / "config.json").exists()
-    if finished:
-        raise RunDirectoryError(f"{out} holds a finished run (final_model.zip); choose another --out")
-    if resume:
-        if not started or latest_checkpoint(out / "checkpoints") is None:
-            raise RunDirectoryError(f"--resume: {out} has no config.json and checkpoint to resume from")
-        return load_config(out / "config.json")
-    if started:
-        raise RunDirectoryError(f"{out} already holds a run in progress; pass --resume to continue it")
-    if out.exists() and any(out.iterdir()):
-        raise RunDirectoryError(f"{out} exists and is not empty; choose another --out")
-    write_atomic(out / "config.json", config.to_json() + "\n")
-    cmd = command if command is not None else sys.argv
-    write_atomic(out / "command.txt", " ".join(shlex.quote(c) for c in cmd) + "\n")
-    return config
-
-
 def train(
     config: TrainConfig,
     out: str | os.PathLike[str],
@@ -134,21 +100,43 @@ def train(
 ) -> Path:
     """Train (or resume) a PPO policy; returns the path of the final SB3 model.
 
-    Ctrl-C saves a checkpoint and re-raises ``KeyboardInterrupt`` after telling how to resume.
+    Holds the run directory's lock throughout. Ctrl-C (or a kill) loses at most the episodes since the last
+    checkpoint; ``--resume`` then continues exactly as an uninterrupted run would have.
 
     Args:
         config: The resolved config (ignored in favour of the run's own on resume).
         out: Run directory.
-        resume: Continue from the latest checkpoint in ``out``.
+        resume: Continue from the latest checkpoint in ``out`` (from the start if it has none yet).
         lm: An already loaded frozen model to use instead of loading ``config.model``.
         command: Command line to record (default ``sys.argv``).
         export: Export the TokenReducer to ``out/reducer`` at the end.
 
     Returns:
         Path to ``final_model.zip``.
+
+    Raises:
+        RunDirectoryError: If the run directory cannot be used as asked (see :mod:`agents.run_dir`).
     """
     out = Path(out)
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        return _train(config, out, resume=resume, lm=lm, command=command, export=export)
+    finally:
+        lock.release()
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    *,
+    resume: bool,
+    lm: FrozenLM | None,
+    command: Sequence[str] | None,
+    export: bool,
+) -> Path:
     config = prepare_run_dir(out, config, resume, command)
+    remove_partial_writes(out)  # what a killed predecessor was writing; never read
     run = config.run
     if run.torch_threads > 0:
         torch.set_num_threads(run.torch_threads)
@@ -156,9 +144,14 @@ def train(
     core = make_core(config, lm)
     lm = core.lm
     venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=run.seed, group_size=config.ppo.group_size)
-    if resume:
-        ckpt = latest_checkpoint(out / "checkpoints")
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    if ckpt is not None:
         model = PPO.load(ckpt, env=venv, device=config.model.device, tensorboard_log=str(out / "tb"))
+        state = load_rng(ckpt)
+        if state is None:
+            print(f"{ckpt} has no saved random state: the run continues, but not exactly as it would have")
+        else:
+            restore_rng(state, venv)
         print(f"resuming from {ckpt} at {model.num_timesteps} episodes")
     else:
         model = build_ppo(config, venv, str(out / "tb"))
@@ -171,7 +164,9 @@ def train(
                 print(f"warm start: {len(losses)} steps, loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}")
     callbacks: list = [
         ReductionStatsCallback(),
-        AtomicCheckpointCallback(out / "checkpoints", run.checkpoint_freq, run.keep_checkpoints),
+        CheckpointCallback(
+            out / "checkpoints", run.checkpoint_freq, run.keep_checkpoints, venv, progress_path=out / "progress.json"
+        ),
     ]
     evaluator = None
     if run.eval_freq > 0 and config.tasks.heldout.strip():
@@ -187,21 +182,29 @@ def train(
             model.learn(
                 total_timesteps=remaining,
                 callback=CallbackList(callbacks),
-                reset_num_timesteps=not resume,
+                reset_num_timesteps=ckpt is None,
                 tb_log_name="ppo",
                 progress_bar=run.progress_bar,
             )
     except KeyboardInterrupt:
-        path = save_checkpoint(model, out / "checkpoints", run.keep_checkpoints)
-        print(f"\ninterrupted: saved {path}; continue with: python train.py --resume --out {out}", file=sys.stderr)
+        last = latest_checkpoint(out / "checkpoints")
+        where = f"the checkpoint at {int(last.stem.split('_')[1])} episodes" if last else "the start"
+        print(f"\ninterrupted: continue from {where} with: python train.py --resume --out {out}", file=sys.stderr)
         raise
     if evaluator is not None and evaluator.last_eval != model.num_timesteps:
         evaluator.run_eval()
-    save_checkpoint(model, out / "checkpoints", run.keep_checkpoints)
-    final = out / "final_model.zip"
+    save_checkpoint(model, out / "checkpoints", run.keep_checkpoints, venv)
+    write_progress(out / "progress.json", model.num_timesteps, "export")
     if export:
-        export_reducer(model, lm, config, out / "reducer")
+        reducer_dir = out / "reducer"
+        if reducer_dir.exists():  # left by a run killed after its export: the new export replaces it
+            import shutil
+
+            shutil.rmtree(reducer_dir)
+        export_reducer(model, lm, config, reducer_dir)
+    final = out / "final_model.zip"
     tmp = out / ".final_model.tmp.zip"
     model.save(tmp)
     os.replace(tmp, final)
+    write_progress(out / "progress.json", model.num_timesteps, "done")
     return final

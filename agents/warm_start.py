@@ -2,9 +2,12 @@
 
 Where the training examples record evidence spans, the policy can first learn to rank the units that hold the
 evidence above the others (a listwise cross-entropy, as ListNet) and, for the adaptive mode, to score evidence
-units above its STOP score and the rest below it. PPO then optimises the task reward from this start: what to
-keep besides the evidence, and whether the evidence is really what the frozen model needs, are left to the
-reward. Examples without evidence are skipped; with none at all the warm start is skipped with a warning.
+units above its STOP score and the rest below it. With ``filler_weight`` > 0 the listwise target also ranks the
+non-evidence units, unrelated ones (low lexical match with the question) above related ones: near-miss
+distractors hurt a small model more than unrelated text, so a rate's leftover budget should go to the latter.
+PPO then optimises the task reward from this start: what to keep besides the evidence, and whether the
+evidence is really what the frozen model needs, are left to the reward. Examples without evidence are skipped;
+with none at all the warm start is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from agents.config import WarmStartConfig
 from envs.core import TokenKeepCore
+from policies.lexical import CHANNELS
 
 
 def evidence_units(core: TokenKeepCore, index: int) -> np.ndarray:
@@ -25,6 +29,17 @@ def evidence_units(core: TokenKeepCore, index: int) -> np.ndarray:
     ev = np.asarray(core.pool[index].evidence, dtype=np.float64)
     share = np.bincount(enc.unit_index, weights=ev, minlength=enc.n_units) / enc.unit_lengths.clip(min=1)
     return share >= 0.5
+
+
+def unit_relevance(obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, L]`` per unit: the largest question-match lexical channel over its tokens (0 for padding units)."""
+    lex = obs["lexical"].float()
+    channels = [CHANNELS.index(c) for c in ("q_match", "hop_match", "sent_bm25", "sent_hop2", "sent_hop3")]
+    per_token = lex[..., channels].amax(-1)  # [B, L]
+    unit = obs["unit_index"].long()
+    b, length = unit.shape
+    out = torch.zeros(b, length, device=lex.device)
+    return out.scatter_reduce(1, unit.clamp(min=0), per_token * (unit >= 0), reduce="amax", include_self=True)
 
 
 def behaviour_cloning(
@@ -61,10 +76,16 @@ def behaviour_cloning(
         for r, i in enumerate(idx):
             target[r, : len(labels[i])] = torch.as_tensor(labels[i], dtype=target.dtype)
         valid = obs["unit_lengths"] > 0
+        evidence = target.clone()
+        listwise = target / target.sum(1, keepdim=True)
+        if config.filler_weight > 0 and "lexical" in obs:
+            unrelated = torch.exp(-4.0 * unit_relevance(obs)) * valid * (1 - evidence)
+            filler = unrelated / unrelated.sum(1, keepdim=True).clamp(min=1e-9)
+            listwise = (1 - config.filler_weight) * listwise + config.filler_weight * filler
         logp = torch.log_softmax(scores, dim=1)
-        rank_loss = -(target / target.sum(1, keepdim=True) * logp).sum(1).mean()
+        rank_loss = -(listwise * logp).sum(1).mean()
         margin = scores - stop[:, None]
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(margin, target, reduction="none")
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(margin, evidence, reduction="none")
         stop_loss = (bce * valid).sum() / valid.sum()
         loss = rank_loss + stop_loss
         opt.zero_grad()

@@ -2,10 +2,11 @@
 
 1. Build a TokenKeep core and a batched vec env over the default model; warm the per-example caches
    (features and full-context scores are computed once per example by design).
-2. Draw fixed random keep masks for S steps and record the exact reduced prompts the env will score.
-3. Alternate timed rounds of (a) the raw model: a bare batched forward of the decoder (no LM head) over
-   those same prompt+answer sequences, batched exactly as one env step batches them, and (b) the env:
-   the same S vec-env steps (scoring, rewards, infos, next observations).
+2. Draw fixed random unit priorities for S steps (episodes at rate ``--keep``) and record the exact reduced
+   prompts the env will score.
+3. Alternate timed rounds of (a) the raw model: a bare batched forward of the decoder (no LM head, no prefix
+   cache) over those same prompt+answer sequences, batched exactly as one env step batches them, and (b) the
+   env: the same S vec-env steps (selection, scoring with the prefix cache, rewards, infos, next observations).
 4. Print tokens/s of both and, on the last line, ``ratio: env / raw``.
 
 Usage:
@@ -42,12 +43,12 @@ def main() -> None:
     ap.add_argument("--n-envs", type=int, default=8, help="parallel episodes per step")
     ap.add_argument("--steps", type=int, default=6, help="vec-env steps per timed round")
     ap.add_argument("--rounds", type=int, default=2, help="alternating timed rounds of each")
-    ap.add_argument("--keep", type=float, default=0.5, help="keep probability of the random masks")
+    ap.add_argument("--keep", type=float, default=0.5, help="keep rate of the episodes")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     lm = FrozenLM.load(args.model, dtype=args.dtype)
-    budget = BudgetConfig(cost_low=0.5, cost_high=0.5, default_token_cost=0.5)
+    budget = BudgetConfig(rate_low=args.keep, rate_high=args.keep, adaptive_fraction=0.0)
     core = TokenKeepCore(lm, args.tasks, processor=ProcessorConfig(max_len=256), budget=budget, num_examples=args.pool)
     venv = BatchedTokenKeepVecEnv(core, n_envs=args.n_envs, seed=0)
     print(f"model {args.model} ({args.dtype}), pool {len(core.pool)} examples, n_envs {args.n_envs}")
@@ -57,7 +58,7 @@ def main() -> None:
     print(f"warm-up (full-context scores and features for the pool): {time.perf_counter() - t:.1f}s")
 
     rng = np.random.default_rng(0)
-    actions = [(rng.random((args.n_envs, core.max_len)) < args.keep).astype(np.int8) for _ in range(args.steps)]
+    actions = [rng.uniform(0.01, 1.0, (args.n_envs, core.max_len)).astype(np.float32) for _ in range(args.steps)]
 
     # Record the episodes the env will see so the raw forward gets exactly the same sequences.
     venv.seed(0)
@@ -65,10 +66,9 @@ def main() -> None:
     raw_batches: list[list[list[int]]] = []
     for a in actions:
         seqs = []
-        for (i, _), m in zip(venv._episodes, a, strict=True):
+        for (i, b), m in zip(venv._episodes, a, strict=True):
             e = core.pool[i]
-            q = len(e.question)
-            kept = [t for t, k in zip(e.context, m[q : q + len(e.context)], strict=True) if k]
+            kept = [t for t, k in zip(e.context, core.keep_mask(i, b, m), strict=True) if k]
             seqs.append(build_prompts(lm, [e], [kept])[0] + list(e.answer))
         raw_batches.append(seqs)
         venv.step(a)

@@ -4,6 +4,8 @@ A scoring backend answers the only questions the environment and the evaluator a
 sequences the caller has already assembled (:meth:`FrozenLM.build_prompt`):
 
 * answer log-likelihood and teacher-forced exact match: ``score_answers(prompts, answers)``;
+* the same for several continuations of each prompt (the gold answer and every choice):
+  ``score_continuations(prompts, continuations)``;
 * the answer-position distributions, where the reward needs them (``kl``):
   ``score_answers(..., return_distributions=True)``;
 * greedy generation: ``generate(prompts, max_new_tokens)`` (the reducer's ``generate`` helper).
@@ -82,6 +84,12 @@ class ScoringBackend(Protocol):
         """Log-likelihood (and greedy match, optionally distributions) of each answer given its prompt."""
         ...
 
+    def score_continuations(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per prompt, ``(logprob [k], greedy [k])`` of each of its k continuations (as ``score_answers``)."""
+        ...
+
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
         """Greedy continuations of each prompt, EOS and what follows removed."""
         ...
@@ -102,6 +110,18 @@ def check_pairs(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         if len(p) == 0 or len(a) == 0:
             raise ValueError(f"pair {i}: prompt and answer must both be non-empty")
+
+
+def check_continuations(prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]) -> None:
+    """Validate a ``score_continuations`` batch.
+
+    Raises:
+        ValueError: On mismatched lengths or an empty prompt or continuation.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuation lists")
+    if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for cs in continuations for c in cs):
+        raise ValueError("prompts and continuations must be non-empty")
 
 
 def is_remote_spec(spec: str) -> bool:

@@ -267,6 +267,29 @@ class FrozenLM:
         """
         return self.backend.score_answers(prompts, answers, return_distributions=return_distributions)
 
+    def score_continuations(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Log-likelihood of several continuations of each prompt (the gold answer and the choices, say).
+
+        The in-process backend runs each prompt through the model once and scores all its continuations from
+        its keys and values; a served model scores every (prompt, continuation) pair in one batched call. Results
+        match :meth:`score_answers` on the pairs.
+
+        Args:
+            prompts: B non-empty prompt token-id sequences.
+            continuations: For each prompt, its non-empty continuations.
+
+        Returns:
+            Per prompt, ``(logprob [k], greedy [k])``: each continuation's summed log-probability, and whether
+            greedy decoding from the prompt would emit it.
+
+        Raises:
+            ValueError: On mismatched lengths or an empty prompt or continuation.
+            BackendError: When a remote backend cannot answer.
+        """
+        return self.backend.score_continuations(prompts, continuations)
+
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
         """Greedy generation for a batch of prompts.
 

@@ -4,7 +4,8 @@ Every batched operation takes a list of variable-length token-id sequences and r
 micro-batch (sorted by length to limit padding waste; one micro-batch holds up to the owner's
 ``max_batch_tokens`` padded tokens). Padding never changes a result: scores match one-by-one scoring to within
 float rounding. Prompts that start with the owner's layout prefix (the chat header) reuse its keys and values,
-computed once. Everything runs under ``torch.inference_mode()``.
+computed once; several continuations of one prompt (:meth:`TransformersBackend.score_continuations`) reuse the
+prompt's. The LM head runs on ``HEAD_CHUNK`` positions at a time. Everything runs under ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-from envs.backends import AnswerScores, check_pairs
+from envs.backends import AnswerScores, check_continuations, check_pairs
+from policies.features import micro_batches
 
 HEAD_CHUNK = 256
 """Answer positions that go through the LM head together (bounds the ``[positions, vocab]`` logits)."""
@@ -101,6 +103,77 @@ class TransformersBackend:
                     dists[i] = full_all[start : start + la]
                 start += la
         return AnswerScores(total, per_token, match, dists)
+
+    @torch.inference_mode()
+    def score_continuations(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Log-likelihood of several continuations of each prompt, running each prompt through the model once.
+
+        Each prompt's keys and values are computed once and reused for all its continuations (choices, say),
+        instead of one full forward per (prompt, continuation) pair. Results match :meth:`score_answers`.
+
+        Args:
+            prompts: B non-empty prompt token-id sequences.
+            continuations: For each prompt, its non-empty continuations.
+
+        Returns:
+            Per prompt, ``(logprob [k], greedy [k])``: each continuation's summed log-probability, and whether
+            greedy decoding from the prompt would emit it.
+
+        Raises:
+            ValueError: On mismatched lengths or an empty prompt or continuation.
+        """
+        check_continuations(prompts, continuations)
+        from transformers import DynamicCache
+
+        lm = self.owner
+        model = lm.model
+        out: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(prompts)
+        base, head = model.get_decoder(), model.get_output_embeddings()
+        # The cache is copied once per continuation: keep a micro-batch's copies within the token budget.
+        widest = max(len(cs) for cs in continuations)
+        budget = max(lm.max_batch_tokens // (1 + widest), 1)
+        for batch in micro_batches([len(p) for p in prompts], budget):
+            ids, mask = lm._pad_right([prompts[i] for i in batch])
+            cache = DynamicCache(config=model.config)
+            hidden = base(input_ids=ids, attention_mask=mask, use_cache=True, **{self._cache_arg: cache})
+            hidden = hidden.last_hidden_state
+            pairs = [(r, c) for r, i in enumerate(batch) for c in continuations[i]]
+            rows = torch.tensor([r for r, _ in pairs], device=ids.device)
+            lens = torch.tensor([len(prompts[i]) for i in batch], device=ids.device)
+            # First token of each continuation: predicted at the prompt's last position.
+            first_h = hidden[rows, lens[rows] - 1]
+            states = [first_h[:, None, :]]
+            longest = max(len(c) for _, c in pairs)
+            cont, cmask = lm._pad_right([c for _, c in pairs])
+            if longest > 1:
+                kv = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
+                pair_cache = DynamicCache(kv, config=model.config)
+                full_mask = torch.cat([mask[rows], cmask[:, :-1]], 1)
+                pos = lens[rows][:, None] + torch.arange(longest - 1, device=ids.device)[None, :]
+                rest = base(
+                    input_ids=cont[:, :-1], attention_mask=full_mask, position_ids=pos, use_cache=True,
+                    **{self._cache_arg: pair_cache},
+                ).last_hidden_state  # fmt: skip
+                states.append(rest)
+            h = torch.cat(states, 1)  # [pairs, longest, d]: the state that predicts continuation token j
+            lp_rows, greedy_rows = [], []
+            for s in range(0, len(pairs), HEAD_CHUNK):
+                logp = torch.log_softmax(head(h[s : s + HEAD_CHUNK]).float(), dim=-1)
+                tgt = cont[s : s + HEAD_CHUNK]
+                tok = logp.gather(2, tgt[..., None])[..., 0]
+                ok = logp.argmax(-1) == tgt
+                valid = cmask[s : s + HEAD_CHUNK].bool()
+                lp_rows.append((tok * valid).sum(1).cpu())
+                greedy_rows.append((ok | ~valid).all(1).cpu())
+            lp, greedy = torch.cat(lp_rows), torch.cat(greedy_rows)
+            k = 0
+            for i in batch:
+                n = len(continuations[i])
+                out[i] = (lp[k : k + n], greedy[k : k + n])
+                k += n
+        return out
 
     def _prefix_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per-layer (keys, values) ``[1, heads, P, head_dim]`` of the layout prefix, computed on first use."""

@@ -173,8 +173,16 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(local)
     else:
         kw["trust_remote_code"] = trust_remote_code
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=DTYPES[dtype], **kw)
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=DTYPES[dtype], **kw)
+            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            where = "a local directory" if Path(spec).exists() else "a hub id in the local Hugging Face cache"
+            raise FileNotFoundError(
+                f"model spec {spec!r} could not be loaded as {where} (the embedded specs are "
+                f"{', '.join([*EMBEDDED, TINY_RANDOM_SPEC])}; a .gguf path also works, and vllm+http://HOST:PORT "
+                f"scores with a served model; nothing is downloaded when offline): {str(err).splitlines()[0]}"
+            ) from err
     model.to(device)
     return LoadedModel(model, tokenizer, spec, file_hash)
 

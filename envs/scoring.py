@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from envs.examples import EncodedExample
-from envs.frozen_lm import AnswerScores, FrozenLM
+from envs.frozen_lm import FrozenLM
 
 Contexts = Sequence[Sequence[int]] | None
 
@@ -51,13 +51,25 @@ def choice_priors(lm: FrozenLM, encs: Sequence[EncodedExample]) -> list[torch.Te
     if any(e.choices is None for e in encs):
         raise ValueError("choice_priors needs examples with choices")
     empty = build_prompts(lm, encs, [()] * len(encs))
-    prompts = [p for e, p in zip(encs, empty, strict=True) for _ in e.choices]
-    lp = lm.score_answers(prompts, [c for e in encs for c in e.choices]).logprob
-    out, k = [], 0
-    for e in encs:
-        out.append(lp[k : k + len(e.choices)])
-        k += len(e.choices)
-    return out
+    return [lp for lp, _ in lm.score_continuations(empty, [e.choices for e in encs])]
+
+
+@dataclass
+class ReducedScores:
+    """How the frozen model does on a batch of (possibly reduced) prompts.
+
+    Attributes:
+        loglik: ``[B]`` mean log-probability per gold-answer token.
+        exact_match: ``[B]`` bool: greedy decoding emits the gold answer.
+        choice_raw: ``[B]`` bool: the gold answer has the highest summed log-probability among the choices; None
+            unless every example has choices.
+        choice_calibrated: ``[B]`` bool: the same after subtracting each choice's empty-context log-probability.
+    """
+
+    loglik: torch.Tensor
+    exact_match: torch.Tensor
+    choice_raw: torch.Tensor | None = None
+    choice_calibrated: torch.Tensor | None = None
 
 
 def score_reduced(
@@ -65,37 +77,28 @@ def score_reduced(
     encs: Sequence[EncodedExample],
     contexts: Contexts = None,
     priors: Sequence[torch.Tensor] | None = None,
-) -> tuple[AnswerScores, torch.Tensor | None, torch.Tensor | None]:
-    """Answer scores and, where every example has choices, raw and calibrated choice accuracy; one batched call.
+) -> ReducedScores:
+    """Answer log-likelihood, exact match and, where every example has choices, choice accuracy; one pass.
 
-    A choice's raw score is its summed log-probability; its calibrated score subtracts the same choice's
-    log-probability with an empty context (:func:`choice_priors`, computed here unless given), which removes the
-    small model's prior over answers.
-
-    Returns:
-        The :class:`~envs.frozen_lm.AnswerScores` of the gold answers, and two ``[B]`` bool tensors (raw and
-        calibrated choice correct), or None for both when some example has no choices.
+    Each prompt runs through the model once; the gold answer and every choice are scored as continuations of it
+    (:meth:`~envs.frozen_lm.FrozenLM.score_continuations`). A choice's raw score is its summed log-probability;
+    its calibrated score subtracts the same choice's log-probability with an empty context
+    (:func:`choice_priors`, computed here unless given), which removes the small model's prior over answers.
     """
     prompts = build_prompts(lm, encs, contexts)
-    pairs_p, pairs_a = list(prompts), [e.answer for e in encs]
     with_choices = all(e.choices is not None for e in encs)
-    if with_choices:
-        for e, p in zip(encs, prompts, strict=True):
-            pairs_p += [p] * len(e.choices)
-            pairs_a += list(e.choices)
-    res = lm.score_answers(pairs_p, pairs_a)
-    n = len(encs)
-    answers = AnswerScores(res.logprob[:n], res.token_logprobs[:n], res.greedy_match[:n])
+    conts = [[e.answer, *(e.choices if with_choices else ())] for e in encs]
+    res = lm.score_continuations(prompts, conts)
+    loglik = torch.stack([lp[0] / len(e.answer) for (lp, _), e in zip(res, encs, strict=True)])
+    em = torch.stack([g[0] for _, g in res])
     if not with_choices:
-        return answers, None, None
+        return ReducedScores(loglik, em)
     priors = list(priors) if priors is not None else choice_priors(lm, encs)
-    raw, cal, k = [], [], n
-    for e, prior in zip(encs, priors, strict=True):
-        lp = res.logprob[k : k + len(e.choices)]
-        raw.append(int(lp.argmax()) == e.answer_index)
-        cal.append(int((lp - prior).argmax()) == e.answer_index)
-        k += len(e.choices)
-    return answers, torch.tensor(raw), torch.tensor(cal)
+    raw, cal = [], []
+    for (lp, _), e, prior in zip(res, encs, priors, strict=True):
+        raw.append(int(lp[1:].argmax()) == e.answer_index)
+        cal.append(int((lp[1:] - prior).argmax()) == e.answer_index)
+    return ReducedScores(loglik, em, torch.tensor(raw), torch.tensor(cal))
 
 
 def choice_accuracy(
@@ -108,8 +111,8 @@ def choice_accuracy(
     """
     if any(e.choices is None for e in encs):
         raise ValueError("choice_accuracy needs examples with choices")
-    _, raw, cal = score_reduced(lm, encs, contexts)
-    return raw, cal
+    res = score_reduced(lm, encs, contexts)
+    return res.choice_raw, res.choice_calibrated
 
 
 @dataclass

@@ -49,12 +49,30 @@ class BatchedTokenKeepVecEnv(VecEnv):
         self._episodes: list[tuple[int, Budget]] = []
         self._obs: dict[str, np.ndarray] | None = None
         self._actions: np.ndarray | None = None
+        self._draw_state: list[dict] = [rng.bit_generator.state for rng in self._rngs]
 
     def seed(self, seed: int | None = None) -> Sequence[None | int]:  # noqa: D102
         self._rngs = [np.random.default_rng(None if seed is None else seed + g) for g in range(self.n_groups)]
         return [None if seed is None else seed + r // self.group_size for r in range(self.num_envs)]
 
+    def get_rng_state(self) -> dict[str, Any]:
+        """The episode generators' state from before the episodes in flight were drawn (JSON-serialisable).
+
+        After :meth:`set_rng_state` with it, :meth:`reset` draws those same episodes again: what resuming a
+        checkpoint needs to replay a run exactly.
+        """
+        return {"groups": self._draw_state}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_rng_state` returned (the next :meth:`reset` redraws the same episodes)."""
+        if len(state["groups"]) != self.n_groups:
+            raise ValueError(f"saved state has {len(state['groups'])} groups, this vec env {self.n_groups}")
+        for rng, s in zip(self._rngs, state["groups"], strict=True):
+            rng.bit_generator.state = s
+        self._draw_state = list(state["groups"])
+
     def _new_episodes(self) -> dict[str, np.ndarray]:
+        self._draw_state = [rng.bit_generator.state for rng in self._rngs]
         groups = [self.core.sample(rng) for rng in self._rngs]
         self._episodes = [groups[r // self.group_size] for r in range(self.num_envs)]
         return self.core.observe([i for i, _ in self._episodes], [b for _, b in self._episodes])

@@ -7,6 +7,9 @@ Every request carries token ids, never text, so the server scores exactly the pr
   ``{str(token_id): {"logprob", "rank", "decoded_token"}}`` for the prompt's token ``i``. Answer token ``j`` of a
   pair sits at position ``len(prompt) + j``; greedy decoding emits it iff its rank is 1 (no other token is as
   likely).
+* Several continuations of each prompt (the gold answer and every choice): every (prompt, continuation) pair
+  scored as above, all in one batched call. The prompt is recomputed for each of its continuations: a prompt
+  log-probability request cannot reuse the KV cache of another (see the caveat below).
 * Distributions (``kl`` reward only): one ``max_tokens: 1`` completion per answer position, of prompt + the
   answer tokens before it, with ``logprobs: K`` and ``return_tokens_as_token_ids: true``; K = -1 asks for the
   whole vocabulary (the server must run with ``--max-logprobs -1``). With a finite K the tokens outside the top
@@ -43,7 +46,7 @@ from typing import Any
 import requests
 import torch
 
-from envs.backends import AnswerScores, BackendError, RemoteSpec, check_pairs
+from envs.backends import AnswerScores, BackendError, RemoteSpec, check_continuations, check_pairs
 
 PROBE_TEXT = "tokenkeep probe: The pass key is 48213.\n\tÜber 東京 café – naïve 🙂 x = [1, 2]; <b>ok</b>"
 """Text tokenised by the server and locally to compare tokenizers (the prompt layout's text is appended)."""
@@ -291,6 +294,35 @@ class VLLMBackend:
         total = torch.stack([t.sum() for t in per_token])
         dists = self._distributions(prompts, answers) if return_distributions else None
         return AnswerScores(total, per_token, match, dists)
+
+    def score_continuations(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Log-likelihood of several continuations of each prompt: every (prompt, continuation) pair in one call.
+
+        The in-process backend runs a prompt once and scores its continuations from its KV cache. vLLM cannot share
+        a KV cache between requests that ask for prompt log-probabilities (it skips its prefix cache for them, vLLM
+        PR #17251), so here each pair ``prompt + continuation`` is a sequence of its own: the prompt is recomputed
+        once per continuation. All pairs go out in one :meth:`score_answers` call (batched, concurrent requests),
+        and the numbers are the same as scoring the pairs one by one.
+
+        Returns:
+            Per prompt, ``(logprob [k], greedy [k])``: each continuation's summed log-probability, and whether
+            greedy decoding from the prompt would emit it.
+
+        Raises:
+            ValueError: On mismatched lengths or an empty prompt or continuation.
+            BackendError: When the server cannot answer.
+        """
+        check_continuations(prompts, continuations)
+        pair_p = [p for p, cs in zip(prompts, continuations, strict=True) for _ in cs]
+        pair_c = [c for cs in continuations for c in cs]
+        res = self.score_answers(pair_p, pair_c)
+        out, k = [], 0
+        for cs in continuations:
+            out.append((res.logprob[k : k + len(cs)], res.greedy_match[k : k + len(cs)]))
+            k += len(cs)
+        return out
 
     def _distributions(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """``[n_answer, vocab]`` log-distributions at each pair's answer positions (one request per position)."""

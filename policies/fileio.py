@@ -1,4 +1,9 @@
-"""File helpers shared across the package: atomic directory writes and file hashing (no trainer imports)."""
+"""File helpers shared across the package: atomic directory writes and file hashing (no trainer imports).
+
+``TOKENKEEP_SLOW_WRITES=<seconds>`` makes every atomic write wait that long between writing its temporary copy
+and renaming it into place: a test hook with which ``bench/crash_safety.py`` kills runs in the middle of a
+checkpoint or an export. Unset, it costs nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,12 +34,20 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        slow_write_pause()
         if target.exists():
             target.rmdir()
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def slow_write_pause() -> None:
+    """Sleep ``$TOKENKEEP_SLOW_WRITES`` seconds, if set (the crash test's window into a write; see the docstring)."""
+    delay = os.environ.get("TOKENKEEP_SLOW_WRITES")
+    if delay:
+        time.sleep(float(delay))
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:

@@ -5,7 +5,8 @@ Like a Hugging Face processor, this module is saved with the model (its :class:`
 :class:`~policies.reducer.TokenReducer`, so the two cannot drift. It owns:
 
 * encoding text: :func:`encode_text`, :func:`encode_question` (the question follows ``Question:``, so it is
-  encoded with one leading space) and :func:`encode_context` (ids, character offsets, evidence flags);
+  encoded with one leading space) and :func:`encode_context` (ids, character offsets, evidence flags); text is
+  always plain text: special-token strings in it are split into ordinary tokens;
 * :func:`prepare`: selection units (:mod:`policies.units`) and lexical channels (:mod:`policies.lexical`) of a
   context, as an :class:`Encoded`;
 * long contexts: :func:`windows` cuts an :class:`Encoded` into pieces that fit ``max_len`` with the question,
@@ -111,8 +112,12 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def encode_text(tokenizer: Any, text: str) -> tuple[int, ...]:
-    """Token ids of ``text`` without special tokens (empty text gives no tokens)."""
-    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+    """Token ids of ``text`` as plain text (empty text gives no tokens).
+
+    No special tokens are added, and special-token strings inside the text (``<|im_end|>``, say) are split into
+    ordinary tokens: a context can never inject control tokens into the frozen model's prompt.
+    """
+    return tuple(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]) if text else ()
 
 
 def encode_question(tokenizer: Any, question: str | None) -> tuple[int, ...]:
@@ -128,7 +133,7 @@ def encode_context(
     """Context token ids, their character offsets, and whether each overlaps one of the ``evidence`` spans."""
     if not context:
         return (), (), ()
-    batch = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    batch = tokenizer(context, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
     offsets = tuple((int(s), int(e)) for s, e in batch["offset_mapping"])
     flags = tuple(any(s < end and e > start for start, end in evidence) for s, e in offsets)
     return tuple(batch["input_ids"]), offsets, flags

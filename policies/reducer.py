@@ -56,6 +56,7 @@ from policies.reducer_config import (
     ReducerConfig,
     ReducerError,
     TokenizerInfo,
+    check_compatible,
     package_version,
     tokenizer_fingerprint,
 )
@@ -194,18 +195,7 @@ class TokenReducer(nn.Module):
 
     def check_compatible(self, tokenizer: Any, model_spec: str | None = None, file_hash: str | None = None) -> None:
         """Raise ReducerError unless ``tokenizer`` (and the base model, when given) is the one trained for."""
-        base = self.config.base_model
-        if tokenizer_fingerprint(tokenizer) != self.config.tokenizer.fingerprint:
-            raise ReducerError(
-                f"this reducer was trained for a different tokenizer (base model {base.spec!r}); to serve another "
-                "model, re-tokenize its kept text (retokenize=True, eval.py --retokenize)"
-            )
-        if file_hash and base.file_hash and file_hash != base.file_hash:
-            raise ReducerError(
-                f"this reducer was trained for base model file {base.file_hash[:12]}…, not {file_hash[:12]}…"
-            )
-        if model_spec and not (file_hash and base.file_hash) and model_spec != base.spec:
-            raise ReducerError(f"this reducer was trained for base model {base.spec!r}, not {model_spec!r}")
+        check_compatible(self.config, tokenizer, model_spec, file_hash)
 
     # ------------------------------------------------------------------ inference
     def encode(self, text: str) -> list[int]:
@@ -227,15 +217,15 @@ class TokenReducer(nn.Module):
         Returns:
             One mask per context.
         """
-        rows: list[tuple[int, Encoded]] = []
-        for i, enc in enumerate(items):
-            try:
-                rows += [(i, w) for w in windows(enc, self.max_len)]
-            except ValueError as err:
-                raise ReducerError(str(err)) from err
+        try:
+            parts = [windows(enc, self.max_len) for enc in items]
+        except ValueError as err:
+            raise ReducerError(str(err)) from err
+        rows = [(i, w) for i, ws in enumerate(parts) for w in ws]
         scores: list[list[np.ndarray]] = [[] for _ in items]
         stops: list[list[np.ndarray]] = [[] for _ in items]
         pad = self.config.tokenizer.pad_id
+        device = next(self.network.parameters()).device
         for start in range(0, len(rows), window_batch):
             chunk = rows[start : start + window_batch]
             feats = self.features.encode(
@@ -245,15 +235,16 @@ class TokenReducer(nn.Module):
             width = max(len(w.question) + len(w.context) for _, w in chunk)
             att = self.features.attention_size
             obs = pack_observations([w for _, w in chunk], feats, vecs, max_len=width, pad_id=pad, attention_size=att)
-            unit_scores, stop, _ = self.network({k: torch.as_tensor(v) for k, v in obs.items()})
+            unit_scores, stop, _ = self.network({k: torch.as_tensor(v, device=device) for k, v in obs.items()})
             for r, (i, w) in enumerate(chunk):
-                scores[i].append(unit_scores[r, : w.n_units].float().numpy())
+                scores[i].append(unit_scores[r, : w.n_units].float().cpu().numpy())
                 stops[i].append(np.full(w.n_units, float(stop[r])))
         out = []
-        for enc, sc, st, budget in zip(items, scores, stops, budgets, strict=True):
+        for enc, ws, sc, st, budget in zip(items, parts, scores, stops, budgets, strict=True):
             unit_scores, unit_stop = np.concatenate(sc), np.concatenate(st)
             # global unit of each token: windows' units, in order (a unit cut by a window edge counts twice)
-            token_unit = np.concatenate([w.unit_index + k for w, k in _offsets(windows(enc, self.max_len))])
+            before = np.cumsum([0] + [w.n_units for w in ws[:-1]])
+            token_unit = np.concatenate([w.unit_index + k for w, k in zip(ws, before, strict=True)])
             lengths = np.bincount(token_unit, minlength=len(unit_scores))
             if budget.adaptive:  # above STOP is the policy's choice; below it, ranked, for the minimum
                 priority = unit_scores - unit_stop
@@ -274,14 +265,9 @@ class TokenReducer(nn.Module):
         too_long: str = "chunk",
     ) -> Reduction:
         """Reduce one context; see :meth:`reduce_batch`."""
-        return self.reduce_batch(
-            [context],
-            None if question is None else [question],
-            rate=rate,
-            target_tokens=target_tokens,
-            token_cost=token_cost,
-            too_long=too_long,
-        )[0]
+        q = None if question is None else [question]
+        kw = dict(rate=rate, target_tokens=target_tokens, token_cost=token_cost, too_long=too_long)
+        return self.reduce_batch([context], q, **kw)[0]
 
     def reduce_batch(
         self,
@@ -418,12 +404,3 @@ class TokenReducer(nn.Module):
         kept = red.kept_ids if same else retokenize_text(red.text, lm.tokenizer)
         prompt, _ = lm.build_prompt(kept, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
-
-
-def _offsets(parts: Sequence[Encoded]) -> list[tuple[Encoded, int]]:
-    """Each window with the number of units before it."""
-    out, k = [], 0
-    for w in parts:
-        out.append((w, k))
-        k += w.n_units
-    return out

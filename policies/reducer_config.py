@@ -94,3 +94,23 @@ def package_version() -> str:
         return importlib.metadata.version("tokenkeep")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def check_compatible(
+    config: ReducerConfig, tokenizer: Any, model_spec: str | None = None, file_hash: str | None = None
+) -> None:
+    """Raise ReducerError unless ``tokenizer`` (and the base model, when given) is the one ``config`` was trained for.
+
+    The tokenizer is compared by fingerprint; the base model by its weights file's hash when both sides know it,
+    else by spec.
+    """
+    base = config.base_model
+    if tokenizer_fingerprint(tokenizer) != config.tokenizer.fingerprint:
+        raise ReducerError(
+            f"this reducer was trained for a different tokenizer (base model {base.spec!r}); to serve another "
+            "model, re-tokenize its kept text (retokenize=True, eval.py --retokenize)"
+        )
+    if file_hash and base.file_hash and file_hash != base.file_hash:
+        raise ReducerError(f"this reducer was trained for base model file {base.file_hash[:12]}, not {file_hash[:12]}")
+    if model_spec and not (file_hash and base.file_hash) and model_spec != base.spec:
+        raise ReducerError(f"this reducer was trained for base model {base.spec!r}, not {model_spec!r}")

@@ -87,6 +87,28 @@ def test_http_scores_match_in_process(tiny_lm, fake):
     assert len([c for c in fake.calls if c == "/v1/completions"]) >= 3  # the batch went out as several requests
 
 
+def test_continuations_match_in_process_in_one_scoring_call(tiny_lm, fake, monkeypatch):
+    lm = remote_lm(tiny_lm, fake, max_in_flight=3)
+    encs = [encode_example(tiny_lm.tokenizer, x) for x in make_examples("multihop", "heldout", 4, seed=3)]
+    prompts = build_prompts(tiny_lm, encs, [e.context[: len(e.context) // 2] for e in encs])
+    conts = [[e.answer, *e.choices, (5, 6, 7)] for e in encs]
+    conts[0][1] = tiny_lm.generate([prompts[0]], max_new_tokens=2)[0] or conts[0][1]  # a greedy hit
+    ref = tiny_lm.score_continuations(prompts, conts)
+    calls = []
+    orig = lm.backend.score_answers
+    monkeypatch.setattr(lm.backend, "score_answers", lambda *a, **k: calls.append(len(a[0])) or orig(*a, **k))
+    got = lm.score_continuations(prompts, conts)
+    assert calls == [sum(len(c) for c in conts)]  # every (prompt, continuation) pair in one batched call
+    for (lp, greedy), (ref_lp, ref_greedy) in zip(got, ref, strict=True):
+        assert torch.allclose(lp, ref_lp, atol=1e-4)
+        assert torch.equal(greedy, ref_greedy)
+    assert bool(got[0][1][1])
+    with pytest.raises(ValueError, match="non-empty"):
+        lm.score_continuations([[1, 2]], [[[]]])
+    with pytest.raises(ValueError, match="continuation lists"):
+        lm.score_continuations([[1, 2]], [])
+
+
 def test_truncated_distributions_spread_the_rest(tiny_lm, fake):
     lm = remote_lm(tiny_lm, fake, dist_top_k=5)
     prompts, answers = _pairs(tiny_lm, 2)

@@ -140,3 +140,16 @@ def test_default_model_answers_passkey():
     hits = sum(e.example.answer.strip() in t for e, t in zip(encs, texts, strict=True))
     assert hits >= 3, texts
     assert exact_match(lm, encs).sum() >= 3
+
+
+def test_score_continuations_matches_pairwise_scoring(tiny_lm):
+    encs = [encode_example(tiny_lm.tokenizer, x) for x in make_examples("multihop", "heldout", 5, seed=3)]
+    prompts = build_prompts(tiny_lm, encs, [e.context[: len(e.context) // 2] for e in encs])
+    conts = [[e.answer, *e.choices, (5, 6, 7, 8, 9)] for e in encs]  # lengths 1 to 5
+    got = tiny_lm.score_continuations(prompts, conts)
+    pairs = [(p, c) for p, cs in zip(prompts, conts, strict=True) for c in cs]
+    ref = tiny_lm.score_answers([p for p, _ in pairs], [c for _, c in pairs])
+    assert torch.allclose(torch.cat([lp for lp, _ in got]), ref.logprob, atol=1e-4)
+    assert torch.equal(torch.cat([g for _, g in got]), ref.greedy_match)
+    with pytest.raises(ValueError, match="non-empty"):
+        tiny_lm.score_continuations([[1, 2]], [[[]]])

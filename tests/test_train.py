@@ -6,9 +6,10 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from agents.callbacks import latest_checkpoint
+from agents.checkpoints import latest_checkpoint
 from agents.config import PRESETS, ModelConfig, PPOConfig, RunConfig, TaskConfig, TrainConfig
-from agents.ppo import RunDirectoryError, build_ppo, train
+from agents.ppo import build_ppo, train
+from agents.run_dir import RunDirectoryError, RunLock
 from envs.core import TokenKeepCore
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
@@ -81,7 +82,7 @@ def test_smoke_training_leaves_checkpoint_and_logs(tiny_lm, tmp_path):
 
 
 def test_run_dir_guards(tiny_lm, tmp_path):
-    with pytest.raises(RunDirectoryError, match="nothing|no config"):
+    with pytest.raises(RunDirectoryError, match="no config.json"):
         train(smoke_config(), tmp_path / "nothing", resume=True, lm=tiny_lm, export=False)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
@@ -89,52 +90,68 @@ def test_run_dir_guards(tiny_lm, tmp_path):
         train(smoke_config(), tmp_path / "busy", lm=tiny_lm, export=False)
 
 
-def _progress_at_updates(monkeypatch) -> list[float]:
-    """Record the learning-rate schedule's progress_remaining at every PPO update."""
-    seen: list[float] = []
-    orig = PPO.train
+def test_one_writer_per_run_directory(tiny_lm, tmp_path):
+    out = tmp_path / "run"
+    holder = RunLock(out)
+    holder.acquire()  # as another train.py would
+    with pytest.raises(RunDirectoryError, match=r"another train.py \(pid \d+\)"):
+        train(smoke_config(), out, lm=tiny_lm, export=False)
+    assert not (out / "config.json").exists()  # refused before writing anything
+    holder.release()  # a lock is dropped with its holder
+    train(smoke_config(total=32, eval_freq=0), out, lm=tiny_lm, export=False)
 
-    def spy(self):
-        seen.append(round(self._current_progress_remaining, 6))
+
+def _interrupt_at(monkeypatch, episodes: int) -> None:
+    """Raise KeyboardInterrupt (as Ctrl-C would) in the middle of the rollout that reaches ``episodes``."""
+    from agents.callbacks import ReductionStatsCallback
+
+    orig = ReductionStatsCallback._on_step
+
+    def step(self):
+        if self.num_timesteps >= episodes:
+            raise KeyboardInterrupt
         return orig(self)
 
-    monkeypatch.setattr(PPO, "train", spy)
-    return seen
+    monkeypatch.setattr(ReductionStatsCallback, "_on_step", step)
 
 
-def test_resume_continues_counters_and_schedule(tiny_lm, tmp_path, monkeypatch):
-    cfg = smoke_config(total=96, eval_freq=0)
-    # The schedule an uninterrupted run follows: progress_remaining after each 32-episode rollout.
-    seen = _progress_at_updates(monkeypatch)
-    train(cfg, tmp_path / "straight", lm=tiny_lm, export=False)
-    straight = list(seen)
-    assert straight == pytest.approx([1 - 32 / 96, 1 - 64 / 96, 0.0], abs=1e-5)
-    # Interrupt after the first rollout (32 episodes) as Ctrl-C would, then resume.
-    import agents.callbacks as cb
-
-    orig = cb.AtomicCheckpointCallback._on_step
-
-    def interrupt(self):
-        keep_going = orig(self)
-        if self.num_timesteps >= 32:
-            raise KeyboardInterrupt
-        return keep_going
-
+def test_resume_is_exact(tiny_lm, tmp_path, monkeypatch):
+    cfg = smoke_config(total=96, eval_freq=48)
+    straight = train(cfg, tmp_path / "straight", lm=tiny_lm, export=False)
+    # Interrupted in the middle of the third rollout (checkpoints are taken at 0, 32 and 64 episodes) ...
     out = tmp_path / "run"
-    seen.clear()
-    monkeypatch.setattr(cb.AtomicCheckpointCallback, "_on_step", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 72)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, out, lm=tiny_lm, export=False)
+    assert latest_checkpoint(out / "checkpoints").name == "ckpt_000000064.zip"
+    assert json.loads((out / "progress.json").read_text())["episodes"] == 64
+    with pytest.raises(RunDirectoryError, match="pass --resume"):
         train(cfg, out, lm=tiny_lm, export=False)
-    monkeypatch.setattr(cb.AtomicCheckpointCallback, "_on_step", orig)
-    ckpt = latest_checkpoint(out / "checkpoints")
-    assert PPO.load(ckpt).num_timesteps == 32
-    with pytest.raises(RunDirectoryError, match="resume"):
-        train(cfg, out, lm=tiny_lm, export=False)
-    final = train(cfg, out, resume=True, lm=tiny_lm, export=False)
-    assert PPO.load(final).num_timesteps == 96
-    # The update after the interruption ran on the callback's checkpoint, so the interrupted run did no update;
-    # the resumed run's updates continue the schedule (a restart would give 1 - 32/64 = 0.5 first).
-    assert seen == pytest.approx(straight[1:], abs=1e-5), seen
+    # ... and resumed: the same weights as the uninterrupted run, bit for bit.
+    resumed = train(cfg, out, resume=True, lm=tiny_lm, export=False)
+    assert PPO.load(resumed).num_timesteps == 96
+    wa, wb = PPO.load(straight).policy.state_dict(), PPO.load(resumed).policy.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    hist_a = json.loads((tmp_path / "straight" / "eval_history.json").read_text())
+    hist_b = json.loads((out / "eval_history.json").read_text())
+    assert [h["timesteps"] for h in hist_b] == [48, 96] and hist_a == hist_b
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes(tiny_lm, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        import agents.ppo as ppo
+
+        def killed(*a, **k):
+            raise KeyboardInterrupt  # dies while building the model: only config.json and command.txt exist
+
+        m.setattr(ppo, "build_ppo", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(smoke_config(), out, lm=tiny_lm, export=False)
+    assert {p.name for p in out.iterdir()} == {"config.json", "command.txt", ".lock"}
+    final = train(smoke_config(), out, resume=True, lm=tiny_lm, export=False)
+    assert PPO.load(final).num_timesteps == 64
 
 
 def test_same_seed_same_weights(tiny_lm, tmp_path):

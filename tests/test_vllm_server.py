@@ -13,11 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from envs.backends import BackendError
 from envs.core import TokenKeepCore
+from envs.examples import encode_example
 from envs.frozen_lm import FrozenLM
 from envs.model_cache import DEFAULT_MODEL_SPEC
+from envs.scoring import build_prompts, score_reduced
+from envs.task_families import make_examples
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import BudgetConfig
 from policies.processor import ProcessorConfig
@@ -64,6 +68,20 @@ def test_rewards_equal_in_process(local, remote, reward):
     assert np.abs(got - ref).max() < 1e-3, (reward, got, ref)
     assert [i["kept_tokens"] for i in infos] == [i["kept_tokens"] for i in ref_infos]
     assert any(i["kept_ratio"] < 1 for i in infos)  # the server really scored reduced prompts
+
+
+def test_choice_scores_equal_in_process(local, remote):
+    # evaluation of choice tasks scores the gold answer and every choice as continuations of one prompt
+    encs = [encode_example(local.tokenizer, x) for x in make_examples("multihop", "heldout", 6, seed=1)]
+    contexts = [e.context[: len(e.context) // 2] for e in encs]
+    ref, got = (score_reduced(lm, encs, contexts) for lm in (local, remote))
+    assert (got.loglik - ref.loglik).abs().max() < 1e-3, (got.loglik, ref.loglik)
+    assert torch.equal(got.exact_match, ref.exact_match)
+    assert got.choice_calibrated is not None and got.choice_calibrated.shape == ref.choice_calibrated.shape
+    prompts, conts = build_prompts(local, encs, contexts), [list(e.choices) for e in encs]
+    pairs = zip(remote.score_continuations(prompts, conts), local.score_continuations(prompts, conts), strict=True)
+    for (lp, _), (ref_lp, _) in pairs:
+        assert (lp - ref_lp).abs().max() < 1e-3, (lp, ref_lp)
 
 
 def test_generation_matches_in_process(local, remote):
