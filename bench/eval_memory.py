@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-random", help="frozen model spec")
     ap.add_argument("--small", type=int, default=1000, help="examples in the small JSONL")
     ap.add_argument("--large", type=int, default=10000, help="examples in the large JSONL")
-    ap.add_argument("--reduce-tokens", type=int, default=100_000, help="context tokens of the long reduce")
+    ap.add_argument("--reduce-words", type=int, default=100_000, help="words of the long context (~1.9 tokens each)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rss = {}
@@ -78,11 +78,13 @@ def main() -> None:
             rss[n], _ = peak_rss_mb(cmd)
             print(f"eval.py, {n} examples: peak RSS {rss[n]:.0f} MiB", flush=True)
         red = {}
-        for words in (args.reduce_tokens // 10, args.reduce_tokens):
-            red[words], out = peak_rss_mb([sys.executable, "-c", REDUCE, args.model, str(words)])
-            print(f"reduce(), about {out.split()[-2]} context tokens: peak RSS {red[words]:.0f} MiB", flush=True)
+        for words in (args.reduce_words // 10, args.reduce_words):
+            rss_mb, out = peak_rss_mb([sys.executable, "-c", REDUCE, args.model, str(words)])
+            tokens = int(out.split()[-2])
+            red[tokens] = rss_mb
+            print(f"reduce(), {tokens} context tokens: peak RSS {rss_mb:.0f} MiB", flush=True)
     lo, hi = sorted(red)
-    print(f"reduce() peak RSS ratio {hi // 1000}k / {lo // 1000}k tokens: {red[hi] / red[lo]:.2f}")
+    print(f"reduce() peak RSS ratio {hi} / {lo} tokens ({hi / lo:.1f}x longer): {red[hi] / red[lo]:.2f}")
     print(f"eval.py peak RSS ratio {args.large} / {args.small} examples: {rss[args.large] / rss[args.small]:.2f}")
 
 
