@@ -5,7 +5,8 @@ Usage:
     python -m agents.export --checkpoint runs/default/checkpoints/ckpt_000001024.zip --out r/ --onnx
 
 ``--checkpoint`` takes a run directory (its ``final_model.zip``, else its latest checkpoint) or a checkpoint
-file inside a run directory; the run's ``config.json`` says which frozen model and processor to use.
+file inside a run directory; the run's ``config.json`` says which frozen model and processor to use. Checkpoint
+zips are pickles: a zip outside a run directory is refused unless ``--config`` names its run config.
 Training calls :func:`export_reducer` when it ends.
 """
 
@@ -118,11 +119,23 @@ def export_reducer(
     return Path(out)
 
 
-def resolve_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(checkpoint zip, run directory)`` for a run directory or a checkpoint file inside one.
+def resolve_checkpoint(
+    path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
+) -> tuple[Path, Path]:
+    """``(checkpoint zip, run config.json)`` for a run directory or a checkpoint file inside one.
+
+    A checkpoint is inside a run directory when it is ``RUN/final_model.zip`` or ``RUN/checkpoints/*.zip`` and
+    ``RUN/config.json`` exists. SB3 checkpoint zips hold pickled objects, which can run code when loaded, so a
+    zip anywhere else is refused unless ``config`` names the run config it was trained with (the user's
+    explicit statement that they trust it).
+
+    Args:
+        path: Run directory or checkpoint zip.
+        config: Run config for a checkpoint outside a run directory.
 
     Raises:
         FileNotFoundError: If no checkpoint or no config.json is found.
+        PermissionError: If the checkpoint is outside a run directory and ``config`` is not given.
     """
     p = Path(path)
     if p.is_dir():
@@ -133,14 +146,26 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, Path]:
             if not found:
                 raise FileNotFoundError(f"{p} has neither final_model.zip nor checkpoints/ckpt_*.zip")
             ckpt = found[-1]
+        inside = True
     elif p.is_file():
         ckpt = p
         run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        inside = p.parent.name == "checkpoints" or p.name == "final_model.zip"
     else:
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}/config.json not found: cannot tell which frozen model {ckpt} used")
-    return ckpt, run
+    inside = inside and (run / "config.json").is_file()
+    if config is not None:
+        cfg = Path(config)
+        if not cfg.is_file():
+            raise FileNotFoundError(f"--config {cfg} not found")
+        return ckpt, cfg
+    if not inside:
+        raise PermissionError(
+            f"{ckpt} is not inside a run directory (RUN/final_model.zip or RUN/checkpoints/*.zip next to "
+            "RUN/config.json). Checkpoint zips hold pickled objects that can run code when loaded: export only "
+            "checkpoints you made. To export this one anyway, pass --config with the run's config.json."
+        )
+    return ckpt, run / "config.json"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,16 +174,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint .zip inside one")
     parser.add_argument("--out", required=True, help="reducer directory to write (must not exist or be empty)")
     parser.add_argument("--onnx", action="store_true", help="also export the keep network as policy.onnx")
+    parser.add_argument(
+        "--config",
+        help="run config.json for a checkpoint outside a run directory; checkpoints are pickles, so give only "
+        "ones you made",
+    )
     args = parser.parse_args(argv)
     from stable_baselines3 import PPO
 
     try:
-        ckpt, run = resolve_checkpoint(args.checkpoint)
-        config = load_config(run / "config.json")
+        ckpt, config_path = resolve_checkpoint(args.checkpoint, args.config)
+        config = load_config(config_path)
         lm = FrozenLM.load(config.model.spec, dtype=config.model.dtype)
         model = PPO.load(ckpt, device="cpu")
         out = export_reducer(model, lm, config, args.out, onnx=args.onnx)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(f"exported {ckpt} -> {out}")
 

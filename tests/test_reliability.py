@@ -223,3 +223,30 @@ def test_an_interrupted_report_leaves_nothing_and_keeps_the_earlier_one(tmp_path
         write_report(minimal, tmp_path / "new")
     assert not (tmp_path / "new").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".new")]
+
+
+# ---------------------------------------------------------------------------------------------------- untrusted files
+def test_export_refuses_a_checkpoint_outside_a_run_directory(tmp_path):
+    from agents.export import main as export_main
+    from agents.export import resolve_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    inside = run / "checkpoints" / "ckpt_000000128.zip"
+    inside.write_bytes(b"zip")
+    assert resolve_checkpoint(run) == (inside, run / "config.json")
+    assert resolve_checkpoint(inside) == (inside, run / "config.json")
+    stray = tmp_path / "downloads" / "model.zip"  # a zip someone shared: a pickle, never loaded by default
+    stray.parent.mkdir()
+    stray.write_bytes(b"zip")
+    with pytest.raises(PermissionError, match="pickled objects.*--config"):
+        resolve_checkpoint(stray)
+    dropped = run / "other.zip"  # a zip dropped next to a config.json is not one of the run's checkpoints
+    dropped.write_bytes(b"zip")
+    with pytest.raises(PermissionError):
+        resolve_checkpoint(dropped)
+    assert resolve_checkpoint(stray, config=run / "config.json") == (stray, run / "config.json")
+    with pytest.raises(SystemExit, match="not inside a run directory"):
+        export_main(["--checkpoint", str(stray), "--out", str(tmp_path / "reducer")])
+    assert not (tmp_path / "reducer").exists()
