@@ -142,6 +142,7 @@ def evaluate(
         for encs in _chunks(items, chunk_size):
             priors = choice_priors(lm, encs) if all(e.choices is not None for e in encs) else None
             for method in methods:
+                bar.set_postfix_str(f"{task}: {method.name} on examples {n_task + 1}-{n_task + len(encs)}")
                 if not method.available(encs):
                     skipped.add(method.name)
                     continue
