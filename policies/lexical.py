@@ -34,7 +34,7 @@ WORD = re.compile(r"\w+")
 
 
 def words(text: str) -> list[str]:
-    """Lowercased ``[A-Za-z0-9_]+`` (regex word) words of a text."""
+    r"""Lowercased regex ``\w+`` words of a text (Unicode letters and digits, underscore)."""
     return [w.lower() for w in WORD.findall(text)]
 
 
