@@ -8,7 +8,8 @@ every kill the bench checks the run directory: every checkpoint, random-state fi
 must read back, and the work lost is the episodes done minus the latest checkpoint's. The next start is
 ``train.py --resume``; the last one runs to the end, and the exported reducer must load.
 
-The last line reads ``resumed R/K, C corrupt files, max lost L episodes (checkpoint interval I)``.
+The last line reads ``resumed R/K, C corrupt files, max lost L episodes (checkpoint interval I)``, K counting the kills
+that reached a live run (a run that ends before all kills are spent says so and stops early).
 
 Usage:
     python bench/crash_safety.py --out runs/crash                       # smoke preset (tiny model), ~2 minutes
@@ -136,19 +137,27 @@ def main() -> None:
     log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115
     resumed = corrupt = 0
     lost: list[int] = []
+    kills = 0  # SIGKILLs that reached a live run; each must be followed by a resume that works
+    pending = False  # a kill whose resume has not run yet
     for k, phase in enumerate(SCHEDULE[: args.kills]):
+        if (out / "final_model.zip").exists():  # the run ended under an earlier start: nothing left to kill
+            print(f"the run finished after {kills} kills; give more --episodes for {args.kills}")
+            break
         resuming = (out / "config.json").exists()
         proc = subprocess.Popen(base + (["--resume"] if resuming else []), cwd=ROOT, env=env, stdout=log, stderr=log)
         hit = wait_for(phase, proc, out, rng, args.timeout, args.rollout)
         done_before = progress(out).get("episodes", 0)
-        if proc.poll() is None:
+        alive = proc.poll() is None
+        if alive:
             proc.send_signal(signal.SIGKILL)
         code = proc.wait()
-        if resuming:  # this start resumed the previous kill: it must have run (until our kill, or to the end)
+        if pending:  # this start resumed the previous kill: it must have run (until our kill, or to the end)
             if code in (-signal.SIGKILL, 0):
                 resumed += 1
             else:
                 print(f"start {k + 1}: the resume failed (exit {code}); see {log.name}")
+        pending = alive
+        kills += int(alive)
         bad = corrupt_files(out)
         corrupt += len(bad)
         ckpt = latest_checkpoint_episodes(out)
@@ -158,18 +167,19 @@ def main() -> None:
             f"latest checkpoint {ckpt}, lost {lost[-1]}, corrupt files {len(bad)}",
             flush=True,
         )
-    final = subprocess.run([*base, "--resume"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    ok = final.returncode == 0 and (out / "final_model.zip").exists()
-    resumed += int(ok)
-    if not ok:
-        print(f"the final resume failed (exit {final.returncode}); see {log.name}")
+    if pending:  # the last kill's resume runs to the end
+        final = subprocess.run([*base, "--resume"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        if final.returncode == 0 and (out / "final_model.zip").exists():
+            resumed += 1
+        else:
+            print(f"the final resume failed (exit {final.returncode}); see {log.name}")
     try:
         TokenReducer.from_pretrained(out / "reducer")
     except Exception as err:  # noqa: BLE001
         print(f"the final reducer does not load: {err}")
         corrupt += 1
     corrupt += len(corrupt_files(out))
-    print(f"resumed {resumed}/{args.kills}, {corrupt} corrupt files, max lost {max(lost)} episodes "
+    print(f"resumed {resumed}/{kills}, {corrupt} corrupt files, max lost {max(lost)} episodes "
           f"(checkpoint interval {args.checkpoint_freq})")  # fmt: skip
 
 
