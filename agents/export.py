@@ -153,7 +153,8 @@ def resolve_checkpoint(
         inside = p.parent.name == "checkpoints" or p.name == "final_model.zip"
     else:
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    inside = inside and (run / "config.json").is_file()
+    if config is None and inside and not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}/config.json not found: cannot tell which frozen model {ckpt} used")
     if config is not None:
         cfg = Path(config)
         if not cfg.is_file():

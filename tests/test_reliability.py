@@ -247,6 +247,9 @@ def test_export_refuses_a_checkpoint_outside_a_run_directory(tmp_path):
     with pytest.raises(PermissionError):
         resolve_checkpoint(dropped)
     assert resolve_checkpoint(stray, config=run / "config.json") == (stray, run / "config.json")
+    (run / "config.json").unlink()  # a run directory without its config: say what is missing
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        resolve_checkpoint(inside)
     with pytest.raises(SystemExit, match="not inside a run directory"):
         export_main(["--checkpoint", str(stray), "--out", str(tmp_path / "reducer")])
     assert not (tmp_path / "reducer").exists()
