@@ -6,6 +6,9 @@ sequences the caller has already assembled (:meth:`FrozenLM.build_prompt`):
 * answer log-likelihood and teacher-forced exact match: ``score_answers(prompts, answers)``;
 * the same for several continuations of each prompt (the gold answer and every choice):
   ``score_continuations(prompts, continuations)``;
+* the same, plus the log-probability of every token of a span of the prompt given the tokens before it (the
+  context's surprisal, from the forward that scores the full prompt anyway):
+  ``score_continuations_and_spans(prompts, continuations, spans)``;
 * the answer-position distributions, where the reward needs them (``kl``):
   ``score_answers(..., return_distributions=True)``;
 * greedy generation: ``generate(prompts, max_new_tokens)`` (the reducer's ``generate`` helper).
@@ -58,6 +61,22 @@ class AnswerScores:
     answer_logprobs_full: list[torch.Tensor] | None = None
 
 
+@dataclass
+class PromptScores:
+    """Result of :meth:`ScoringBackend.score_continuations_and_spans` for one prompt.
+
+    Attributes:
+        logprob: ``[k]`` summed log-probability of each of the prompt's k continuations (k may be 0).
+        greedy: ``[k]`` bool, True where greedy decoding from the prompt would emit that continuation.
+        span_logprobs: ``[end - start]`` log p(prompt[j] | prompt[:j]) for j in the requested span, or None when
+            no span was asked for.
+    """
+
+    logprob: torch.Tensor
+    greedy: torch.Tensor
+    span_logprobs: torch.Tensor | None = None
+
+
 class BackendError(RuntimeError):
     """The scoring backend cannot answer: server down, wrong model or tokenizer, or a refused request."""
 
@@ -88,6 +107,15 @@ class ScoringBackend(Protocol):
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per prompt, ``(logprob [k], greedy [k])`` of each of its k continuations (as ``score_answers``)."""
+        ...
+
+    def score_continuations_and_spans(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        spans: Sequence[slice | None],
+    ) -> list[PromptScores]:
+        """Per prompt, its continuations' scores and the log-probabilities of the prompt tokens in its span."""
         ...
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
@@ -122,6 +150,36 @@ def check_continuations(prompts: Sequence[Sequence[int]], continuations: Sequenc
         raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuation lists")
     if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for cs in continuations for c in cs):
         raise ValueError("prompts and continuations must be non-empty")
+
+
+def check_spans(
+    prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], spans: Sequence[slice | None]
+) -> list[tuple[int, int] | None]:
+    """Validate a ``score_continuations_and_spans`` batch; returns each span as ``(start, end)`` or None.
+
+    A prompt may have no continuations when it has a span. A span must lie inside its prompt, be non-empty and
+    start at 1 or later (the first token of a sequence has no prediction); its step must be 1 or None.
+
+    Raises:
+        ValueError: On mismatched lengths, an empty prompt or continuation, a bad span, or a prompt with neither
+            continuations nor a span.
+    """
+    if not len(prompts) == len(continuations) == len(spans):
+        raise ValueError(f"got {len(prompts)} prompts, {len(continuations)} continuation lists and {len(spans)} spans")
+    out: list[tuple[int, int] | None] = []
+    for i, (p, cs, s) in enumerate(zip(prompts, continuations, spans, strict=True)):
+        if len(p) == 0 or any(len(c) == 0 for c in cs):
+            raise ValueError("prompts and continuations must be non-empty")
+        if s is None:
+            if not cs:
+                raise ValueError(f"prompt {i} has neither continuations nor a span to score")
+            out.append(None)
+            continue
+        start, end, step = s.indices(len(p))
+        if step != 1 or not 1 <= start < end or s.stop is None or s.stop > len(p):
+            raise ValueError(f"prompt {i}: span {s} must be non-empty, start >= 1 and end <= {len(p)} (the prompt)")
+        out.append((start, end))
+    return out
 
 
 def is_remote_spec(spec: str) -> bool:

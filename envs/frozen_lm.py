@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from envs.backends import AnswerScores, RemoteSpec, ScoringBackend, is_remote_spec
+from envs.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec
 from envs.hf_backend import TransformersBackend
 from envs.model_cache import DEFAULT_MODEL_SPEC, load_model, tiny_random_model
 from policies.features import FeatureModule, micro_batches, pad_right
 from policies.processor import pad_token_id
 
-__all__ = ["INSTRUCTION", "AnswerScores", "FrozenLM", "PromptLayout"]
+__all__ = ["INSTRUCTION", "AnswerScores", "FrozenLM", "PromptLayout", "PromptScores"]
 
 INSTRUCTION = "Read the text and answer the question with a short answer."
 
@@ -289,6 +289,52 @@ class FrozenLM:
             BackendError: When a remote backend cannot answer.
         """
         return self.backend.score_continuations(prompts, continuations)
+
+    def score_continuations_and_spans(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        spans: Sequence[slice | None],
+    ) -> list[PromptScores]:
+        """Continuations of each prompt (as :meth:`score_continuations`) plus the log-probabilities of a span of it.
+
+        ``span_logprobs[j - start]`` is log p(prompt[j] | prompt[:j]) for j in the prompt's span: with the context
+        slice of :meth:`build_prompt`, the context's surprisal given the layout prefix and the context before each
+        token. The in-process backend reads it from the forward that scores the prompt's continuations; a served
+        model from the prompt log-probabilities of the same request. A prompt may have no continuations when it
+        has a span (just its surprisal), and prompts that do not start with the layout prefix are fine.
+
+        Args:
+            prompts: B non-empty prompt token-id sequences.
+            continuations: For each prompt, its non-empty continuations (possibly none).
+            spans: For each prompt, the slice of it to score (start >= 1), or None.
+
+        Returns:
+            Per prompt, its :class:`~envs.backends.PromptScores`.
+
+        Raises:
+            ValueError: On mismatched lengths, an empty prompt or continuation, a bad span, or a prompt with
+                neither continuations nor a span.
+            BackendError: When a remote backend cannot answer.
+        """
+        return self.backend.score_continuations_and_spans(prompts, continuations, spans)
+
+    def computed_tokens(
+        self, prompt: Sequence[int], continuations: Sequence[Sequence[int]], span: slice | None = None
+    ) -> int:
+        """Tokens the scoring backend runs through the model for one prompt of :meth:`score_continuations_and_spans`.
+
+        In process: the prompt minus the cached layout prefix it reuses, plus each continuation but its first token
+        (predicted from the prompt's last state). A served model recomputes the prompt for every continuation, and
+        a prompt without continuations up to the end of its span. Used to share measured time out among prompts.
+        """
+        if isinstance(self.backend, TransformersBackend):
+            bounds = None if span is None else span.indices(len(prompt))[:2]
+            reused = self.backend.reused_prefix(prompt, bounds)
+            return len(prompt) - reused + sum(len(c) - 1 for c in continuations)
+        if not continuations:
+            return span.indices(len(prompt))[1] if span is not None else 0
+        return sum(len(prompt) + len(c) for c in continuations)
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
         """Greedy generation for a batch of prompts.

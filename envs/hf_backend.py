@@ -5,7 +5,9 @@ micro-batch (sorted by length to limit padding waste; one micro-batch holds up t
 ``max_batch_tokens`` padded tokens). Padding never changes a result: scores match one-by-one scoring to within
 float rounding. Prompts that start with the owner's layout prefix (the chat header) reuse its keys and values,
 computed once; several continuations of one prompt (:meth:`TransformersBackend.score_continuations`) reuse the
-prompt's. The LM head runs on ``HEAD_CHUNK`` positions at a time. Everything runs under ``torch.inference_mode()``.
+prompt's, and the log-probabilities of a span of the prompt (the context's surprisal) come from that same forward
+(:meth:`TransformersBackend.score_continuations_and_spans`). The LM head runs on ``HEAD_CHUNK`` positions at a
+time. Everything runs under ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-from envs.backends import AnswerScores, check_continuations, check_pairs
+from envs.backends import AnswerScores, PromptScores, check_continuations, check_pairs, check_spans
 from policies.features import micro_batches
 
 HEAD_CHUNK = 256
@@ -37,6 +39,7 @@ class TransformersBackend:
     def __init__(self, owner: Any) -> None:
         self.owner = owner
         self._prefix_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+        self._prefix_last: torch.Tensor | None = None
 
     def describe(self) -> str:  # noqa: D102
         return f"in-process transformers ({type(self.owner.model).__name__}, spec {self.owner.spec})"
@@ -104,14 +107,14 @@ class TransformersBackend:
                 start += la
         return AnswerScores(total, per_token, match, dists)
 
-    @torch.inference_mode()
     def score_continuations(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Log-likelihood of several continuations of each prompt, running each prompt through the model once.
 
         Each prompt's keys and values are computed once and reused for all its continuations (choices, say),
-        instead of one full forward per (prompt, continuation) pair. Results match :meth:`score_answers`.
+        instead of one full forward per (prompt, continuation) pair; prompts that start with the layout prefix
+        continue its cached keys and values. Results match :meth:`score_answers`.
 
         Args:
             prompts: B non-empty prompt token-id sequences.
@@ -125,28 +128,106 @@ class TransformersBackend:
             ValueError: On mismatched lengths or an empty prompt or continuation.
         """
         check_continuations(prompts, continuations)
+        res = self._score(prompts, continuations, [None] * len(prompts))
+        return [(r.logprob, r.greedy) for r in res]
+
+    def score_continuations_and_spans(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        spans: Sequence[slice | None],
+    ) -> list[PromptScores]:
+        """Continuations of each prompt, plus the log-probability of each prompt token in a span, in one pass.
+
+        The span's log-probabilities come from the same forward as the prompt's keys and values: the hidden state
+        at position ``j - 1`` goes through the LM head for each span token ``j``. With the context's span of a
+        full prompt this is the context's surprisal given the layout prefix and the context before each token.
+
+        Args:
+            prompts: B non-empty prompt token-id sequences.
+            continuations: For each prompt, its non-empty continuations (none is fine when it has a span).
+            spans: For each prompt, the slice of it whose tokens to score (start >= 1), or None.
+
+        Returns:
+            Per prompt, its :class:`~envs.backends.PromptScores`.
+
+        Raises:
+            ValueError: On mismatched lengths, an empty prompt or continuation, or a bad span.
+        """
+        return self._score(prompts, continuations, check_spans(prompts, continuations, spans))
+
+    def reused_prefix(self, prompt: Sequence[int], span: tuple[int, int] | None = None) -> int:
+        """How many leading tokens of ``prompt`` come from the cached layout prefix instead of a forward.
+
+        The prefix is reused when caching is on, the prompt starts with it and goes on past it, and its span (if
+        any) starts at the first token after the prefix or later: the prefix's last hidden state is cached, but not
+        the ones before it.
+        """
+        prefix = self.owner.layout.prefix if self.owner.cache_prefix else ()
+        n = len(prefix)
+        if not n or len(prompt) <= n or tuple(prompt[:n]) != prefix or (span is not None and span[0] < n):
+            return 0
+        return n
+
+    @torch.inference_mode()
+    def _score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        bounds: Sequence[tuple[int, int] | None],
+    ) -> list[PromptScores]:
+        """The work of :meth:`score_continuations_and_spans` on checked input (spans as ``(start, end)``).
+
+        Prompts that reuse the layout prefix and those that do not are micro-batched apart (a micro-batch either
+        continues the cached prefix or starts from scratch), each group sorted by the length it computes.
+        """
+        lm = self.owner
+        out: list[PromptScores | None] = [None] * len(prompts)
+        reused = [self.reused_prefix(p, b) for p, b in zip(prompts, bounds, strict=True)]
+        for p in sorted(set(reused), reverse=True):
+            group = [i for i, r in enumerate(reused) if r == p]
+            for mb in micro_batches([len(prompts[i]) - p for i in group], lm.max_batch_tokens):
+                self._score_batch([group[j] for j in mb], prompts, continuations, bounds, p, out)
+        return out  # type: ignore[return-value]
+
+    def _score_batch(
+        self,
+        batch: list[int],
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        bounds: Sequence[tuple[int, int] | None],
+        p: int,
+        out: list[PromptScores | None],
+    ) -> None:
+        """Score one micro-batch whose prompts all continue the first ``p`` tokens' cached keys and values."""
         from transformers import DynamicCache
 
         lm = self.owner
         model = lm.model
-        out: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(prompts)
         base, head = model.get_decoder(), model.get_output_embeddings()
-        # The cache is copied once per continuation: keep a micro-batch's copies within the token budget.
-        widest = max(len(cs) for cs in continuations)
-        budget = max(lm.max_batch_tokens // (1 + widest), 1)
-        for batch in micro_batches([len(p) for p in prompts], budget):
-            ids, mask = lm._pad_right([prompts[i] for i in batch])
+        ids, mask = lm._pad_right([prompts[i][p:] for i in batch])
+        b = len(batch)
+        if p:
+            kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_cache()]
+            cache = DynamicCache(kv, config=model.config)
+            mask = torch.cat([torch.ones(b, p, dtype=mask.dtype, device=mask.device), mask], 1)
+        else:
             cache = DynamicCache(config=model.config)
-            hidden = base(input_ids=ids, attention_mask=mask, use_cache=True, **{self._cache_arg: cache})
-            hidden = hidden.last_hidden_state
-            pairs = [(r, c) for r, i in enumerate(batch) for c in continuations[i]]
-            rows = torch.tensor([r for r, _ in pairs], device=ids.device)
-            lens = torch.tensor([len(prompts[i]) for i in batch], device=ids.device)
-            # First token of each continuation: predicted at the prompt's last position.
-            first_h = hidden[rows, lens[rows] - 1]
-            states = [first_h[:, None, :]]
-            longest = max(len(c) for _, c in pairs)
-            cont, cmask = lm._pad_right([c for _, c in pairs])
+        # hidden[r, t] is the state after prompt token t + p of row r: it predicts token t + p + 1.
+        hidden = base(input_ids=ids, attention_mask=mask, use_cache=True, **{self._cache_arg: cache}).last_hidden_state
+        spans = self._span_logprobs(batch, prompts, bounds, p, hidden, head)
+        pairs = [(r, c) for r, i in enumerate(batch) for c in continuations[i]]
+        lp = torch.zeros(len(pairs))
+        greedy = torch.zeros(len(pairs), dtype=torch.bool)
+        lens = torch.tensor([len(prompts[i]) for i in batch], device=ids.device)
+        # The prompt's cache is copied once per continuation: copy at most a micro-batch's worth of tokens at once.
+        step = max(lm.max_batch_tokens // mask.shape[1], 1)
+        for s in range(0, len(pairs), step):
+            part = pairs[s : s + step]
+            rows = torch.tensor([r for r, _ in part], device=ids.device)
+            cont, cmask = lm._pad_right([c for _, c in part])
+            states = [hidden[rows, lens[rows] - 1 - p][:, None, :]]  # first token: predicted at the prompt's end
+            longest = cont.shape[1]
             if longest > 1:
                 kv = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
                 pair_cache = DynamicCache(kv, config=model.config)
@@ -158,34 +239,84 @@ class TransformersBackend:
                 ).last_hidden_state  # fmt: skip
                 states.append(rest)
             h = torch.cat(states, 1)  # [pairs, longest, d]: the state that predicts continuation token j
-            lp_rows, greedy_rows = [], []
-            for s in range(0, len(pairs), HEAD_CHUNK):
-                logp = torch.log_softmax(head(h[s : s + HEAD_CHUNK]).float(), dim=-1)
-                tgt = cont[s : s + HEAD_CHUNK]
+            for c in range(0, len(part), HEAD_CHUNK):
+                logp = torch.log_softmax(head(h[c : c + HEAD_CHUNK]).float(), dim=-1)
+                tgt = cont[c : c + HEAD_CHUNK]
                 tok = logp.gather(2, tgt[..., None])[..., 0]
                 ok = logp.argmax(-1) == tgt
-                valid = cmask[s : s + HEAD_CHUNK].bool()
-                lp_rows.append((tok * valid).sum(1).cpu())
-                greedy_rows.append((ok | ~valid).all(1).cpu())
-            lp, greedy = torch.cat(lp_rows), torch.cat(greedy_rows)
-            k = 0
-            for i in batch:
-                n = len(continuations[i])
-                out[i] = (lp[k : k + n], greedy[k : k + n])
-                k += n
+                valid = cmask[c : c + HEAD_CHUNK].bool()
+                lp[s + c : s + c + len(tgt)] = (tok * valid).sum(1).cpu()
+                greedy[s + c : s + c + len(tgt)] = (ok | ~valid).all(1).cpu()
+        k = 0
+        for i, span in zip(batch, spans, strict=True):
+            n = len(continuations[i])
+            out[i] = PromptScores(lp[k : k + n], greedy[k : k + n], span)
+            k += n
+
+    def _span_logprobs(
+        self,
+        batch: list[int],
+        prompts: Sequence[Sequence[int]],
+        bounds: Sequence[tuple[int, int] | None],
+        p: int,
+        hidden: torch.Tensor,
+        head: torch.nn.Module,
+    ) -> list[torch.Tensor | None]:
+        """Per row, log p(prompt[j] | prompt[:j]) for j in its span (None without one), the LM head in slices."""
+        rows, cols, targets = [], [], []
+        for r, i in enumerate(batch):
+            if bounds[i] is not None:
+                start, end = bounds[i]
+                rows += [r] * (end - start)
+                cols += range(start - 1 - p, end - 1 - p)
+                targets += prompts[i][start:end]
+        if not targets:
+            return [None] * len(batch)
+        dev = hidden.device
+        if p:  # the state before the first token after the prefix is the prefix's own last one (cached)
+            last = self._prefix_last_state().to(hidden.dtype).expand(hidden.shape[0], 1, -1)
+            hidden = torch.cat([last, hidden], 1)
+            cols = [c + 1 for c in cols]
+        h = hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
+        tgt = torch.tensor(targets, device=dev)
+        parts = []
+        for s in range(0, len(targets), HEAD_CHUNK):
+            logp = torch.log_softmax(head(h[s : s + HEAD_CHUNK]).float(), dim=-1)
+            parts.append(logp.gather(1, tgt[s : s + HEAD_CHUNK, None])[:, 0].cpu())
+        got = torch.cat(parts)
+        out: list[torch.Tensor | None] = []
+        k = 0
+        for i in batch:
+            if bounds[i] is None:
+                out.append(None)
+                continue
+            n = bounds[i][1] - bounds[i][0]
+            out.append(got[k : k + n])
+            k += n
         return out
 
     def _prefix_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """Per-layer (keys, values) ``[1, heads, P, head_dim]`` of the layout prefix, computed on first use."""
+        """Per-layer (keys, values) ``[1, heads, P, head_dim]`` of the layout prefix, computed on first use.
+
+        The last hidden state of the prefix (``[d]``, what predicts the token after it) is kept too.
+        """
         if self._prefix_kv is None:
             from transformers import DynamicCache
 
             model = self.owner.model
             ids = torch.tensor([list(self.owner.layout.prefix)], device=self.owner.device)
             cache = DynamicCache(config=model.config)
-            model.get_decoder()(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+            out = model.get_decoder()(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+            self._prefix_last = out.last_hidden_state[0, -1]
             self._prefix_kv = tuple((layer.keys, layer.values) for layer in cache.layers)
         return self._prefix_kv
+
+    def _prefix_last_state(self) -> torch.Tensor:
+        """The layout prefix's last hidden state ``[d]`` (it predicts the first token after the prefix)."""
+        self._prefix_cache()
+        if self._prefix_last is None:
+            raise RuntimeError("the layout prefix's hidden state was not cached")
+        return self._prefix_last
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
         """Last hidden states of ``ids`` ``[B, W]``, continuing the cached layout prefix when ``prefix_len`` > 0."""

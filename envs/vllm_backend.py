@@ -10,6 +10,9 @@ Every request carries token ids, never text, so the server scores exactly the pr
 * Several continuations of each prompt (the gold answer and every choice): every (prompt, continuation) pair
   scored as above, all in one batched call. The prompt is recomputed for each of its continuations: a prompt
   log-probability request cannot reuse the KV cache of another (see the caveat below).
+* Continuations plus the log-probabilities of a span of the prompt (the evaluator's context surprisal): read off
+  the prompt log-probabilities of the prompt's first (prompt, continuation) pair, which cover every prompt
+  position; a prompt without continuations is sent cut after its span. One batched call, as above.
 * Distributions (``kl`` reward only): one ``max_tokens: 1`` completion per answer position, of prompt + the
   answer tokens before it, with ``logprobs: K`` and ``return_tokens_as_token_ids: true``; K = -1 asks for the
   whole vocabulary (the server must run with ``--max-logprobs -1``). With a finite K the tokens outside the top
@@ -46,7 +49,15 @@ from typing import Any
 import requests
 import torch
 
-from envs.backends import AnswerScores, BackendError, RemoteSpec, check_continuations, check_pairs
+from envs.backends import (
+    AnswerScores,
+    BackendError,
+    PromptScores,
+    RemoteSpec,
+    check_continuations,
+    check_pairs,
+    check_spans,
+)
 
 PROBE_TEXT = "tokenkeep probe: The pass key is 48213.\n\tÜber 東京 café – naïve 🙂 x = [1, 2]; <b>ok</b>"
 """Text tokenised by the server and locally to compare tokenizers (the prompt layout's text is appended)."""
@@ -270,27 +281,9 @@ class VLLMBackend:
             empty = [] if return_distributions else None
             return AnswerScores(torch.zeros(0), [], torch.zeros(0, dtype=torch.bool), empty)
         seqs = [[int(t) for t in p] + [int(t) for t in a] for p, a in zip(prompts, answers, strict=True)]
-        chunks = self._chunks([len(s) for s in seqs])
-        base = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
-        responses = self._post_all("/v1/completions", [base | {"prompt": [seqs[i] for i in c]} for c in chunks])
-        n = len(seqs)
-        per_token: list[torch.Tensor] = [torch.empty(0)] * n
-        match = torch.zeros(n, dtype=torch.bool)
-        for chunk, resp in zip(chunks, responses, strict=True):
-            for choice in resp["choices"]:
-                i = chunk[choice["index"]]
-                plp = choice["prompt_logprobs"]
-                lps, hit = [], True
-                for j, tok in enumerate(answers[i]):
-                    mine = plp[len(prompts[i]) + j][str(int(tok))]
-                    lps.append(float(mine["logprob"]))
-                    if mine.get("rank") is None:
-                        raise BackendError(
-                            f"the vLLM server at {self.url} returned prompt log-probabilities without ranks"
-                        )
-                    hit = hit and mine["rank"] == 1
-                per_token[i] = torch.tensor(lps, dtype=torch.float32)
-                match[i] = hit
+        found = self._prompt_logprobs(seqs, [(len(p), len(s)) for p, s in zip(prompts, seqs, strict=True)])
+        per_token = [lp for lp, _ in found]
+        match = torch.tensor([bool(hit.all()) for _, hit in found], dtype=torch.bool)
         total = torch.stack([t.sum() for t in per_token])
         dists = self._distributions(prompts, answers) if return_distributions else None
         return AnswerScores(total, per_token, match, dists)
@@ -322,6 +315,95 @@ class VLLMBackend:
         for cs in continuations:
             out.append((res.logprob[k : k + len(cs)], res.greedy_match[k : k + len(cs)]))
             k += len(cs)
+        return out
+
+    def score_continuations_and_spans(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        spans: Sequence[slice | None],
+    ) -> list[PromptScores]:
+        """Continuations of each prompt plus the log-probabilities of a span of it, from prompt log-probabilities.
+
+        As :meth:`score_continuations`, every (prompt, continuation) pair is a sequence of its own; a span's tokens
+        are read off the prompt log-probabilities of the prompt's first pair (they cover every prompt position),
+        or, for a prompt without continuations, of the prompt cut after its span. Everything goes out in one
+        batched call; the numbers equal the in-process backend's.
+
+        Raises:
+            ValueError: On mismatched lengths, an empty prompt or continuation, or a bad span.
+            BackendError: When the server cannot answer.
+        """
+        bounds = check_spans(prompts, continuations, spans)
+        seqs: list[list[int]] = []
+        wanted: list[list[tuple[int, int]]] = []  # per sequence: (start, end) position ranges to read
+        owner: list[tuple[int, int | None, bool]] = []  # per sequence: (prompt, continuation or None, has span)
+        for i, (p, cs, b) in enumerate(zip(prompts, continuations, bounds, strict=True)):
+            ids = [int(t) for t in p]
+            if not cs:
+                seqs.append(ids[: b[1]])
+                wanted.append([b])
+                owner.append((i, None, True))
+            for k, c in enumerate(cs):
+                seqs.append(ids + [int(t) for t in c])
+                ranges = [(len(ids), len(ids) + len(c))]
+                if k == 0 and b is not None:
+                    ranges.append(b)
+                wanted.append(ranges)
+                owner.append((i, k, k == 0 and b is not None))
+        flat = [(seq, [j for a, e in rs for j in range(a, e)]) for seq, rs in zip(seqs, wanted, strict=True)]
+        found = self._prompt_logprobs([f[0] for f in flat], [f[1] for f in flat])
+        lps: list[list[float]] = [[0.0] * len(cs) for cs in continuations]
+        hits: list[list[bool]] = [[False] * len(cs) for cs in continuations]
+        span_lp: list[torch.Tensor | None] = [None] * len(prompts)
+        for (i, k, has_span), (lp, hit) in zip(owner, found, strict=True):
+            if k is not None:
+                n = len(continuations[i][k])
+                lps[i][k] = float(lp[:n].sum())
+                hits[i][k] = bool(hit[:n].all())
+                lp = lp[n:]
+            if has_span:
+                span_lp[i] = lp
+        return [
+            PromptScores(torch.tensor(lp, dtype=torch.float32), torch.tensor(h, dtype=torch.bool), sp)
+            for lp, h, sp in zip(lps, hits, span_lp, strict=True)
+        ]
+
+    def _prompt_logprobs(
+        self, seqs: Sequence[Sequence[int]], positions: Sequence[tuple[int, int] | Sequence[int]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Log-probability of each sequence's tokens at the given positions, and whether each is the argmax.
+
+        Args:
+            seqs: Token-id sequences, sent as prompts (``max_tokens: 1``, ``prompt_logprobs: 0``).
+            positions: Per sequence, a ``(start, end)`` range or a list of positions (each >= 1).
+
+        Returns:
+            Per sequence, ``(logprob [n], rank_is_1 [n])`` float32 and bool, in the order of its positions.
+
+        Raises:
+            BackendError: When the server cannot answer or returns no ranks.
+        """
+        chunks = self._chunks([len(s) for s in seqs])
+        base = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
+        responses = self._post_all("/v1/completions", [base | {"prompt": [list(seqs[i]) for i in c]} for c in chunks])
+        out: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(seqs)
+        for chunk, resp in zip(chunks, responses, strict=True):
+            for choice in resp["choices"]:
+                i = chunk[choice["index"]]
+                plp = choice["prompt_logprobs"]
+                pos = positions[i]
+                where = range(*pos) if isinstance(pos, tuple) else pos
+                lps, hit = [], []
+                for j in where:
+                    mine = plp[j][str(int(seqs[i][j]))]
+                    if mine.get("rank") is None:
+                        raise BackendError(
+                            f"the vLLM server at {self.url} returned prompt log-probabilities without ranks"
+                        )
+                    lps.append(float(mine["logprob"]))
+                    hit.append(mine["rank"] == 1)
+                out[i] = (torch.tensor(lps, dtype=torch.float32), torch.tensor(hit, dtype=torch.bool))
         return out
 
     def _distributions(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]) -> list[torch.Tensor]:

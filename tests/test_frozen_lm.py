@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 
@@ -153,3 +155,66 @@ def test_score_continuations_matches_pairwise_scoring(tiny_lm):
     assert torch.equal(torch.cat([g for _, g in got]), ref.greedy_match)
     with pytest.raises(ValueError, match="non-empty"):
         tiny_lm.score_continuations([[1, 2]], [[[]]])
+
+
+def _uncached(lm):
+    """The same model with the layout-prefix cache off (a fresh backend, so nothing cached is reused)."""
+    return FrozenLM(lm.model, lm.tokenizer, spec=lm.spec, max_batch_tokens=lm.max_batch_tokens)
+
+
+def test_score_continuations_reuses_the_prefix_cache_with_the_same_results(tiny_lm, monkeypatch):
+    encs = [encode_example(tiny_lm.tokenizer, x) for x in make_examples("qa", "heldout", 6, seed=3)]
+    prompts = build_prompts(tiny_lm, encs, [e.context[: 5 + 7 * i] for i, e in enumerate(encs)])
+    prompts.append(list(tiny_lm.layout.prefix[:3]) + [7, 8, 9])  # not the layout prefix: computed from scratch
+    conts = [[e.answer, *e.choices] for e in encs] + [[(5, 6)]]
+    plain = _uncached(tiny_lm)
+    plain.cache_prefix = False
+    ref = plain.score_continuations(prompts, conts)
+    tiny_lm.score_continuations(prompts[:1], conts[:1])  # computes the prefix's keys and values once
+    widths = []
+    base = tiny_lm.model.get_decoder()
+    orig = base.forward
+
+    @functools.wraps(orig)  # keeps the signature: the backend reads the cache keyword off it
+    def spy(*a, **k):
+        widths.append(k["input_ids"].shape)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(base, "forward", spy)
+    got = tiny_lm.score_continuations(prompts, conts)
+    monkeypatch.undo()
+    prefix = len(tiny_lm.layout.prefix)
+    assert widths[0][1] == max(len(p) for p in prompts[:-1]) - prefix  # the prefix did not run again
+    for (lp, greedy), (ref_lp, ref_greedy) in zip(got, ref, strict=True):
+        assert torch.allclose(lp, ref_lp, atol=1e-4)
+        assert torch.equal(greedy, ref_greedy)
+
+
+def test_span_logprobs_match_scoring_the_span_as_an_answer(tiny_lm):
+    encs = _encs(tiny_lm, "qa", 5)
+    full = [tiny_lm.build_prompt(e.context, e.question, e.answer_prefix) for e in encs]
+    prompts, spans = [p for p, _ in full], [s for _, s in full]
+    conts = [[e.answer, *e.choices] for e in encs]
+    conts[1] = []  # a span alone
+    spans[2] = None  # continuations alone
+    spans[3] = slice(1, 9)  # a span inside the layout prefix: computed without the cache
+    # the context's span reuses the cached prefix: its first token is predicted from the prefix's cached last state
+    assert tiny_lm.backend.reused_prefix(prompts[0], (spans[0].start, spans[0].stop)) == spans[0].start > 0
+    assert tiny_lm.backend.reused_prefix(prompts[3], (1, 9)) == 0
+    got = tiny_lm.score_continuations_and_spans(prompts, conts, spans)
+    ref = tiny_lm.score_continuations([p for p, c in zip(prompts, conts, strict=True) if c], [c for c in conts if c])
+    assert [len(r.logprob) for r in got] == [len(c) for c in conts]
+    for r, (lp, greedy) in zip([r for r, c in zip(got, conts, strict=True) if c], ref, strict=True):
+        assert torch.allclose(r.logprob, lp, atol=1e-4) and torch.equal(r.greedy, greedy)
+    for p, s, r in zip(prompts, spans, got, strict=True):
+        if s is None:
+            assert r.span_logprobs is None
+            continue
+        want = tiny_lm.score_answers([p[: s.start]], [p[s]]).token_logprobs[0]
+        assert torch.allclose(r.span_logprobs, want, atol=1e-4)
+    with pytest.raises(ValueError, match="neither"):
+        tiny_lm.score_continuations_and_spans([[1, 2]], [[]], [None])
+    with pytest.raises(ValueError, match="start >= 1"):
+        tiny_lm.score_continuations_and_spans([[1, 2]], [[]], [slice(0, 2)])
+    with pytest.raises(ValueError, match="start >= 1"):
+        tiny_lm.score_continuations_and_spans([[1, 2]], [[]], [slice(1, 5)])
