@@ -13,8 +13,8 @@ Methods:
     bm25               sentences ranked by BM25 against the question, kept while they fit (LongLLMLingua's
                        retrieval baseline; statistics from the context's own sentences)
     head / tail        keep the first / last tokens
-    selective_context  Selective-Context-style: rank by self-information -log p(token | preceding context)
-                       under the frozen model
+    selective_context  Selective-Context-style: rank by self-information -log p(token | instruction prefix,
+                       preceding context) under the frozen model, read off the full prompt's forward
     llmlingua          LLMLingua-style: rank by perplexity (surprisal) under a small LM, question-aware
                        (the question is placed before the context, as LongLLMLingua does)
     oracle             the task's recorded evidence tokens first (only for tasks that record evidence)
@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
@@ -120,45 +121,59 @@ class TailKeep(KeepMethod):
         return [np.arange(len(e.context), dtype=np.float64) for e in encs]
 
 
-def _surprisal(lm: FrozenLM, prefixes: Sequence[Sequence[int]], contexts: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """-log p(context token | prefix, preceding context) for every context token, in one batched call.
+class SurprisalMethod(KeepMethod):
+    """Ranks context tokens by surprisal: -log p(token | the tokens before it in a scoring prompt) under ``lm``.
 
-    The first context token has no left context when the prefix is empty; it gets +inf (always kept first).
+    A subclass says which prompt holds the context (:meth:`surprisal_prompt`); the scores are the negated
+    log-probabilities of that prompt's context span, from one batched
+    :meth:`~envs.frozen_lm.FrozenLM.score_continuations_and_spans` call. The evaluator instead batches these
+    prompts with the rest of its work (a selective-context prompt *is* the full prompt, scored anyway) and ranks
+    with :meth:`scores_from`.
+
+    Attributes:
+        lm: The scoring LM.
     """
-    prompts, answers, first_free = [], [], []
-    for p, c in zip(prefixes, contexts, strict=True):
-        if p:
-            prompts.append(list(p))
-            answers.append(list(c))
-            first_free.append(False)
-        else:
-            prompts.append(list(c[:1]))
-            answers.append(list(c[1:]) or list(c[:1]))
-            first_free.append(True)
-    res = lm.score_answers(prompts, answers)
-    out = []
-    for c, lp, free in zip(contexts, res.token_logprobs, first_free, strict=True):
-        s = -lp.numpy().astype(np.float64)
-        if free:
-            s = np.concatenate([[np.inf], s])[: len(c)]
-        out.append(s)
-    return out
+
+    lm: FrozenLM
+
+    def surprisal_prompt(self, enc: EncodedExample) -> tuple[list[int], slice]:
+        """The prompt whose span ``slice`` is exactly the example's context tokens."""
+        raise NotImplementedError
+
+    @staticmethod
+    def scores_from(span_logprobs: torch.Tensor) -> np.ndarray:
+        """Keep scores (surprisal, float64) from the context span's log-probabilities."""
+        return -span_logprobs.numpy().astype(np.float64)
+
+    def scores(self, encs):  # noqa: D102
+        prompts = [self.surprisal_prompt(e) for e in encs]
+        no_continuations: list[list[tuple[int, ...]]] = [[] for _ in encs]
+        res = self.lm.score_continuations_and_spans([p for p, _ in prompts], no_continuations, [s for _, s in prompts])
+        return [self.scores_from(r.span_logprobs) for r in res]
 
 
-class SelectiveContext(KeepMethod):
-    """Self-information of each context token under the frozen model (context alone, no question)."""
+class SelectiveContext(SurprisalMethod):
+    """Self-information of each context token under the frozen model, Selective-Context style (no question).
+
+    The surprisal of a context token is taken in the full prompt: given the chat header and instruction (the
+    layout prefix) and the context before it; the question comes after the context, so it is not seen. This is
+    the forward that scores the full context, so an evaluation gets it for free. (Until issue 17 the context was
+    scored alone, its first token kept first; conditioning on the instruction changes the ranking slightly.)
+    """
 
     name = "selective_context"
 
     def __init__(self, lm: FrozenLM) -> None:
         self.lm = lm
 
-    def scores(self, encs):  # noqa: D102
-        return _surprisal(self.lm, [()] * len(encs), [e.context for e in encs])
+    def surprisal_prompt(self, enc):  # noqa: D102
+        return self.lm.build_prompt(enc.context, enc.question, enc.answer_prefix)
 
 
-class LLMLinguaStyle(KeepMethod):
+class LLMLinguaStyle(SurprisalMethod):
     """Token surprisal under a small LM with the question placed before the context (question-aware).
+
+    The scoring prompt is "Question:", the question and a line break, then the context (no chat template).
 
     Args:
         small_lm: The small scoring LM; it must share the frozen model's tokenizer.
@@ -169,9 +184,9 @@ class LLMLinguaStyle(KeepMethod):
     def __init__(self, small_lm: FrozenLM) -> None:
         self.lm = small_lm
 
-    def scores(self, encs):  # noqa: D102
-        prefixes = [tuple(self.lm.encode("Question:")) + e.question + tuple(self.lm.encode("\n")) for e in encs]
-        return _surprisal(self.lm, prefixes, [e.context for e in encs])
+    def surprisal_prompt(self, enc):  # noqa: D102
+        head = [*self.lm.encode("Question:"), *enc.question, *self.lm.encode("\n")]
+        return head + list(enc.context), slice(len(head), len(head) + len(enc.context))
 
 
 class Oracle(KeepMethod):

@@ -2,8 +2,7 @@
 
 ``eval.py`` and the training-time evaluation (:class:`agents.callbacks.HeldoutEvalCallback`) both call
 :func:`evaluate`. A trained reducer is evaluated through its text API (``TokenReducer.reduce_batch``), the
-code users run. For every task x method x rate the frozen model scores the reduced prompts in one batched pass
-per micro-batch. Metrics (means over examples, with 95% bootstrap confidence intervals on the task scores):
+code users run. Metrics (means over examples, with 95% bootstrap confidence intervals on the task scores):
 
     em          greedy decoding emits the gold answer (teacher-forced check, exact)
     loglik      mean log-probability per answer token
@@ -16,6 +15,27 @@ per micro-batch. Metrics (means over examples, with 95% bootstrap confidence int
     reducer_ms  ranking time per example (the method's own cost)
     model_ms    frozen-model scoring time per example
 
+Batching. A task is read ``chunk_size`` examples at a time, and the frozen model's work on a chunk is done in two
+batched, length-bucketed :meth:`~envs.frozen_lm.FrozenLM.score_continuations_and_spans` calls, each prompt
+running through the model once (after the chat-template prefix, whose keys and values are cached) and scoring
+its gold answer and every choice from its keys and values:
+
+1. What depends on the example only: the empty-context prompts that give the choice priors, and the surprisal
+   prompts of :class:`~agents.baselines.SurprisalMethod` baselines. A ``selective_context`` prompt *is* the full
+   prompt: its forward gives the ``full`` scores and, at the context positions, the context's surprisal. The
+   ``llmlingua`` prompt (question first, no chat template) is batched in the same call when its small LM is the
+   frozen model, in one call of its own otherwise.
+2. Then every method reduces the chunk at every budget, and the reduced prompts of all methods and budgets are
+   scored together. Identical (example, prompt) pairs are scored once and shared (``full`` and a rate that keeps
+   everything, two methods that keep the same tokens, a reduced prompt equal to one of step 1).
+
+Timing columns. Each scoring call is timed and its time is shared out among its distinct prompts in proportion
+to the tokens each computed (:meth:`~envs.frozen_lm.FrozenLM.computed_tokens`: the prompt past the cached prefix
+plus the continuations). A row's ``model_ms`` is the share of its own prompts; a ``SurprisalMethod``'s
+``reducer_ms`` includes the share of its surprisal prompts. A prompt shared by several rows counts in full for
+each of them (what the method would cost on its own), so the rows' times add up to more than the wall time
+where prompts are shared; the choice priors count for no row.
+
 ``report.json`` keys (schema_version 1): ``schema_version``, ``created``, ``machine``, ``model``, ``rates``,
 ``tasks`` (name -> n_examples), ``methods``, ``results`` (list of rows with ``task``, ``method``, ``rate``,
 the metrics above, and ``<metric>_ci`` = [low, high] for em, loglik and choice_acc), ``examples``.
@@ -27,7 +47,8 @@ import datetime as _dt
 import os
 import platform
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +56,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.baselines import KeepMethod, kept_tokens
+from agents.baselines import KeepMethod, SurprisalMethod, kept_tokens
+from envs.backends import PromptScores
 from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
 from envs.jsonl_tasks import iter_jsonl, validate_jsonl
-from envs.scoring import choice_priors, score_reduced
+from envs.scoring import continuations, reduced_scores
 from envs.task_specs import TaskSpec, split_specs
 from policies.budget import Budget, keep_top
 
@@ -81,6 +103,7 @@ class _Accumulator:
         self.reducer_s = 0.0
         self.model_s = 0.0
         self.has_choices = True
+        self.last_masks: list[np.ndarray] = []  # the latest chunk's keep masks (for the HTML page)
 
 
 def _chunks(items: Iterable[EncodedExample], size: int) -> Iterator[list[EncodedExample]]:
@@ -94,6 +117,124 @@ def _chunks(items: Iterable[EncodedExample], size: int) -> Iterator[list[Encoded
         yield chunk
 
 
+@dataclass
+class EvalTrace:
+    """What an evaluation computed, for benchmarks and tests: pass one to :func:`evaluate`.
+
+    Attributes:
+        keep_prompts: Also keep every distinct prompt scored (:attr:`scored`); memory grows with the tasks.
+        calls: Batched scoring calls.
+        seconds: Wall time inside them.
+        requested: Prompts asked for, before de-duplication.
+        prompts: Distinct prompts scored.
+        tokens: Tokens those computed (:meth:`~envs.frozen_lm.FrozenLM.computed_tokens`).
+        prompt_tokens: Prompt tokens those computed (without the cached prefix and the continuations).
+        tokens_by_method: Method name (or ``choice priors``) -> tokens its prompts computed; a shared prompt counts
+            for every method that asked for it.
+        scored: With ``keep_prompts``: ``(lm, prompt, span)`` of every distinct prompt scored, in call order.
+        per_example: ``(task, method, budget kind, rate)`` -> metric name -> per-example values, in example order
+            (``em``, ``loglik``, ``choice_acc`` where the task has choices, ``kept``).
+    """
+
+    keep_prompts: bool = False
+    calls: int = 0
+    seconds: float = 0.0
+    requested: int = 0
+    prompts: int = 0
+    tokens: int = 0
+    prompt_tokens: int = 0
+    tokens_by_method: dict[str, int] = field(default_factory=dict)
+    scored: list[tuple[FrozenLM, list[int], slice | None]] = field(default_factory=list)
+    per_example: dict[tuple[str, str, str, float | None], dict[str, list[float]]] = field(default_factory=dict)
+
+    def count(self, label: str, tokens: int) -> None:
+        """Add ``tokens`` to ``label``'s computed tokens."""
+        self.tokens_by_method[label] = self.tokens_by_method.get(label, 0) + tokens
+
+
+@dataclass
+class _Request:
+    """One distinct prompt to score: its continuations, its span, and, once scored, its result and time share."""
+
+    prompt: list[int]
+    continuations: list[Sequence[int]]
+    span: slice | None
+    tokens: int = 0
+    seconds: float = 0.0
+    result: PromptScores | None = None
+
+    def scores(self) -> PromptScores:
+        if self.result is None:
+            raise RuntimeError("a request was read before it was scored")
+        return self.result
+
+
+class _Batch:
+    """The distinct prompts one LM scores for one chunk; identical ``(example, prompt)`` requests are scored once.
+
+    Args:
+        lm: The scoring LM.
+        trace: Where to count calls, prompts and tokens (None: nowhere).
+    """
+
+    def __init__(self, lm: FrozenLM, trace: EvalTrace | None) -> None:
+        self.lm = lm
+        self.trace = trace
+        self.requests: dict[Hashable, _Request] = {}
+        self.pending: list[_Request] = []
+
+    def add(
+        self, example: int, prompt: list[int], conts: Sequence[Sequence[int]], span: slice | None = None
+    ) -> _Request:
+        """The request for ``prompt`` of example ``example``, new or shared with an earlier identical one.
+
+        Raises:
+            RuntimeError: If a request already scored is asked for with continuations or a span it lacked.
+        """
+        key = (example, tuple(prompt))
+        if self.trace is not None:
+            self.trace.requested += 1
+        req = self.requests.get(key)
+        if req is None:
+            req = self.requests[key] = _Request(list(prompt), list(conts), span)
+            self.pending.append(req)
+            return req
+        grows = (conts and not req.continuations) or (span is not None and req.span is None)
+        if grows and req.result is not None:
+            raise RuntimeError("internal: a scored prompt was asked for again with more to score")
+        if conts and not req.continuations:
+            req.continuations = list(conts)
+        if span is not None and req.span is None:
+            req.span = span
+        return req
+
+    def run(self) -> None:
+        """Score every pending request in one batched call; share the call's time out by computed tokens."""
+        reqs, self.pending = self.pending, []
+        if not reqs:
+            return
+        for r in reqs:
+            r.tokens = self.lm.computed_tokens(r.prompt, r.continuations, r.span)
+        t0 = time.perf_counter()
+        res = self.lm.score_continuations_and_spans(
+            [r.prompt for r in reqs], [r.continuations for r in reqs], [r.span for r in reqs]
+        )
+        seconds = time.perf_counter() - t0
+        total = max(sum(r.tokens for r in reqs), 1)
+        for r, x in zip(reqs, res, strict=True):
+            r.result = x
+            r.seconds = seconds * r.tokens / total
+        if self.trace is not None:
+            t = self.trace
+            t.calls += 1
+            t.seconds += seconds
+            t.prompts += len(reqs)
+            t.tokens += sum(r.tokens for r in reqs)
+            t.prompt_tokens += sum(r.tokens - sum(len(c) - 1 for c in r.continuations) for r in reqs)
+            if t.keep_prompts:
+                t.scored += [(self.lm, r.prompt, r.span) for r in reqs]
+
+
 def evaluate(
     lm: FrozenLM,
     methods: Sequence[KeepMethod],
@@ -105,12 +246,14 @@ def evaluate(
     n_html_examples: int = 2,
     progress: bool = True,
     chunk_size: int = 128,
+    trace: EvalTrace | None = None,
 ) -> dict[str, Any]:
     """Evaluate every method on every task at every rate, streaming through each task once.
 
-    A task is read ``chunk_size`` examples at a time and every method and budget is scored on that chunk before
-    the next is read, so memory does not grow with the task (a generator of examples is fine); only the
-    per-example metrics (a few floats each) are kept, for the means and bootstrap intervals.
+    A task is read ``chunk_size`` examples at a time and every method and budget is scored on that chunk, in two
+    batched scoring calls (see the module docstring), before the next is read, so memory does not grow with the
+    task (a generator of examples is fine); only the per-example metrics (a few floats each) are kept, for the
+    means and bootstrap intervals. The results do not depend on ``chunk_size`` (up to float rounding).
 
     Args:
         lm: The frozen model that answers.
@@ -120,8 +263,9 @@ def evaluate(
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
         n_html_examples: Examples per task kept for the HTML page.
-        progress: Show a progress bar (examples x methods x budgets).
+        progress: Show a progress bar (examples).
         chunk_size: Examples scored together.
+        trace: Filled with what was computed (prompts, tokens, time, per-example scores), when given.
 
     Returns:
         The report dict (see the module docstring).
@@ -129,6 +273,8 @@ def evaluate(
     for r in rates:
         if not 0 < r <= 1:
             raise ValueError(f"rates must lie in (0, 1], got {r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     budgets = {m.name: [Budget(rate=r) for r in rates] if m.uses_rate else [Budget()] for m in methods}
     for m in methods:
         if m.adaptive:
@@ -140,45 +286,19 @@ def evaluate(
         skipped: set[str] = set()
         n_task = 0
         for encs in _chunks(items, chunk_size):
-            priors = choice_priors(lm, encs) if all(e.choices is not None for e in encs) else None
+            active = []
             for method in methods:
-                bar.set_postfix_str(f"{task}: {method.name} on examples {n_task + 1}-{n_task + len(encs)}")
-                if not method.available(encs):
+                if method.available(encs):
+                    active.append(method)
+                else:
                     skipped.add(method.name)
-                    continue
-                score_s, scores = 0.0, None
-                if method.static and method.uses_rate:  # rank once, select at every rate
-                    t0 = time.perf_counter()
-                    scores = method.scores(encs)
-                    score_s = time.perf_counter() - t0
+            span = f"{task}: examples {n_task + 1}-{n_task + len(encs)}"
+            _evaluate_chunk(
+                lm, active, encs, budgets, acc, trace, lambda what, s=span: bar.set_postfix_str(f"{s}: {what}")
+            )
+            for method in active:
                 for b, budget in enumerate(budgets[method.name]):
-                    a = acc.setdefault((method.name, b), _Accumulator())
-                    t0 = time.perf_counter()
-                    if scores is not None:
-                        masks = [keep_top(s, budget.max_tokens(len(s))) for s in scores]
-                        contexts = [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
-                    else:  # a re-tokenizing reducer's contexts are its kept text in the frozen model's tokens
-                        masks, contexts = method.reduce(encs, budget)
-                    a.reducer_s += score_s + time.perf_counter() - t0
-                    t1 = time.perf_counter()
-                    res = score_reduced(lm, encs, contexts, priors)
-                    calibrated = res.choice_calibrated
-                    a.model_s += time.perf_counter() - t1
-                    em = res.exact_match.numpy().astype(np.float64)
-                    a.em += em.tolist()
-                    a.ll += res.loglik.tolist()
-                    if calibrated is None:
-                        a.has_choices = False
-                    else:
-                        a.choice += calibrated.numpy().astype(np.float64).tolist()
-                    a.kept += [len(c) / len(e.context) for e, c in zip(encs, contexts, strict=True)]
-                    a.tokens_in += [len(e.context) for e in encs]
-                    a.tokens_out += [len(c) for c in contexts]
-                    a.recall += [
-                        (m & np.asarray(e.evidence)).sum() / sum(e.evidence)
-                        for e, m in zip(encs, masks, strict=True)
-                        if any(e.evidence)
-                    ]
+                    a = acc[(method.name, b)]
                     for i in range(max(0, min(n_html_examples - n_task, len(encs)))):
                         examples.append(
                             {
@@ -191,8 +311,8 @@ def evaluate(
                                 "answer": encs[i].example.answer,
                                 "tokens": [lm.decode([t]) for t in encs[i].context],
                                 "token_ids": list(encs[i].context),
-                                "keep": masks[i].astype(int).tolist(),
-                                "correct": bool(em[i]),
+                                "keep": a.last_masks[i].astype(int).tolist(),
+                                "correct": bool(a.em[len(a.em) - len(encs) + i]),
                             }
                         )
             n_task += len(encs)
@@ -205,6 +325,11 @@ def evaluate(
                     continue
                 em, ll = np.asarray(a.em), np.asarray(a.ll)
                 choice = np.asarray(a.choice) if a.has_choices else None
+                if trace is not None:
+                    key = (task, method.name, _budget_kind(method, budget), budget.rate)
+                    trace.per_example[key] = {"em": a.em, "loglik": a.ll, "kept": a.kept}
+                    if choice is not None:
+                        trace.per_example[key]["choice_acc"] = a.choice
                 results.append(
                     {
                         "task": task,
@@ -238,6 +363,99 @@ def evaluate(
         "results": results,
         "examples": examples,
     }
+
+
+def _evaluate_chunk(
+    lm: FrozenLM,
+    methods: Sequence[KeepMethod],
+    encs: list[EncodedExample],
+    budgets: dict[str, list[Budget]],
+    acc: dict[tuple[str, int], _Accumulator],
+    trace: EvalTrace | None,
+    status: Any,
+) -> None:
+    """Reduce and score one chunk with every method at every budget; add the metrics to ``acc``."""
+    conts = continuations(encs)
+    with_choices = all(e.choices is not None for e in encs)
+    batches: dict[int, _Batch] = {id(lm): _Batch(lm, trace)}
+    main = batches[id(lm)]
+    # Step 1: what depends on the example only.
+    prior_reqs = []
+    if with_choices:
+        prior_reqs = [
+            main.add(i, lm.build_prompt((), e.question, e.answer_prefix)[0], conts[i]) for i, e in enumerate(encs)
+        ]
+    full_prompts = [lm.build_prompt(e.context, e.question, e.answer_prefix)[0] for e in encs]
+    surprisal: dict[str, list[_Request]] = {}
+    for m in methods:
+        if isinstance(m, SurprisalMethod):
+            batch = batches.setdefault(id(m.lm), _Batch(m.lm, trace))
+            reqs = []
+            for i, e in enumerate(encs):
+                prompt, span = m.surprisal_prompt(e)
+                # The full prompt's continuations cost little more than its forward, which this request runs anyway.
+                answers = conts[i] if m.lm is lm and prompt == full_prompts[i] else []
+                reqs.append(batch.add(i, prompt, answers, span))
+            surprisal[m.name] = reqs
+    status(f"scoring {sum(len(b.pending) for b in batches.values())} full-context / prior / surprisal prompts")
+    for batch in batches.values():
+        batch.run()
+    priors = [r.scores().logprob[1:] for r in prior_reqs] if with_choices else None
+    if trace is not None and prior_reqs:
+        trace.count("choice priors", sum(r.tokens for r in prior_reqs))
+    # Step 2: every method reduces at every budget, then all reduced prompts are scored together.
+    rows: list[tuple[KeepMethod, int, list[np.ndarray], list[tuple[int, ...]], list[_Request]]] = []
+    for m in methods:
+        status(f"reducing with {m.name}")
+        rank_s, scores = 0.0, None
+        if m.static and m.uses_rate:  # rank once, select at every rate
+            t0 = time.perf_counter()
+            if isinstance(m, SurprisalMethod):  # its ranking forward ran in step 1: count its share of it
+                scores = [m.scores_from(r.scores().span_logprobs) for r in surprisal[m.name]]
+                rank_s = sum(r.seconds for r in surprisal[m.name])
+                if trace is not None:
+                    trace.count(m.name, sum(r.tokens for r in surprisal[m.name]))
+            else:
+                scores = m.scores(encs)
+            rank_s += time.perf_counter() - t0
+        for b, budget in enumerate(budgets[m.name]):
+            a = acc.setdefault((m.name, b), _Accumulator())
+            t0 = time.perf_counter()
+            if scores is not None:
+                masks = [keep_top(s, budget.max_tokens(len(s))) for s in scores]
+                contexts = [kept_tokens(e.context, k) for e, k in zip(encs, masks, strict=True)]
+            else:  # a re-tokenizing reducer's contexts are its kept text in the frozen model's tokens
+                masks, contexts = m.reduce(encs, budget)
+            a.reducer_s += rank_s + time.perf_counter() - t0
+            reqs = [
+                main.add(i, lm.build_prompt(c, e.question, e.answer_prefix)[0], conts[i])
+                for i, (e, c) in enumerate(zip(encs, contexts, strict=True))
+            ]
+            rows.append((m, b, masks, contexts, reqs))
+    status(f"scoring {len(main.pending)} distinct reduced prompts")
+    main.run()
+    for m, b, masks, contexts, reqs in rows:
+        a = acc[(m.name, b)]
+        a.model_s += sum(r.seconds for r in reqs)
+        if trace is not None:
+            trace.count(m.name, sum(r.tokens for r in reqs))
+        res = reduced_scores(encs, [(r.scores().logprob, r.scores().greedy) for r in reqs], priors)
+        em = res.exact_match.numpy().astype(np.float64)
+        a.em += em.tolist()
+        a.ll += res.loglik.tolist()
+        if res.choice_calibrated is None:
+            a.has_choices = False
+        else:
+            a.choice += res.choice_calibrated.numpy().astype(np.float64).tolist()
+        a.kept += [len(c) / len(e.context) for e, c in zip(encs, contexts, strict=True)]
+        a.tokens_in += [len(e.context) for e in encs]
+        a.tokens_out += [len(c) for c in contexts]
+        a.recall += [
+            (k & np.asarray(e.evidence)).sum() / sum(e.evidence)
+            for e, k in zip(encs, masks, strict=True)
+            if any(e.evidence)
+        ]
+        a.last_masks = masks
 
 
 def _budget_kind(method: KeepMethod, budget: Budget) -> str:

@@ -72,6 +72,40 @@ class ReducedScores:
     choice_calibrated: torch.Tensor | None = None
 
 
+def continuations(encs: Sequence[EncodedExample]) -> list[list[Sequence[int]]]:
+    """What :func:`score_reduced` scores after each prompt: the answer, then the choices if all examples have some."""
+    with_choices = all(e.choices is not None for e in encs)
+    return [[e.answer, *(e.choices if with_choices else ())] for e in encs]
+
+
+def reduced_scores(
+    encs: Sequence[EncodedExample],
+    results: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    priors: Sequence[torch.Tensor] | None,
+) -> ReducedScores:
+    """The metrics of :func:`score_reduced` from each prompt's scored :func:`continuations`.
+
+    Args:
+        encs: The examples.
+        results: Per example, ``(logprob [k], greedy [k])`` of its continuations (gold answer first).
+        priors: Per example, its choices' empty-context log-probabilities; needed when every example has choices.
+
+    Raises:
+        ValueError: If the examples have choices and no priors are given.
+    """
+    loglik = torch.stack([lp[0] / len(e.answer) for (lp, _), e in zip(results, encs, strict=True)])
+    em = torch.stack([g[0] for _, g in results])
+    if not all(e.choices is not None for e in encs):
+        return ReducedScores(loglik, em)
+    if priors is None:
+        raise ValueError("choice scores need the choices' empty-context log-probabilities (choice_priors)")
+    raw, cal = [], []
+    for (lp, _), e, prior in zip(results, encs, priors, strict=True):
+        raw.append(int(lp[1:].argmax()) == e.answer_index)
+        cal.append(int((lp[1:] - prior).argmax()) == e.answer_index)
+    return ReducedScores(loglik, em, torch.tensor(raw), torch.tensor(cal))
+
+
 def score_reduced(
     lm: FrozenLM,
     encs: Sequence[EncodedExample],
@@ -85,20 +119,10 @@ def score_reduced(
     its calibrated score subtracts the same choice's log-probability with an empty context
     (:func:`choice_priors`, computed here unless given), which removes the small model's prior over answers.
     """
-    prompts = build_prompts(lm, encs, contexts)
-    with_choices = all(e.choices is not None for e in encs)
-    conts = [[e.answer, *(e.choices if with_choices else ())] for e in encs]
-    res = lm.score_continuations(prompts, conts)
-    loglik = torch.stack([lp[0] / len(e.answer) for (lp, _), e in zip(res, encs, strict=True)])
-    em = torch.stack([g[0] for _, g in res])
-    if not with_choices:
-        return ReducedScores(loglik, em)
-    priors = list(priors) if priors is not None else choice_priors(lm, encs)
-    raw, cal = [], []
-    for (lp, _), e, prior in zip(res, encs, priors, strict=True):
-        raw.append(int(lp[1:].argmax()) == e.answer_index)
-        cal.append(int((lp[1:] - prior).argmax()) == e.answer_index)
-    return ReducedScores(loglik, em, torch.tensor(raw), torch.tensor(cal))
+    res = lm.score_continuations(build_prompts(lm, encs, contexts), continuations(encs))
+    if all(e.choices is not None for e in encs) and priors is None:
+        priors = choice_priors(lm, encs)
+    return reduced_scores(encs, res, priors)
 
 
 def choice_accuracy(

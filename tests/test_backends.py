@@ -244,3 +244,31 @@ def test_server_launcher_waits_for_the_model_and_stops_the_server_by_pid(tmp_pat
             time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_spans_and_evaluation_through_the_server_match_in_process(tiny_lm, fake):
+    from agents.baselines import make_baselines
+    from agents.evaluate import EvalTrace, evaluate
+
+    lm = remote_lm(tiny_lm, fake, max_in_flight=2)
+    encs = [encode_example(tiny_lm.tokenizer, x) for x in make_examples("qa", "heldout", 3, seed=3)]
+    full = [tiny_lm.build_prompt(e.context, e.question, e.answer_prefix) for e in encs]
+    prompts, spans = [p for p, _ in full], [s for _, s in full]
+    conts = [[e.answer, *e.choices] for e in encs]
+    conts[1], spans[2] = [], None  # a span alone, continuations alone
+    ref = tiny_lm.score_continuations_and_spans(prompts, conts, spans)
+    got = lm.score_continuations_and_spans(prompts, conts, spans)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.allclose(a.logprob, b.logprob, atol=1e-4) and torch.equal(a.greedy, b.greedy)
+        assert (a.span_logprobs is None) == (b.span_logprobs is None)
+        if a.span_logprobs is not None:
+            assert torch.allclose(a.span_logprobs, b.span_logprobs, atol=1e-4)
+    traces = []
+    for model in (tiny_lm, lm):
+        traces.append(EvalTrace())
+        methods = make_baselines(["full", "head", "selective_context", "llmlingua"], model)
+        evaluate(model, methods, {"qa": encs}, [0.3], n_boot=10, progress=False, trace=traces[-1])
+    for key, ref_rows in traces[0].per_example.items():
+        rows = traces[1].per_example[key]
+        assert rows["em"] == ref_rows["em"] and rows["choice_acc"] == ref_rows["choice_acc"], key
+        assert np.allclose(rows["loglik"], ref_rows["loglik"], atol=1e-4), key

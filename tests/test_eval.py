@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from agents.baselines import BASELINES, make_baselines
 from agents.config import PRESETS, PPOConfig, RunConfig, TaskConfig
@@ -191,3 +192,102 @@ def test_cli_errors_are_clear():
         [sys.executable, "train.py", "--preset", "nope", "--out", "/tmp/x"], cwd=ROOT, capture_output=True, text=True
     )
     assert out.returncode != 0 and "invalid choice" in out.stderr
+
+
+def _assert_same_per_example(got, ref, keys=None):
+    for key in keys or ref:
+        assert key in got, key
+        for metric in ("em", "choice_acc", "kept"):
+            if metric in ref[key]:
+                assert got[key][metric] == ref[key][metric], (key, metric)
+        assert np.allclose(got[key]["loglik"], ref[key]["loglik"], atol=1e-4), key
+
+
+@pytest.fixture(scope="module")
+def all_methods(tiny_lm):
+    from agents.baselines import ReducerMethod
+    from policies.reducer import TokenReducer
+
+    reducer = TokenReducer.from_base_model(
+        tiny_lm.model, tiny_lm.tokenizer, spec=tiny_lm.spec, processor=ProcessorConfig(max_len=512)
+    )
+    return [ReducerMethod(reducer, "untrained"), *make_baselines(BASELINES, tiny_lm)]
+
+
+def test_batched_evaluation_matches_one_at_a_time_and_score_reduced(tiny_lm, all_methods):
+    from agents.evaluate import EvalTrace
+    from envs.scoring import choice_priors, score_reduced
+
+    tasks = {"qa:heldout": _encs(tiny_lm, "qa", 5), "kv:heldout": _encs(tiny_lm, "kv", 5)}
+    one, big = EvalTrace(), EvalTrace()
+    for trace, size in ((one, 1), (big, 64)):
+        evaluate(tiny_lm, all_methods, tasks, [0.3], n_boot=10, progress=False, chunk_size=size, trace=trace)
+    assert len(big.per_example) == 2 * (len(all_methods) + 1)  # + the reducer's adaptive budget
+    # random draws per position in the chunk (its own, documented seeding), so it differs with the chunk size
+    _assert_same_per_example(big.per_example, one.per_example, [k for k in one.per_example if k[1] != "random"])
+    assert big.calls == 2 * 2 and one.calls == 2 * 10  # two batched scoring calls per chunk
+    # the same numbers as scoring each method's reduced contexts on their own
+    for task, encs in tasks.items():
+        priors = choice_priors(tiny_lm, encs) if encs[0].choices is not None else None
+        for m in all_methods:
+            budgets = [Budget(rate=0.3)] if m.uses_rate else [Budget()]
+            for budget in budgets + ([Budget()] if m.adaptive else []):
+                masks, contexts = m.reduce(encs, budget)
+                res = score_reduced(tiny_lm, encs, contexts, priors)
+                kind = "full" if not m.uses_rate else ("adaptive" if budget.adaptive else "rate")
+                got = big.per_example[(task, m.name, kind, budget.rate)]
+                assert got["kept"] == [len(c) / len(e.context) for e, c in zip(encs, contexts, strict=True)], m.name
+                assert got["em"] == res.exact_match.double().tolist(), m.name
+                assert np.allclose(got["loglik"], res.loglik.numpy(), atol=1e-4), m.name
+                if res.choice_calibrated is not None:
+                    assert got["choice_acc"] == res.choice_calibrated.double().tolist(), m.name
+
+
+def test_deduplication_does_not_change_results(tiny_lm):
+    from agents.baselines import HeadKeep, TailKeep
+    from agents.evaluate import EvalTrace
+
+    class Head2(HeadKeep):
+        name = "head2"  # keeps exactly what head keeps: every prompt of it is a duplicate
+
+    encs = _encs(tiny_lm, "qa", 6)
+    methods = [*make_baselines(["full", "selective_context"], tiny_lm), HeadKeep(), Head2(), TailKeep()]
+    rates = [0.4, 1.0]  # at 1.0 head and tail keep the full context: the full prompt again
+    shared = EvalTrace()
+    evaluate(tiny_lm, methods, {"qa": encs}, rates, n_boot=10, progress=False, trace=shared)
+    alone: dict = {}
+    for m in methods:
+        trace = EvalTrace()
+        evaluate(tiny_lm, [m], {"qa": encs}, rates, n_boot=10, progress=False, trace=trace)
+        alone.update(trace.per_example)
+    _assert_same_per_example(shared.per_example, alone)
+    n = len(encs)
+    # distinct: priors, full prompts (full, selective_context's surprisal, every 1.0 row), head / selective / tail
+    # at 0.4 (head2 shares head's)
+    assert shared.prompts == n * (1 + 1 + 3) < shared.requested
+    assert shared.tokens_by_method["head"] == shared.tokens_by_method["head2"]
+
+
+def test_selective_context_from_the_full_forward_equals_a_separate_forward(tiny_lm):
+    from agents.baselines import SelectiveContext
+    from agents.evaluate import EvalTrace
+
+    encs = _encs(tiny_lm, "kv", 4)
+    prefix = list(tiny_lm.layout.prefix)
+    separate = tiny_lm.score_answers([prefix] * len(encs), [e.context for e in encs]).token_logprobs
+    method = SelectiveContext(tiny_lm)
+    prompts = [method.surprisal_prompt(e) for e in encs]
+    shared = tiny_lm.score_continuations_and_spans(
+        [p for p, _ in prompts], [[e.answer] for e in encs], [s for _, s in prompts]
+    )
+    for e, r, sep in zip(encs, shared, separate, strict=True):
+        assert r.span_logprobs.shape == (len(e.context),)
+        assert torch.allclose(r.span_logprobs, sep, atol=1e-4)
+    for got, sep in zip(method.scores(encs), separate, strict=True):
+        assert np.allclose(got, -sep.numpy(), atol=1e-4)
+    # in the evaluator the full prompt runs once, for the full scores and the surprisal together
+    trace = EvalTrace()
+    evaluate(tiny_lm, make_baselines(["full", "selective_context"], tiny_lm), {"kv": encs}, [0.3], progress=False,
+             n_boot=10, trace=trace)  # fmt: skip
+    assert trace.prompts == 2 * len(encs)  # full prompts, then the selective reduced prompts
+    assert trace.tokens_by_method["selective_context"] > trace.tokens_by_method["full"]  # its forward + its prompts
