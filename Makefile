@@ -43,6 +43,11 @@ HELDOUT := passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout
 train: install
 	$(PY) train.py --preset default --out $(RUN)
 	$(PY) eval.py --reducer $(RUN)/reducer --tasks $(HELDOUT) --n 100 --rates 0.3 --out $(RUN)/eval
+	@echo "report:         $(RUN)/eval/report.md"
+	@echo "Pareto plot:    $(RUN)/eval/pareto.png"
+	@echo "examples page:  $(RUN)/eval/examples.html"
+	@if [ -f $(RUN)/learning_curve.png ]; then echo "learning curve: $(RUN)/learning_curve.png"; \
+	else echo "learning curve: none ($(RUN) has no periodic held-out evaluation)"; fi
 
 bench: install
 	$(PY) bench/env_throughput.py

@@ -12,6 +12,7 @@ import sys
 
 from agents.config import parse_train_command
 from agents.ppo import train
+from agents.report import write_learning_curve
 from agents.run_dir import RunDirectoryError
 from envs.backends import BackendError
 
@@ -21,11 +22,14 @@ def main() -> None:
     cmd = parse_train_command(description=__doc__)
     try:
         final = train(cmd.config, cmd.out, resume=cmd.resume)
+        curve = write_learning_curve(cmd.out)  # RUN/learning_curve.png from eval_history.json
     except (ValueError, RunDirectoryError, FileNotFoundError, BackendError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit(130)
     print(f"done: {final}")
+    if curve is not None:
+        print(f"learning curve: {curve}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Evaluation reports: ``report.json``, ``report.md``, ``pareto.png`` and ``examples.html``, written atomically."""
+"""Evaluation reports: ``report.json``, ``report.md``, ``pareto.png`` and ``examples.html``, written atomically.
+
+Also a training run's learning curve, ``RUN/learning_curve.png``, drawn from its ``eval_history.json``.
+"""
 
 from __future__ import annotations
 
 import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +171,39 @@ def learning_curve_plot(curves: dict[str, list[dict[str, Any]]], path: Path, rat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_learning_curve(run_dir: str | os.PathLike[str], rate: float | None = None) -> Path | None:
+    """Draw ``run_dir/learning_curve.png`` from ``run_dir/eval_history.json`` (written atomically).
+
+    Args:
+        run_dir: A training run directory.
+        rate: The keep rate to draw (default: 0.3 if the run evaluated it, else its lowest evaluated rate).
+
+    Returns:
+        The PNG's path, or None when the run has no periodic held-out evaluation to draw.
+
+    Raises:
+        ValueError: If ``eval_history.json`` is not valid JSON, or ``rate`` was not evaluated.
+    """
+    run_dir = Path(run_dir)
+    source = run_dir / "eval_history.json"
+    if not source.exists():
+        return None
+    try:
+        history = json.loads(source.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source} is not valid JSON: {err}") from err
+    pattern = re.compile(r"/policy_rate([0-9.]+)$")
+    rates = sorted({float(m.group(1)) for entry in history for k in entry if (m := pattern.search(k))})
+    if not rates:
+        return None
+    if rate is None:
+        rate = 0.3 if 0.3 in rates else rates[0]
+    elif rate not in rates:
+        raise ValueError(f"{source} has no evaluation at rate {rate}; it has {rates}")
+    path = run_dir / "learning_curve.png"
+    tmp = run_dir / ".learning_curve.tmp.png"  # a dot-file: a killed run's leftover is removed on resume
+    learning_curve_plot({run_dir.name: history}, tmp, rate=rate)
+    os.replace(tmp, path)
+    return path

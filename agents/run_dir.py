@@ -9,6 +9,7 @@ Layout of ``--out DIR``::
     tb/                  tensorboard logs
     checkpoints/         ckpt_<episodes>.zip + ckpt_<episodes>.rng.json (see agents/checkpoints.py)
     eval_history.json    periodic held-out evaluations, rewritten after each one
+    learning_curve.png   held-out score against episodes, drawn from eval_history.json by train.py at the end
     reducer/             the exported TokenReducer (written when training ends)
     final_model.zip      the trained SB3 model; written last, its presence marks the run finished
 """

@@ -291,3 +291,19 @@ def test_selective_context_from_the_full_forward_equals_a_separate_forward(tiny_
              n_boot=10, trace=trace)  # fmt: skip
     assert trace.prompts == 2 * len(encs)  # full prompts, then the selective reduced prompts
     assert trace.tokens_by_method["selective_context"] > trace.tokens_by_method["full"]  # its forward + its prompts
+
+
+def test_learning_curve_png_from_eval_history(tmp_path):
+    from agents.report import write_learning_curve
+
+    assert write_learning_curve(tmp_path) is None  # no periodic evaluation: nothing to draw
+    history = [
+        {"timesteps": t, "kv:heldout/policy_rate0.5": s, "kv:heldout/full": 0.5, "kv:heldout/random_rate0.5": 0.1}
+        for t, s in ((64, 0.2), (128, 0.6))
+    ]
+    (tmp_path / "eval_history.json").write_text(json.dumps(history))
+    path = write_learning_curve(tmp_path)
+    assert path == tmp_path / "learning_curve.png" and path.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*"))  # the temporary file was renamed
+    with pytest.raises(ValueError, match="no evaluation at rate 0.3"):
+        write_learning_curve(tmp_path, rate=0.3)
