@@ -55,6 +55,8 @@ class ReductionStatsCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         for info, r in zip(self.locals["infos"], self.locals["rewards"], strict=True):
+            if "task_score" not in info:  # a round before the last: nothing was scored
+                continue
             self.stats["reward"].append(float(info.get("raw_reward", r)))
             for k in self.KEYS:
                 self.stats[k].append(float(info[k]))
@@ -105,6 +107,8 @@ class HeldoutEvalCallback(BaseCallback):
         n_text_examples: How many examples to log as text with dropped tokens struck through.
         history_path: A JSON file that holds every evaluation so far, rewritten atomically after each one (earlier
             entries, e.g. from before a resume, are kept).
+        steps_per_episode: Env steps per episode (``processor.rounds``): SB3 counts steps, ``eval_freq`` and the
+            history's ``timesteps`` count episodes.
     """
 
     def __init__(
@@ -116,8 +120,10 @@ class HeldoutEvalCallback(BaseCallback):
         heuristics: Sequence[str] = EVAL_HEURISTICS,
         n_text_examples: int = 3,
         history_path: Path | None = None,
+        steps_per_episode: int = 1,
     ) -> None:
         super().__init__()
+        self.steps_per_episode = steps_per_episode
         self.lm = lm
         self.config = config
         self.tasks = tasks
@@ -133,7 +139,7 @@ class HeldoutEvalCallback(BaseCallback):
         self._baseline_rows: list[dict[str, Any]] | None = None
 
     def _on_step(self) -> bool:
-        if self.num_timesteps - self.last_eval >= self.eval_freq:
+        if (self.num_timesteps - self.last_eval) // self.steps_per_episode >= self.eval_freq:
             self.last_eval = self.num_timesteps
             self.run_eval()
         return True
@@ -151,7 +157,7 @@ class HeldoutEvalCallback(BaseCallback):
         policy = ReducerMethod(reducer, "policy")
         report = evaluate(self.lm, [policy], self.tasks, self.rates, progress=False, n_html_examples=1)
         rows = report["results"] + self._baselines()
-        summary: dict[str, Any] = {"timesteps": self.num_timesteps}
+        summary: dict[str, Any] = {"timesteps": self.num_timesteps // self.steps_per_episode}
         for task in self.tasks:
             mine = [r for r in rows if r["task"] == task]
             full = next(r for r in mine if r["method"] == "full")
@@ -187,7 +193,7 @@ class HeldoutEvalCallback(BaseCallback):
             for ex in report["examples"][: self.n_text_examples]
         ]
         self.logger.record("eval/examples", "\n\n---\n\n".join(texts), exclude=("stdout", "log", "json", "csv"))
-        self.logger.dump(self.num_timesteps)
+        self.logger.dump(self.num_timesteps // self.steps_per_episode)
         self.history.append(summary)
         if self.history_path is not None:
             write_atomic(self.history_path, json.dumps(self.history, indent=2) + "\n")

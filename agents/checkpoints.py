@@ -157,6 +157,7 @@ class CheckpointCallback(BaseCallback):
         venv: The vec env whose episode generators are saved.
         progress_path: A JSON file rewritten at every rollout start and end with the episodes done and the phase
             (``rollout`` or ``update``): what a kill loses is the difference to the latest checkpoint.
+        steps_per_episode: Env steps per episode (``processor.rounds``): SB3 counts steps, this counts episodes.
     """
 
     def __init__(
@@ -166,9 +167,11 @@ class CheckpointCallback(BaseCallback):
         keep: int,
         venv: BatchedTokenKeepVecEnv | None,
         progress_path: Path | None = None,
+        steps_per_episode: int = 1,
     ) -> None:
         super().__init__()
         self.directory = Path(directory)
+        self.steps_per_episode = steps_per_episode
         self.save_freq = save_freq
         self.keep = keep
         self.venv = venv
@@ -176,14 +179,14 @@ class CheckpointCallback(BaseCallback):
         self.last_save: int | None = None
 
     def _on_rollout_start(self) -> None:
-        if self.last_save is None or self.num_timesteps - self.last_save >= self.save_freq:
+        if self.last_save is None or (self.num_timesteps - self.last_save) // self.steps_per_episode >= self.save_freq:
             if self.last_save is not None or not any(self.directory.glob("ckpt_*.zip")):
                 save_checkpoint(self.model, self.directory, self.keep, self.venv)
             self.last_save = self.num_timesteps
-        write_progress(self.progress_path, self.num_timesteps, "rollout")
+        write_progress(self.progress_path, self.num_timesteps // self.steps_per_episode, "rollout")
 
     def _on_rollout_end(self) -> None:
-        write_progress(self.progress_path, self.num_timesteps, "update")
+        write_progress(self.progress_path, self.num_timesteps // self.steps_per_episode, "update")
 
     def _on_step(self) -> bool:
         return True

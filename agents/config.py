@@ -76,9 +76,10 @@ class PPOConfig:
     """PPO (stable-baselines3) settings. One episode is one step, so gamma and GAE lambda are fixed at 1.
 
     Attributes:
-        total_timesteps: Episodes to train for.
+        total_timesteps: Episodes to train for (each is processor.rounds env steps).
         n_envs: Parallel episodes per vec-env step (scored in one frozen-model forward).
-        n_steps: Vec-env steps per rollout (a rollout is n_envs * n_steps episodes).
+        n_steps: Vec-env steps per rollout (a rollout is n_envs * n_steps / processor.rounds episodes; a multiple of
+            processor.rounds).
         batch_size: PPO minibatch size; must divide the rollout size.
         n_epochs: PPO epochs per rollout.
         learning_rate: Adam learning rate, decayed linearly to 10% over the run.
@@ -137,18 +138,32 @@ class WarmStartConfig:
         filler_weight: Share of the listwise target given to non-evidence units, more to those less related to the
             question (0: evidence only). Above 0 the clone ranks unrelated text above near-miss distractors, the
             order in which a rate's leftover budget is filled.
+        credit_examples: Training examples (the first of the pool, which mixes the tasks evenly) whose units get
+            the frozen model's leave-one-sentence-out credit (agents/credit.py; 0: off). Where an example has no
+            evidence marks, its units with credit above credit_threshold become its clone target; everywhere,
+            units with credit below -credit_threshold are kept out of the filler.
+        credit_threshold: Credit (in the reward's score units, nats per answer token for loglik) that makes a
+            sentence evidence, or (negated) a distractor.
+        credit_rate: Size of the candidate set the credit is measured over, as a share of the context.
     """
 
     steps: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-3
     filler_weight: float = 0.0
+    credit_examples: int = 0
+    credit_threshold: float = 0.3
+    credit_rate: float = 0.3
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("warm_start.steps must be >= 0, batch_size >= 1 and learning_rate > 0")
         if not 0 <= self.filler_weight < 1:
             raise ValueError(f"warm_start.filler_weight must be in [0, 1), got {self.filler_weight}")
+        if self.credit_examples < 0 or self.credit_threshold <= 0 or not 0 < self.credit_rate <= 1:
+            raise ValueError(
+                "warm_start.credit_examples must be >= 0, credit_threshold > 0 and credit_rate in (0, 1]"
+            )
 
 
 @dataclass
@@ -199,6 +214,13 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.ppo.n_steps % self.processor.rounds:
+            raise ValueError(
+                f"ppo.n_steps {self.ppo.n_steps} must be a multiple of processor.rounds {self.processor.rounds}: a "
+                "rollout (and a checkpoint) must end where episodes end"
+            )
 
     def to_json(self) -> str:
         """Pretty JSON of every field."""

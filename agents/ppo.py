@@ -73,7 +73,7 @@ def build_ppo(config: TrainConfig, venv: BatchedTokenKeepVecEnv, tensorboard_log
         n_steps=p.n_steps,
         batch_size=p.batch_size,
         n_epochs=p.n_epochs,
-        gamma=1.0,  # one-step episodes: nothing to discount
+        gamma=1.0,  # short episodes (one step per round) scored at the end: nothing to discount
         gae_lambda=1.0,
         clip_range=p.clip_range,
         ent_coef=p.ent_coef,
@@ -143,6 +143,7 @@ def _train(
     set_random_seed(run.seed)
     core = make_core(config, lm)
     lm = core.lm
+    rounds = config.processor.rounds  # env steps per episode; SB3 counts steps, the config episodes
     venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=run.seed, group_size=config.ppo.group_size)
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is not None:
@@ -152,7 +153,7 @@ def _train(
             print(f"{ckpt} has no saved random state: the run continues, but not exactly as it would have")
         else:
             restore_rng(state, venv)
-        print(f"resuming from {ckpt} at {model.num_timesteps} episodes")
+        print(f"resuming from {ckpt} at {model.num_timesteps // rounds} episodes")
     else:
         model = build_ppo(config, venv, str(out / "tb"))
         if config.warm_start.steps:
@@ -165,18 +166,29 @@ def _train(
     callbacks: list = [
         ReductionStatsCallback(),
         CheckpointCallback(
-            out / "checkpoints", run.checkpoint_freq, run.keep_checkpoints, venv, progress_path=out / "progress.json"
+            out / "checkpoints",
+            run.checkpoint_freq,
+            run.keep_checkpoints,
+            venv,
+            progress_path=out / "progress.json",
+            steps_per_episode=rounds,
         ),
     ]
     evaluator = None
     if run.eval_freq > 0 and config.tasks.heldout.strip():
         heldout = load_eval_tasks(config.tasks.heldout, lm.tokenizer, config.tasks.eval_examples, seed=run.seed)
         evaluator = HeldoutEvalCallback(
-            lm, config, heldout, run.eval_freq, run.eval_heuristics, history_path=out / "eval_history.json"
+            lm,
+            config,
+            heldout,
+            run.eval_freq,
+            run.eval_heuristics,
+            history_path=out / "eval_history.json",
+            steps_per_episode=rounds,
         )
         evaluator.last_eval = model.num_timesteps
         callbacks.append(evaluator)
-    remaining = config.ppo.total_timesteps - model.num_timesteps
+    remaining = config.ppo.total_timesteps * rounds - model.num_timesteps
     try:
         if remaining > 0:
             model.learn(
@@ -188,13 +200,13 @@ def _train(
             )
     except KeyboardInterrupt:
         last = latest_checkpoint(out / "checkpoints")
-        where = f"the checkpoint at {int(last.stem.split('_')[1])} episodes" if last else "the start"
+        where = f"the checkpoint at {int(last.stem.split('_')[1]) // rounds} episodes" if last else "the start"
         print(f"\ninterrupted: continue from {where} with: python train.py --resume --out {out}", file=sys.stderr)
         raise
     if evaluator is not None and evaluator.last_eval != model.num_timesteps:
         evaluator.run_eval()
     save_checkpoint(model, out / "checkpoints", run.keep_checkpoints, venv)
-    write_progress(out / "progress.json", model.num_timesteps, "export")
+    write_progress(out / "progress.json", model.num_timesteps // rounds, "export")
     if export:
         reducer_dir = out / "reducer"
         if reducer_dir.exists():  # left by a run killed after its export: the new export replaces it
@@ -206,5 +218,5 @@ def _train(
     tmp = out / ".final_model.tmp.zip"
     model.save(tmp)
     os.replace(tmp, final)
-    write_progress(out / "progress.json", model.num_timesteps, "done")
+    write_progress(out / "progress.json", model.num_timesteps // rounds, "done")
     return final

@@ -8,6 +8,14 @@ distractors hurt a small model more than unrelated text, so a rate's leftover bu
 PPO then optimises the task reward from this start: what to keep besides the evidence, and whether the
 evidence is really what the frozen model needs, are left to the reward. Examples without evidence are skipped;
 with none at all the warm start is skipped with a warning.
+
+With ``credit_examples`` > 0, the frozen model's own leave-one-sentence-out credit (:mod:`agents.credit`) is
+computed first for that many examples: it is the target of examples without evidence marks (data as users
+have it), and it keeps units that mislead the model out of the filler target everywhere.
+
+With ``processor.rounds`` R > 1 every round is cloned: round 1 on the plain observation, and round k+1 on the
+observation conditioned on the probe the network itself keeps in round k (its deterministic ranking, as the
+reducer does), so later rounds learn from the kept sets they will really see.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import numpy as np
 import torch
 
 from agents.config import WarmStartConfig
+from agents.credit import unit_credit
 from envs.core import TokenKeepCore
+from policies.budget import rank_priorities
 from policies.lexical import CHANNELS
 
 
@@ -57,11 +67,26 @@ def behaviour_cloning(
     Returns:
         The loss of every step.
     """
-    labelled = [i for i in range(len(core.pool)) if evidence_units(core, i).any()]
+    labels = {i: evidence_units(core, i) for i in range(len(core.pool))}
+    harmful: dict[int, np.ndarray] = {}
+    if config.credit_examples:
+        assessed = list(range(min(config.credit_examples, len(core.pool))))
+        credits = unit_credit(core, assessed, config.credit_rate, progress=True)
+        for i, c in credits.items():
+            if not labels[i].any():  # no evidence marks: the frozen model's credit is the target
+                labels[i] = c.credit > config.credit_threshold
+            harmful[i] = c.credit < -config.credit_threshold
+        prompts = sum(c.prompts for c in credits.values())
+        tokens = sum(c.tokens for c in credits.values())
+        full = sum(len(core.pool[i].context) for i in credits)
+        print(
+            f"credit teacher: {len(credits)} examples, {prompts / len(credits):.1f} prompts and "
+            f"{tokens / max(full, 1):.2f} full contexts' worth of context tokens per example"
+        )
+    labelled = [i for i in range(len(core.pool)) if labels[i].any()]
     if not labelled:
-        warnings.warn("warm start skipped: no training example records evidence spans", stacklevel=2)
+        warnings.warn("warm start skipped: no training example records evidence spans or earned credit", stacklevel=2)
         return []
-    labels = {i: evidence_units(core, i) for i in labelled}
     rng = np.random.default_rng(seed)
     device = next(net.parameters()).device
     opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
@@ -70,24 +95,22 @@ def behaviour_cloning(
     for step in range(config.steps):
         idx = [labelled[j] for j in rng.integers(len(labelled), size=config.batch_size)]
         budgets = [core.budget.sample(rng) for _ in idx]
-        obs = {k: torch.as_tensor(v, device=device) for k, v in core.observe(idx, budgets).items()}
-        scores, stop, _ = net(obs)
-        target = torch.zeros_like(scores)
-        for r, i in enumerate(idx):
-            target[r, : len(labels[i])] = torch.as_tensor(labels[i], dtype=target.dtype)
-        valid = obs["unit_lengths"] > 0
-        evidence = target.clone()
-        listwise = target / target.sum(1, keepdim=True)
-        if config.filler_weight > 0 and "lexical" in obs:
-            unrelated = torch.exp(-4.0 * unit_relevance(obs)) * valid * (1 - evidence)
-            filler = unrelated / unrelated.sum(1, keepdim=True).clamp(min=1e-9)
-            listwise = (1 - config.filler_weight) * listwise + config.filler_weight * filler
-        logp = torch.log_softmax(scores, dim=1)
-        rank_loss = -(listwise * logp).sum(1).mean()
-        margin = scores - stop[:, None]
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(margin, evidence, reduction="none")
-        stop_loss = (bce * valid).sum() / valid.sum()
-        loss = rank_loss + stop_loss
+        loss = torch.zeros((), device=device)
+        inputs = None
+        rounds = core.processor.rounds
+        for r in range(rounds):
+            final = r == rounds - 1
+            raw = core.observe(idx, budgets, inputs, final=final)
+            obs = {k: torch.as_tensor(v, device=device) for k, v in raw.items()}
+            scores, stop, _ = net(obs)
+            avoid = [harmful.get(i) for i in idx]
+            loss = loss + _clone_loss(scores, stop, obs, [labels[i] for i in idx], avoid, config.filler_weight) / rounds
+            if not final:  # the next round sees what this one keeps: its own ranking's probe
+                ranked = scores.detach().cpu().numpy()
+                inputs = [
+                    core.condition(i, core.probe_mask(i, b, rank_priorities(ranked[row][: core.inputs[i].n_units])))
+                    for row, (i, b) in enumerate(zip(idx, budgets, strict=True))
+                ]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -98,3 +121,32 @@ def behaviour_cloning(
             logger.dump(step + 1)
     net.eval()
     return losses
+
+
+def _clone_loss(
+    scores: torch.Tensor,
+    stop: torch.Tensor,
+    obs: dict[str, torch.Tensor],
+    labels: list[np.ndarray],
+    avoid: list[np.ndarray | None],
+    filler: float,
+) -> torch.Tensor:
+    """Listwise cross-entropy towards the evidence units (plus ``filler`` share of unrelated ones) and STOP's BCE.
+
+    Units in ``avoid`` (per row, or None) never get filler mass.
+    """
+    target = torch.zeros_like(scores)
+    allowed = torch.ones_like(scores)
+    for r, (lab, bad) in enumerate(zip(labels, avoid, strict=True)):
+        target[r, : len(lab)] = torch.as_tensor(lab, dtype=target.dtype)
+        if bad is not None:
+            allowed[r, : len(bad)] = 1.0 - torch.as_tensor(bad, dtype=target.dtype)
+    valid = obs["unit_lengths"] > 0
+    evidence = target.clone()
+    listwise = target / target.sum(1, keepdim=True)
+    if filler > 0 and "lexical" in obs:
+        unrelated = torch.exp(-4.0 * unit_relevance(obs)) * valid * (1 - evidence) * allowed
+        listwise = (1 - filler) * listwise + filler * unrelated / unrelated.sum(1, keepdim=True).clamp(min=1e-9)
+    rank_loss = -(listwise * torch.log_softmax(scores, dim=1)).sum(1).mean()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(scores - stop[:, None], evidence, reduction="none")
+    return rank_loss + (bce * valid).sum() / valid.sum()

@@ -11,6 +11,12 @@ same function the deployed reducer uses; the budget vector comes from :class:`po
 Action: one priority per selection unit (``Box(-1, 1, (max_len,))``, aligned with ``unit_index``); the kept
 units are :func:`policies.budget.select_units` of it under the episode's budget, the rule the reducer uses.
 
+Rounds (``processor.rounds`` R > 1): an episode is R steps. In a round before the last, the action's best units
+within :meth:`~policies.processor.ProcessorConfig.probe_tokens` are kept (:meth:`TokenKeepCore.probe_mask`),
+nothing is scored and the reward is 0; the next observation is the example conditioned on them
+(:func:`policies.processor.condition`, what the reducer does between its rounds). The last round's action is
+the reduction, scored as below.
+
 Reward: ``r = s - token_cost * kept / context_tokens`` where ``s`` is the task score of the reduced prompt,
 minus the full-context score when the score is relative (``loglik``). Each episode's budget is drawn by
 :meth:`policies.budget.BudgetConfig.sample`: with a rate the budget is enforced by the fill and ``token_cost``
@@ -38,8 +44,8 @@ from envs.examples import EncodedExample, Example, encode_example, prepare_examp
 from envs.frozen_lm import FrozenLM
 from envs.scoring import TaskScore, make_score
 from envs.task_specs import load_tasks
-from policies.budget import Budget, BudgetConfig, select_units
-from policies.processor import Encoded, ProcessorConfig, observation_layout, pack_observations
+from policies.budget import Budget, BudgetConfig, TokenLimits, fill_units, select_units
+from policies.processor import Encoded, ProcessorConfig, condition, observation_layout, pack_observations
 
 
 class LRUCache:
@@ -199,18 +205,52 @@ class TokenKeepCore:
 
         return self._cached("feat", indices, compute)
 
-    def observe(self, indices: Sequence[int], budgets: Sequence[Budget]) -> dict[str, np.ndarray]:
-        """Stacked observations ``[B, ...]`` for examples ``indices`` under ``budgets``."""
+    def limits(self, index: int, budget: Budget, final: bool = True) -> TokenLimits:
+        """Token limits of a round of example ``index``: the budget's in the last round, the probe's before it."""
+        n = len(self.pool[index].context)
+        limits = self.budget.limits(budget, n)
+        if final:
+            return limits
+        return TokenLimits(False, 0, self.processor.probe_tokens(n, limits.max_tokens))
+
+    def observe(
+        self,
+        indices: Sequence[int],
+        budgets: Sequence[Budget],
+        inputs: Sequence[Encoded] | None = None,
+        final: bool | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Stacked observations ``[B, ...]`` for examples ``indices`` under ``budgets``.
+
+        Args:
+            indices: Example indices.
+            budgets: Their budgets.
+            inputs: Conditioned views of the examples (:meth:`condition`) in a later round; None: the first round.
+            final: Whether this is the last round (its limits are the budget's); None: the first round's answer
+                (last only when there is one round).
+        """
         sizes = [len(self.pool[i].context) for i in indices]
+        items = list(inputs) if inputs is not None else [self.inputs[i] for i in indices]
+        last = self.processor.rounds == 1 if final is None else final
         return pack_observations(
-            [self.inputs[i] for i in indices],
+            items,
             self._features(indices),
             [self.budget.observe(b, n) for b, n in zip(budgets, sizes, strict=True)],
             max_len=self.max_len,
             pad_id=self.lm.pad_id,
-            limits=[self.budget.limits(b, n).as_array() for b, n in zip(budgets, sizes, strict=True)],
+            limits=[self.limits(i, b, last).as_array() for i, b in zip(indices, budgets, strict=True)],
             attention_size=self.features.attention_size,
         )
+
+    def probe_mask(self, index: int, budget: Budget, action: np.ndarray, inputs: Encoded | None = None) -> np.ndarray:
+        """Bool mask over example ``index``'s context tokens: what a round before the last keeps for ``action``."""
+        enc = inputs if inputs is not None else self.inputs[index]
+        keep = fill_units(action[: enc.n_units], enc.unit_lengths, self.limits(index, budget, final=False).max_tokens)
+        return keep[enc.unit_index]
+
+    def condition(self, index: int, kept: np.ndarray) -> Encoded:
+        """Example ``index`` as the next round sees it after ``kept`` (bool per context token)."""
+        return condition(self.inputs[index], kept)
 
     def keep_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:
         """Bool mask over example ``index``'s context tokens: the units :func:`select_units` keeps for ``action``."""
@@ -218,6 +258,7 @@ class TokenKeepCore:
         lengths = enc.unit_lengths
         keep_units = select_units(action[: len(lengths)], lengths, self.budget.limits(budget, len(enc.context)))
         return keep_units[enc.unit_index]
+
     def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
         """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""
 
@@ -226,6 +267,19 @@ class TokenKeepCore:
             return [(float(s), ref) for s, ref in zip(res.scores.tolist(), res.references, strict=True)]
 
         return self._cached("full", indices, compute)
+
+    def score_contexts(self, indices: Sequence[int], contexts: Sequence[Sequence[int]]) -> np.ndarray:
+        """The reward's task score of each example with a replacement context, in one batched call.
+
+        Absolute scores (the full context's is not subtracted); differences between two contexts of the same
+        example are what a teacher compares (:mod:`agents.credit`).
+
+        Args:
+            indices: Pool example per row (repeats allowed).
+            contexts: The context token ids to score each row with.
+        """
+        refs = [ref for _, ref in self.full_scores(indices)]
+        return self._score(list(indices), [tuple(c) for c in contexts], refs).scores.numpy().astype(np.float64)
 
     def _score(
         self, indices: Sequence[int], contexts: Sequence[Sequence[int]] | None = None, refs: Sequence[Any] | None = None

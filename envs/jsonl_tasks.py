@@ -20,7 +20,8 @@ What is accepted and what is refused (each refusal names the file, the line and 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from envs.examples import Example
@@ -163,3 +164,34 @@ def validate_jsonl(path: str | Path) -> int:
 def load_jsonl(path: str | Path) -> list[Example]:
     """All examples of a JSONL file (see :func:`iter_jsonl`)."""
     return list(iter_jsonl(path))
+
+
+def example_record(ex: Example, evidence: bool = True) -> dict[str, object]:
+    """The JSONL object of an example (the format :func:`parse_line` reads); without ``evidence`` marks if asked."""
+    record: dict[str, object] = {"context": ex.context, "question": ex.question, "answer": ex.answer}
+    if ex.choices is not None:
+        record["choices"] = list(ex.choices)
+    if ex.answer_prefix:
+        record["answer_prefix"] = ex.answer_prefix
+    if evidence and ex.evidence:
+        record["evidence"] = [[s, e] for s, e in ex.evidence]
+    return record
+
+
+def write_jsonl(examples: Iterable[Example], path: str | Path, evidence: bool = True) -> int:
+    """Write examples as a JSONL task file, atomically (a temporary file, then renamed); returns how many.
+
+    Raises:
+        FileExistsError: If ``path`` exists.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; choose another path")
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(example_record(ex, evidence), ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n

@@ -10,15 +10,22 @@ Spec strings (comma-separated specs form a mixture, drawn round-robin)::
 
 Options for synthetic families (:mod:`envs.task_families`): ``n`` (number of examples), ``seed``,
 ``distractors`` (distractor pairs, people or facts), ``filler`` (filler sentences).
+
+Run as a module, it writes a spec's examples as a JSONL task file (the format of :mod:`envs.jsonl_tasks`),
+e.g. to see the format, or to train on the synthetic families as data without evidence marks::
+
+    python -m envs.task_specs multihop:train:n=64 --out multihop.jsonl --no-evidence
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from envs.examples import Example
-from envs.jsonl_tasks import load_jsonl
+from envs.jsonl_tasks import load_jsonl, write_jsonl
 from envs.task_families import FAMILIES, SPLITS, make_examples
 
 
@@ -112,3 +119,25 @@ def split_specs(spec: str) -> list[str]:
         elif piece.strip():
             parts.append(piece.strip())
     return parts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Write a task spec's examples to a JSONL file (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m envs.task_specs", description="Write the examples of a task spec as a JSONL task file."
+    )
+    parser.add_argument("spec", help="task spec, e.g. kv:train:n=64 or a comma-joined mixture")
+    parser.add_argument("--out", required=True, help="JSONL file to write (must not exist)")
+    parser.add_argument("--n", type=int, default=256, help="examples per synthetic spec that gives no n=")
+    parser.add_argument("--seed", type=int, default=0, help="seed of synthetic specs that give none")
+    parser.add_argument("--no-evidence", action="store_true", help="leave out the evidence marks, as most data has")
+    args = parser.parse_args(argv)
+    try:
+        n = write_jsonl(load_tasks(args.spec, args.n, args.seed), args.out, evidence=not args.no_evidence)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    print(f"wrote {n} examples to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

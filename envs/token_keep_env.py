@@ -1,8 +1,11 @@
-"""TokenKeep-v0: a one-step gymnasium environment in which a policy chooses which context tokens to keep.
+"""TokenKeep-v0: a gymnasium environment in which a policy chooses which context tokens to keep.
 
 Each episode is one example and one budget. ``reset`` returns a padded observation of the question and context
-tokens (layout: :mod:`policies.processor`); ``step`` takes a ``MultiBinary(max_len)`` keep mask (1 = keep; positions
-outside the reducible mask are ignored), scores the reduced prompt with the frozen model and ends the episode.
+tokens (layout: :mod:`policies.processor`); ``step`` takes one priority per selection unit
+(``Box(-1, 1, (max_len,))``: units with priority > 0 are candidates, the best that fit the budget are kept),
+scores the reduced prompt with the frozen model and ends the episode. With ``processor.rounds`` R > 1 an
+episode is R steps: each step before the last keeps a probe of the best units, returns reward 0 and the example
+conditioned on it (:mod:`envs.core`); the last step is scored.
 
 Reward: ``task_score(reduced) [- full_score if relative] - token_cost * kept_context / context_tokens``.
 ``info`` carries ``kept_ratio``, ``task_score``, ``full_score``, ``token_cost`` and ``reduced_text``.
@@ -46,6 +49,7 @@ class TokenKeepEnv(gym.Env):
         self.action_space = self.core.action_space
         self._current: tuple[int, Budget] | None = None
         self._obs: dict[str, np.ndarray] | None = None
+        self._round = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode on a random example and budget.
@@ -62,15 +66,23 @@ class TokenKeepEnv(gym.Env):
             if not isinstance(budget, Budget):
                 raise ValueError(f"options['budget'] must be a policies.budget.Budget, got {type(budget).__name__}")
         self._current = (idx, budget)
+        self._round = 0
         obs = self.core.observe([idx], [budget])
         self._obs = {k: v[0] for k, v in obs.items()}
         return self._obs, {"example_index": idx, "token_cost": self.core.budget.token_cost(budget)}
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
-        """Apply a keep mask; the episode ends after this step."""
+        """Apply unit priorities; the episode ends after the last round's step."""
         if self._current is None or self._obs is None:
             raise RuntimeError("call reset() before step()")
         idx, budget = self._current
+        if self._round < self.core.processor.rounds - 1:
+            kept = self.core.probe_mask(idx, budget, self.core.check_action(action))
+            self._round += 1
+            final = self._round == self.core.processor.rounds - 1
+            obs = self.core.observe([idx], [budget], [self.core.condition(idx, kept)], final=final)
+            self._obs = {k: v[0] for k, v in obs.items()}
+            return {k: v.copy() for k, v in self._obs.items()}, 0.0, False, False, {"round": self._round}
         res = self.core.step_batch([idx], [budget], [action])
         self._current = None
         obs = {k: v.copy() for k, v in self._obs.items()}  # callers may keep what reset returned

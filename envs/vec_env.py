@@ -11,6 +11,11 @@ the *same* budget, each with its own sampled action, and each env's reward is re
 the other G - 1 in its group (the leave-one-out baseline of RLOO, as in GRPO). For one-step episodes this is an
 unbiased, low-variance advantage that needs no learned value: PPO still runs unchanged on top of it.
 ``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring.
+
+Rounds (``processor.rounds`` R > 1, see :mod:`envs.core`): every episode lasts R steps, all envs in lock-step.
+The steps before the last return reward 0 and ``done`` False, and the next round's observations (each
+example conditioned on what its env's action kept); the last step scores, as above. PPO with gamma = 1 credits
+every round with the episode's (centred) reward.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
         super().__init__(n_envs, core.observation_space, core.action_space)
         self.seed(seed)
         self._episodes: list[tuple[int, Budget]] = []
+        self._round = 0
         self._obs: dict[str, np.ndarray] | None = None
         self._actions: np.ndarray | None = None
         self._draw_state: list[dict] = [rng.bit_generator.state for rng in self._rngs]
@@ -75,6 +81,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
         self._draw_state = [rng.bit_generator.state for rng in self._rngs]
         groups = [self.core.sample(rng) for rng in self._rngs]
         self._episodes = [groups[r // self.group_size] for r in range(self.num_envs)]
+        self._round = 0
         return self.core.observe([i for i, _ in self._episodes], [b for _, b in self._episodes])
 
     def reset(self) -> dict[str, np.ndarray]:
@@ -94,6 +101,8 @@ class BatchedTokenKeepVecEnv(VecEnv):
             raise RuntimeError("call reset() and step_async() before step_wait()")
         if self._actions.shape[0] != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {self._actions.shape}")
+        if self._round < self.core.processor.rounds - 1:
+            return self._next_round()
         res = self.core.step_batch([i for i, _ in self._episodes], [b for _, b in self._episodes], list(self._actions))
         raw = res.rewards.astype(np.float32)
         rewards = raw.copy()
@@ -110,6 +119,20 @@ class BatchedTokenKeepVecEnv(VecEnv):
             info["episode"] = {"r": float(raw[r]), "l": 1, "t": 0.0}
         self._actions = None
         return self._obs, rewards, np.ones(self.num_envs, dtype=bool), res.infos
+
+    def _next_round(self) -> VecEnvStepReturn:
+        """A round before the last: keep each action's probe, observe the examples conditioned on it."""
+        indices = [i for i, _ in self._episodes]
+        budgets = [b for _, b in self._episodes]
+        inputs = []
+        for i, b, a in zip(indices, budgets, self._actions, strict=True):
+            kept = self.core.probe_mask(i, b, self.core.check_action(a))
+            inputs.append(self.core.condition(i, kept))
+        self._round += 1
+        self._obs = self.core.observe(indices, budgets, inputs, final=self._round == self.core.processor.rounds - 1)
+        self._actions = None
+        infos: list[dict[str, Any]] = [{"round": self._round} for _ in indices]
+        return self._obs, np.zeros(self.num_envs, np.float32), np.zeros(self.num_envs, dtype=bool), infos
 
     def close(self) -> None:  # noqa: D102
         pass

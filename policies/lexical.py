@@ -17,6 +17,21 @@ Channels per context token, each in [0, 1] (:data:`CHANNELS`):
   later statements update earlier ones, the latest mention of what the question asks about is current;
 * ``position``: the relative position of the token's sentence in the context (0 first, 1 last).
 
+Kept-conditioned channels (:data:`KEPT_CHANNELS`, for policies that select in rounds): given what the previous
+round kept, round k+1 sees where the kept text leads, so a bridge entity found in round k (a container, the
+person who carries it) is followed in round k+1. Words of the kept text weigh by their inverse sentence
+frequency and by how much of their sentence was kept:
+
+* ``kept``: the token was kept in the previous round;
+* ``kept_match``: the token's word occurs in kept text of *another* sentence and not in the question (a bridge
+  word the kept text brought in);
+* ``kept_bm25``: BM25 of the token's sentence against those bridge words;
+* ``kept_last``: the token's sentence is the latest not-kept sentence that mentions a kept word (the current
+  state of an entity the kept text is about: where its carrier is *now*);
+* ``kept_prev``: the token's sentence is the nearest earlier not-kept sentence that shares a word with a kept
+  sentence (what held just before a kept fact: where someone was *before* a kept move);
+* ``later_round``: 1 in every round after the first (0 in the first, where the other kept channels are 0).
+
 :func:`bm25_scores` is also the ``bm25`` baseline of ``eval.py`` (LongLLMLingua's retrieval baseline).
 """
 
@@ -30,6 +45,9 @@ from collections.abc import Sequence
 import numpy as np
 
 CHANNELS = ("q_match", "hop_match", "sent_bm25", "sent_hop2", "sent_hop3", "last_mention", "position")
+KEPT_CHANNELS = ("kept", "kept_match", "kept_bm25", "kept_last", "kept_prev", "later_round")
+KEPT_SENTENCE = 0.5
+"""A sentence counts as kept (for ``kept_last`` / ``kept_prev``) when at least this share of its tokens was kept."""
 WORD = re.compile(r"\w+")
 
 
@@ -139,4 +157,71 @@ def lexical_channels(
         hits = [inv.get(w, 0.0) / top_idf for w in ws if last_sentence.get(w) == sentence_index[t]]
         out[t, 5] = max(hits, default=0.0)
     out[:, 6] = pos
+    return out
+
+
+def kept_channels(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    sentence_index: np.ndarray,
+    question: str,
+    kept: np.ndarray | None,
+) -> np.ndarray:
+    """The channels of :data:`KEPT_CHANNELS` for every context token, ``[n_tokens, len(KEPT_CHANNELS)]`` float32.
+
+    Args:
+        text: The context.
+        offsets: Character span of each context token.
+        sentence_index: Sentence unit of each token.
+        question: The question text.
+        kept: Bool per token: what the previous round kept; None in the first round (all channels 0).
+    """
+    n = len(offsets)
+    out = np.zeros((n, len(KEPT_CHANNELS)), dtype=np.float32)
+    if n == 0 or kept is None:
+        return out
+    kept = np.asarray(kept, dtype=bool)
+    if kept.shape != (n,):
+        raise ValueError(f"kept must be one bool per context token ({n}), got shape {kept.shape}")
+    out[:, 0] = kept
+    out[:, 5] = 1.0
+    tw = token_words(text, offsets)
+    sents = unit_words(tw, sentence_index)
+    n_sent = len(sents)
+    inv = idf(sents)
+    top_idf = max(inv.values(), default=0.0) or 1.0
+    frac = np.bincount(sentence_index, weights=kept, minlength=n_sent) / np.maximum(
+        np.bincount(sentence_index, minlength=n_sent), 1
+    )
+    q = set(words(question))
+    sent_sets = [set(ws) for ws in sents]
+    # word -> [(sentence, weight)] over the sentences the previous round kept part of
+    sources: dict[str, list[tuple[int, float]]] = {}
+    for s_i in np.flatnonzero(frac > 0):
+        for w in sent_sets[s_i]:
+            sources.setdefault(w, []).append((int(s_i), float(frac[s_i]) * inv.get(w, 0.0) / top_idf))
+    bridge = {w: max(v for _, v in src) for w, src in sources.items() if w not in q}
+    whole = frac >= KEPT_SENTENCE
+    last: dict[int, dict[str, float]] = {}  # sentence -> {word: weight} for kept_last
+    for w, src in sources.items():
+        later = [s_i for s_i in range(n_sent - 1, -1, -1) if w in sent_sets[s_i] and not whole[s_i]]
+        if later:
+            last.setdefault(later[0], {})[w] = max(v for _, v in src)
+    prev: dict[int, dict[str, float]] = {}  # sentence -> {word: weight} for kept_prev
+    for k in np.flatnonzero(whole):
+        for w in sent_sets[k]:
+            before = [s_i for s_i in range(int(k) - 1, -1, -1) if w in sent_sets[s_i] and not whole[s_i]]
+            if before:
+                weight = float(frac[k]) * inv.get(w, 0.0) / top_idf
+                slot = prev.setdefault(before[0], {})
+                slot[w] = max(slot.get(w, 0.0), weight)
+    bm = _normalised(bm25_scores(sents, bridge)) if bridge else np.zeros(n_sent)
+    for t, ws in enumerate(tw):
+        s_t = int(sentence_index[t])
+        out[t, 1] = max(
+            (v for w in ws if w in bridge for s_i, v in sources[w] if s_i != s_t), default=0.0
+        )
+        out[t, 3] = max((last.get(s_t, {}).get(w, 0.0) for w in ws), default=0.0)
+        out[t, 4] = max((prev.get(s_t, {}).get(w, 0.0) for w in ws), default=0.0)
+    out[:, 2] = bm[sentence_index]
     return out

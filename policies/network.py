@@ -5,7 +5,9 @@ Pure torch (no stable-baselines3, no gymnasium), shared by the SB3 training poli
 
 Input: an observation dict packed by :func:`policies.processor.pack_observations`, as tensors, for B rows of
 length L (see the processor for the layout): ``features [B, L, D]``, ``lexical [B, L, C]``,
-``attention_mask``, ``reducible_mask``, ``unit_index [B, L]`` and ``budget [B, K]``.
+``attention_mask``, ``reducible_mask``, ``unit_index [B, L]``, ``sentence_index [B, L]`` (read only with
+sentence blocks) and ``budget [B, K]``. Positions past the longest row of a batch are padding and are not
+computed.
 
 Output: ``scores [B, L]`` (one ranking score per unit, at the unit's index; padding units get
 :data:`~policies.ranking.NEG`), ``stop [B]`` (the adaptive mode's STOP score) and ``value [B]``.
@@ -18,7 +20,11 @@ Architecture:
 2. Units: the mean of each unit's token states, joined with the mean question state.
 3. Units again: attention blocks over units with a learned bias per head for the signed, log-bucketed distance
    between units, so a unit can look for a related unit before or after it ("a later fact overrides this one").
-4. Heads: a per-unit score, and STOP and value heads on the mean unit state; all see the budget.
+4. Sentences (``sentence_layers`` > 0): the mean token state of each sentence, attention blocks over sentences
+   (with their own distance bias), then each unit gets its sentence's state and the sentence's own score: a
+   fact is kept or dropped as a whole more easily than word by word, while word-level scores still choose
+   what fills the rest of a budget.
+5. Heads: a per-unit score, and STOP and value heads on the mean unit state; all see the budget.
 
 No absolute positions anywhere, so a trained network applies to any length.
 """
@@ -46,6 +52,8 @@ class NetworkConfig:
         conv_kernel: Kernel size of the local depthwise convolution over tokens (odd).
         dropout: Dropout in the attention blocks (0 for RL).
         distance_buckets: Log-spaced distance buckets per direction in the unit blocks.
+        sentence_layers: Attention blocks over sentences, whose states and scores are added to their units' (0:
+            no sentence level).
     """
 
     d_model: int = 128
@@ -55,14 +63,15 @@ class NetworkConfig:
     conv_kernel: int = 5
     dropout: float = 0.0
     distance_buckets: int = 6
+    sentence_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-        if self.n_layers < 0 or self.n_unit_layers < 0 or self.distance_buckets < 1:
-            raise ValueError("n_layers and n_unit_layers must be >= 0, distance_buckets >= 1")
+        if self.n_layers < 0 or self.n_unit_layers < 0 or self.sentence_layers < 0 or self.distance_buckets < 1:
+            raise ValueError("n_layers, n_unit_layers and sentence_layers must be >= 0, distance_buckets >= 1")
 
 
 class EncoderBlock(nn.Module):
@@ -148,6 +157,17 @@ class TokenKeepNetwork(nn.Module):
         )
         self.distance_bias = nn.Parameter(torch.zeros(config.n_heads, 2 * config.distance_buckets + 1))
         self.out_norm = nn.LayerNorm(d)
+        if config.sentence_layers:
+            self.sent_in = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d))
+            self.sent_blocks = nn.ModuleList(
+                EncoderBlock(d, config.n_heads, config.dropout) for _ in range(config.sentence_layers)
+            )
+            self.sent_distance_bias = nn.Parameter(torch.zeros(config.n_heads, 2 * config.distance_buckets + 1))
+            self.sent_norm = nn.LayerNorm(d)
+            self.sent_to_unit = nn.Linear(d, d)
+            self.sent_score_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
+            nn.init.normal_(self.sent_score_head[-1].weight, std=0.01)
+            nn.init.zeros_(self.sent_score_head[-1].bias)
         self.score_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
         self.stop_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
         self.value_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
@@ -157,23 +177,25 @@ class TokenKeepNetwork(nn.Module):
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unit scores ``[B, L]``, STOP scores ``[B]`` and values ``[B]``."""
-        valid = obs["attention_mask"].bool()
-        reducible = obs["reducible_mask"].bool()
-        unit_index = obs["unit_index"].long()
-        b, length = unit_index.shape
+        b, length = obs["unit_index"].shape
+        # Rows are left-aligned: positions past the longest row are padding in every row, so skip them.
+        width = max(int(obs["attention_mask"].sum(1).max().item()), 1) if self.trim_units else length
+        valid = obs["attention_mask"][:, :width].bool()
+        reducible = obs["reducible_mask"][:, :width].bool()
+        unit_index = obs["unit_index"][:, :width].long()
         budget = self.budget_embed(obs["budget"].reshape(b, self.budget_size).float())
         # 1. tokens
-        x = self.in_proj(self.in_norm(obs["features"].float()))
+        x = self.in_proj(self.in_norm(obs["features"][:, :width].float()))
         if self.lex_proj is not None:
-            x = x + self.lex_proj(obs["lexical"].float())
+            x = x + self.lex_proj(obs["lexical"][:, :width].float())
         if self.att_proj is not None:
-            x = x + self.att_proj(obs["attention"].float())
+            x = x + self.att_proj(obs["attention"][:, :width].float())
         x = (x + self.segment(reducible.long()) + budget[:, None, :]) * valid[..., None]
         x = x + self.conv(self.conv_norm(x).transpose(1, 2)).transpose(1, 2) * valid[..., None]
         for block in self.blocks:
             x = block(x, valid)
         # 2. units: mean of their tokens, joined with the mean question state
-        n_units = max(int(unit_index.max().item()) + 1, 1) if self.trim_units else length
+        n_units = max(int(unit_index.max().item()) + 1, 1) if self.trim_units else width
         member = (unit_index[:, None, :] == torch.arange(n_units, device=x.device)[None, :, None]).float()
         counts = member.sum(-1)
         pooled = member @ x / counts.clamp(min=1.0)[..., None]
@@ -188,12 +210,49 @@ class TokenKeepNetwork(nn.Module):
         for block in self.unit_blocks:
             u = block(u, unit_valid, bias)
         u = self.out_norm(u)
-        # 4. heads
+        sent_scores = None
+        if self.config.sentence_layers:
+            u, sent_scores = self._sentences(obs["sentence_index"][:, :width].long(), unit_index, x, q_mean, budget, u)
+        # 5. heads
         per_unit = torch.cat([u, budget[:, None, :].expand_as(u)], -1)
         scores = self.score_head(per_unit).squeeze(-1)
+        if sent_scores is not None:
+            scores = scores + sent_scores
         scores = torch.where(unit_valid, scores, torch.full_like(scores, NEG))
         if self.trim_units and n_units < length:
             scores = torch.cat([scores, scores.new_full((b, length - n_units), NEG)], 1)
         mean_u = (u * unit_valid[..., None]).sum(1) / unit_valid.sum(1).clamp(min=1)[:, None]
         pooled_all = torch.cat([mean_u, budget], -1)
         return scores, self.stop_head(pooled_all).squeeze(-1), self.value_head(pooled_all).squeeze(-1)
+
+    def _sentences(
+        self,
+        sentence_index: torch.Tensor,
+        unit_index: torch.Tensor,
+        x: torch.Tensor,
+        q_mean: torch.Tensor,
+        budget: torch.Tensor,
+        u: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 4: unit states with their sentence's state added ``[B, U, d]``, and each unit's sentence score."""
+        n_sent = max(int(sentence_index.max().item()) + 1, 1)
+        member = (sentence_index[:, None, :] == torch.arange(n_sent, device=x.device)[None, :, None]).float()
+        counts = member.sum(-1)
+        s_valid = counts > 0
+        pooled = member @ x / counts.clamp(min=1.0)[..., None]
+        sv = self.sent_in(torch.cat([pooled, q_mean[:, None, :].expand_as(pooled)], -1)) + budget[:, None, :]
+        sv = sv * s_valid[..., None]
+        bias = self.sent_distance_bias[:, distance_bucket(n_sent, self.config.distance_buckets, x.device)][None]
+        for block in self.sent_blocks:
+            sv = block(sv, s_valid, bias)
+        sv = self.sent_norm(sv)
+        s_score = self.sent_score_head(torch.cat([sv, budget[:, None, :].expand_as(sv)], -1)).squeeze(-1)
+        # the sentence of each unit (units never cross sentences); padding units point at sentence 0, masked later
+        b, n_units = u.shape[:2]
+        unit_sent = torch.zeros(b, n_units, dtype=torch.long, device=x.device)
+        real = unit_index >= 0
+        unit_sent = unit_sent.scatter_reduce(
+            1, unit_index.clamp(min=0), torch.where(real, sentence_index.clamp(min=0), 0), reduce="amax"
+        )
+        per_unit = torch.gather(sv, 1, unit_sent[..., None].expand(-1, -1, sv.shape[-1]))
+        return u + self.sent_to_unit(per_unit), torch.gather(s_score, 1, unit_sent)

@@ -11,16 +11,21 @@ Like a Hugging Face processor, this module is saved with the model (its :class:`
   context, as an :class:`Encoded`;
 * long contexts: :func:`windows` cuts an :class:`Encoded` into pieces that fit ``max_len`` with the question,
   at unit boundaries;
-* observations: :func:`observation_layout` (names, shapes, dtypes, bounds) and :func:`pack_observations`.
+* observations: :func:`observation_layout` (names, shapes, dtypes, bounds) and :func:`pack_observations`;
+* rounds: with ``rounds`` R > 1 the policy selects R times; round k+1's observation is :func:`condition` of the
+  prepared context on what round k kept (its lexical channels gain :data:`~policies.lexical.KEPT_CHANNELS`),
+  and round k keeps the best units within :meth:`ProcessorConfig.probe_tokens`. Only the last round's
+  selection, under the real budget, is the reduction.
 
 Observation layout (token arrays padded to ``max_len``; features are float16-rounded, see
 :mod:`policies.features`)::
 
-    position:     0 .. q-1          q .. q+c-1                q+c .. max_len-1
-    tokens:       question tokens   context tokens            padding
-    reducible:    0                 1                         0
-    unit_index:   -1                unit of each token        -1
-    unit_lengths: tokens per unit u at position u (0 past the last unit)
+    position:       0 .. q-1          q .. q+c-1                q+c .. max_len-1
+    tokens:         question tokens   context tokens            padding
+    reducible:      0                 1                         0
+    unit_index:     -1                unit of each token        -1
+    sentence_index: -1                sentence of each token    -1
+    unit_lengths:   tokens per unit u at position u (0 past the last unit)
 
 The question comes first so that, for feature layers > 0, the causal frozen model's context features can
 attend to it. Actions (one priority per unit) are aligned with unit indices.
@@ -28,6 +33,7 @@ attend to it. Actions (one priority per unit) are aligned with unit indices.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.lexical import CHANNELS, lexical_channels
+from policies.lexical import CHANNELS, KEPT_CHANNELS, kept_channels, lexical_channels
 from policies.units import Unit, segment, unit_lengths
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -54,6 +60,10 @@ class ProcessorConfig:
         lexical: Add the lexical question-match channels of policies/lexical.py to the observation.
         attention_layers: Add the frozen model's per-head attention from the question to each context token, in
             its first this many layers (0: off; costs about that many layers of a prefill at deploy time).
+        rounds: Selection rounds: each round after the first sees what the one before kept, through the lexical
+            channels of policies/lexical.py recomputed with the kept words (1: one selection; needs lexical).
+        probe_rate: In rounds before the last, keep the best units up to this share of the context (or the
+            budget, if smaller): what the next round is conditioned on.
     """
 
     max_len: int = 256
@@ -61,6 +71,8 @@ class ProcessorConfig:
     unit: Unit = "word"
     lexical: bool = True
     attention_layers: int = 0
+    rounds: int = 1
+    probe_rate: float = 0.15
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -69,11 +81,23 @@ class ProcessorConfig:
             raise ValueError(
                 f"feature_layer and attention_layers must be >= 0, got {self.feature_layer}, {self.attention_layers}"
             )
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.rounds > 1 and not self.lexical:
+            raise ValueError("rounds > 1 condition on kept words through the lexical channels: they need lexical")
+        if not 0 < self.probe_rate <= 1:
+            raise ValueError(f"probe_rate must be in (0, 1], got {self.probe_rate}")
 
     @property
     def lexical_size(self) -> int:
         """Number of lexical channels per token (0 when off)."""
-        return len(CHANNELS) if self.lexical else 0
+        if not self.lexical:
+            return 0
+        return len(CHANNELS) + (len(KEPT_CHANNELS) if self.rounds > 1 else 0)
+
+    def probe_tokens(self, n_tokens: int, max_tokens: int) -> int:
+        """Tokens a round before the last keeps: ``probe_rate`` of the context, at most ``max_tokens``, at least 1."""
+        return max(1, min(max_tokens, math.floor(self.probe_rate * n_tokens + 1e-9)))
 
 
 @dataclass(frozen=True)
@@ -85,12 +109,20 @@ class Encoded:
         context: Context token ids.
         unit_index: ``[n_context]`` unit of each context token (0-based, non-decreasing).
         lexical: ``[n_context, lexical_size]`` lexical channels (float32).
+        sentence_index: ``[n_context]`` sentence of each context token (0-based, non-decreasing).
+        text: The context text (of the whole context, also in a window), for :func:`condition`.
+        offsets: Character span of each context token in ``text``.
+        question_text: The question text.
     """
 
     question: tuple[int, ...]
     context: tuple[int, ...]
     unit_index: np.ndarray
     lexical: np.ndarray
+    sentence_index: np.ndarray
+    text: str
+    offsets: tuple[tuple[int, int], ...]
+    question_text: str
 
     @property
     def n_units(self) -> int:
@@ -147,14 +179,44 @@ def prepare(
     question: str | None,
     question_ids: Sequence[int],
 ) -> Encoded:
-    """Units and lexical channels of an encoded context (see :func:`encode_context`)."""
+    """Units and lexical channels of an encoded context (see :func:`encode_context`), for the first round."""
     unit_index = segment(context, offsets, config.unit)
+    sentences = unit_index if config.unit == "sentence" else segment(context, offsets, "sentence")
     if config.lexical:
-        sentences = unit_index if config.unit == "sentence" else segment(context, offsets, "sentence")
         lexical = lexical_channels(context, offsets, sentences, question or "")
+        if config.rounds > 1:
+            lexical = np.concatenate([lexical, kept_channels(context, offsets, sentences, question or "", None)], 1)
     else:
         lexical = np.zeros((len(context_ids), 0), np.float32)
-    return Encoded(tuple(question_ids), tuple(context_ids), unit_index, lexical)
+    return Encoded(
+        tuple(question_ids),
+        tuple(context_ids),
+        unit_index,
+        lexical,
+        sentences,
+        context,
+        tuple((int(a), int(b)) for a, b in offsets),
+        question or "",
+    )
+
+
+def condition(enc: Encoded, kept: np.ndarray) -> Encoded:
+    """The next round's view of a prepared (whole) context: its kept channels recomputed from ``kept``.
+
+    Args:
+        enc: A context prepared by :func:`prepare` with ``rounds > 1`` (not a window).
+        kept: Bool per context token: what the previous round kept.
+
+    Raises:
+        ValueError: If ``enc`` has no kept channels or ``kept`` has the wrong length.
+    """
+    base = len(CHANNELS)
+    if enc.lexical.shape[1] != base + len(KEPT_CHANNELS):
+        raise ValueError("condition needs a context prepared with rounds > 1 (kept channels in its lexical)")
+    if len(kept) != len(enc.context):
+        raise ValueError(f"kept has {len(kept)} entries for {len(enc.context)} context tokens")
+    extra = kept_channels(enc.text, enc.offsets, enc.sentence_index, enc.question_text, np.asarray(kept, bool))
+    return replace(enc, lexical=np.concatenate([enc.lexical[:, :base], extra], 1))
 
 
 def encode(config: ProcessorConfig, tokenizer: Any, context: str, question: str | None) -> Encoded:
@@ -182,8 +244,17 @@ def windows(enc: Encoded, max_len: int) -> list[Encoded]:
     while s < n:
         fits = starts[(starts > s) & (starts <= s + room)]
         e = int(fits[-1]) if len(fits) and s + room < n else min(s + room, n)
-        idx = enc.unit_index[s:e]
-        out.append(replace(enc, context=enc.context[s:e], unit_index=idx - idx[0], lexical=enc.lexical[s:e]))
+        idx, sent = enc.unit_index[s:e], enc.sentence_index[s:e]
+        out.append(
+            replace(
+                enc,
+                context=enc.context[s:e],
+                unit_index=idx - idx[0],
+                lexical=enc.lexical[s:e],
+                sentence_index=sent - sent[0] if len(sent) else sent,
+                offsets=enc.offsets[s:e],
+            )
+        )
         s = e
     return out
 
@@ -205,6 +276,7 @@ def observation_layout(
         "attention_mask": ((max_len,), np.int8, 0, 1),
         "reducible_mask": ((max_len,), np.int8, 0, 1),
         "unit_index": ((max_len,), np.int64, -1, max_len - 1),
+        "sentence_index": ((max_len,), np.int64, -1, max_len - 1),
         "unit_lengths": ((max_len,), np.float32, 0.0, float(max_len)),
         "budget": ((budget_size,), np.float32, 0.0, FLOAT16_MAX),
         "limits": ((3,), np.float32, 0.0, float(max_len)),
@@ -246,6 +318,7 @@ def pack_observations(
         "attention_mask": np.zeros((b, max_len), np.int8),
         "reducible_mask": np.zeros((b, max_len), np.int8),
         "unit_index": np.full((b, max_len), -1, np.int64),
+        "sentence_index": np.full((b, max_len), -1, np.int64),
         "unit_lengths": np.zeros((b, max_len), np.float32),
         "budget": np.stack([np.asarray(x, np.float32) for x in budgets]) if b else np.zeros((0, 3), np.float32),
         "limits": np.stack([np.asarray(x, np.float32) for x in limits]) if limits else np.zeros((b, 3), np.float32),
@@ -269,6 +342,7 @@ def pack_observations(
         obs["attention_mask"][r, : q + c] = 1
         obs["reducible_mask"][r, q : q + c] = 1
         obs["unit_index"][r, q : q + c] = it.unit_index
+        obs["sentence_index"][r, q : q + c] = it.sentence_index
         lengths = it.unit_lengths
         obs["unit_lengths"][r, : len(lengths)] = lengths
     return obs

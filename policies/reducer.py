@@ -19,6 +19,10 @@ the budget, as close as the units allow. Without either (adaptive mode) the unit
 STOP score are kept, within the budget config's ``adaptive_min_rate`` and ``adaptive_max_rate``
 (:func:`policies.budget.adaptive_units`). Pieces of one character are always kept or dropped together.
 
+Rounds: a reducer trained with ``processor.rounds`` R > 1 scores R times; each round before the last keeps a
+probe of its best units and the next round sees the context conditioned on it (the kept-word lexical channels
+of :mod:`policies.lexical`), exactly as the training environment's rounds; the last round selects.
+
 Long contexts: a context longer than ``max_len - len(question)`` tokens is cut into consecutive windows at
 unit boundaries, every window is scored with the question (``window_batch`` windows per forward, so memory
 stays bounded whatever the length), and the selection runs over all units at once (``too_long="chunk"``, the
@@ -37,13 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.budget import Budget, BudgetConfig, BudgetError, rank_priorities, select_units
+from policies.budget import Budget, BudgetConfig, BudgetError, fill_units, rank_priorities, select_units
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import (
     Encoded,
     ProcessorConfig,
+    condition,
     encode,
     encode_question,
     encode_text,
@@ -208,6 +213,10 @@ class TokenReducer(nn.Module):
     ) -> list[np.ndarray]:
         """Bool keep mask over each prepared context's tokens (windows of ``max_len`` when a context is long).
 
+        With ``processor.rounds`` R > 1, rounds before the last keep a probe of the best units
+        (:meth:`~policies.processor.ProcessorConfig.probe_tokens`) and the next round scores the contexts
+        conditioned on it (:func:`policies.processor.condition`), as in training.
+
         Args:
             items: Prepared contexts (:func:`policies.processor.encode`).
             budgets: The budget of each.
@@ -216,6 +225,33 @@ class TokenReducer(nn.Module):
 
         Returns:
             One mask per context.
+        """
+        limits = [self.config.budget.limits(b, len(enc.context)) for enc, b in zip(items, budgets, strict=True)]
+        current = list(items)
+        for _ in range(self.config.processor.rounds - 1):
+            probes = []
+            for enc, (scores, _, token_unit, lengths), lim in zip(
+                items, self._unit_scores(current, budgets, window_batch, max_batch_tokens), limits, strict=True
+            ):
+                probe = self.config.processor.probe_tokens(len(enc.context), lim.max_tokens)
+                probes.append(condition(enc, fill_units(rank_priorities(scores), lengths, probe)[token_unit]))
+            current = probes
+        out = []
+        for (scores, stop, token_unit, lengths), budget, lim in zip(
+            self._unit_scores(current, budgets, window_batch, max_batch_tokens), budgets, limits, strict=True
+        ):
+            # adaptive: above STOP is the policy's choice; below it, ranked, for the minimum
+            priority = scores - stop if budget.adaptive else rank_priorities(scores)
+            out.append(select_units(priority, lengths, lim)[token_unit])
+        return out
+
+    def _unit_scores(
+        self, items: Sequence[Encoded], budgets: Sequence[Budget], window_batch: int, max_batch_tokens: int
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per context: unit scores, STOP score per unit, the unit of each token and tokens per unit.
+
+        A context longer than a window is scored window by window; its units are the windows' units in order (a
+        unit cut by a window edge counts twice).
         """
         try:
             parts = [windows(enc, self.max_len) for enc in items]
@@ -240,18 +276,12 @@ class TokenReducer(nn.Module):
                 scores[i].append(unit_scores[r, : w.n_units].float().cpu().numpy())
                 stops[i].append(np.full(w.n_units, float(stop[r])))
         out = []
-        for enc, ws, sc, st, budget in zip(items, parts, scores, stops, budgets, strict=True):
-            unit_scores, unit_stop = np.concatenate(sc), np.concatenate(st)
-            # global unit of each token: windows' units, in order (a unit cut by a window edge counts twice)
+        for ws, sc, st in zip(parts, scores, stops, strict=True):
+            unit_scores = np.concatenate(sc)
             before = np.cumsum([0] + [w.n_units for w in ws[:-1]])
             token_unit = np.concatenate([w.unit_index + k for w, k in zip(ws, before, strict=True)])
             lengths = np.bincount(token_unit, minlength=len(unit_scores))
-            if budget.adaptive:  # above STOP is the policy's choice; below it, ranked, for the minimum
-                priority = unit_scores - unit_stop
-            else:
-                priority = rank_priorities(unit_scores)
-            keep_units = select_units(priority, lengths, self.config.budget.limits(budget, len(enc.context)))
-            out.append(keep_units[token_unit])
+            out.append((unit_scores, np.concatenate(st), token_unit, lengths))
         return out
 
     def reduce(

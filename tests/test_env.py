@@ -11,6 +11,7 @@ from envs.task_families import make_examples
 from envs.token_keep_env import TokenKeepEnv
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
+from policies.lexical import CHANNELS, KEPT_CHANNELS
 from policies.processor import ProcessorConfig
 
 # adaptive episodes only, at a fixed token cost of 0.3, free to keep anything from nothing to everything:
@@ -313,3 +314,44 @@ def test_default_model_keep_nothing_scores_lower():
         gaps.append(info_all["task_score"] - info_none["task_score"])
         assert r_all == 0.0
     assert min(gaps) > 1.0, gaps
+
+
+ROUNDS = dict(tasks="kv:train:n=12,distractors=3", processor=ProcessorConfig(max_len=96, rounds=2), budget=RANGE)
+
+
+def test_rounds_episode_conditions_on_what_the_first_round_kept(tiny_lm):
+    env = TokenKeepEnv(tiny_lm, **ROUNDS)
+    obs, _ = env.reset(seed=0, options={"budget": Budget(rate=0.5)})
+    later = len(CHANNELS) + KEPT_CHANNELS.index("later_round")
+    kept_col = len(CHANNELS) + KEPT_CHANNELS.index("kept")
+    assert not obs["lexical"][:, later].any()
+    n = int(obs["reducible_mask"].sum())
+    assert obs["limits"][2] == env.core.processor.probe_tokens(n, int(0.5 * n))  # round 1 keeps a probe
+    action = np.random.default_rng(0).uniform(-1, 1, env.action_space.shape).astype(np.float32)
+    obs2, reward, terminated, truncated, info = env.step(action)
+    assert reward == 0.0 and not terminated and not truncated and info == {"round": 1}
+    assert env.observation_space.contains(obs2)
+    reducible = obs2["reducible_mask"].astype(bool)
+    assert obs2["lexical"][reducible, later].all() and obs2["limits"][2] == int(0.5 * n)
+    # what the probe kept is marked, and it is what the action's best units fit in the probe
+    kept = env.core.probe_mask(env._current[0], Budget(rate=0.5), action.astype(np.float64))
+    assert np.array_equal(obs2["lexical"][reducible, kept_col] > 0, kept) and 0 < kept.sum() <= obs["limits"][2]
+    _, reward, terminated, _, info = env.step(action)
+    assert terminated and np.isfinite(reward) and info["kept_ratio"] <= 0.5
+
+
+def test_rounds_env_passes_the_checkers_and_the_vec_env_steps_rounds(tiny_lm):
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+
+    gym_check_env(TokenKeepEnv(tiny_lm, **ROUNDS), skip_render_check=True)
+    sb3_check_env(TokenKeepEnv(tiny_lm, **ROUNDS), warn=False)
+    venv = BatchedTokenKeepVecEnv(TokenKeepCore(tiny_lm, **ROUNDS), n_envs=4, seed=0, group_size=2)
+    first = venv.reset()
+    actions = np.random.default_rng(1).uniform(-1, 1, (4, 96))
+    mid, rewards, dones, infos = venv.step(actions)
+    assert not dones.any() and (rewards == 0).all() and all(i["round"] == 1 for i in infos)
+    assert not np.array_equal(mid["lexical"], first["lexical"])
+    nxt, rewards, dones, infos = venv.step(actions)
+    assert dones.all() and all("raw_reward" in i for i in infos)
+    assert np.array_equal(infos[0]["terminal_observation"]["lexical"], mid["lexical"][0])
+    assert not nxt["lexical"][..., len(CHANNELS) + KEPT_CHANNELS.index("later_round")].any()  # new episodes

@@ -17,8 +17,8 @@ from policies.budget import (
     rank_priorities,
     select_units,
 )
-from policies.lexical import CHANNELS, bm25_scores, lexical_channels, token_words, words
-from policies.processor import ProcessorConfig, encode, windows
+from policies.lexical import CHANNELS, KEPT_CHANNELS, bm25_scores, kept_channels, lexical_channels, token_words, words
+from policies.processor import ProcessorConfig, condition, encode, windows
 from policies.ranking import NEG, RankingDistribution
 from policies.units import segment, unit_lengths
 
@@ -233,3 +233,53 @@ def test_windows_cut_at_unit_boundaries(tiny_tokenizer):
 
 def test_unit_scores_pad_with_neg():
     assert NEG < -1e6
+
+
+def test_kept_channels_follow_what_was_kept(tiny_tokenizer):
+    text = (
+        "The red ball is in the blue box. Ann is in the hall. Ann took the blue box. Bob took the red cup. "
+        "Then Ann went to the yard. Bob is in the yard."
+    )
+    ids, offsets = _offsets(tiny_tokenizer, text)
+    sent = segment(text, offsets, "sentence")
+    q = "Where is the red ball?"
+    assert not kept_channels(text, offsets, sent, q, None).any()  # the first round: nothing kept yet
+    col = {c: KEPT_CHANNELS.index(c) for c in KEPT_CHANNELS}
+    per_sentence = lambda ch, name: np.array([ch[sent == s_, col[name]].max() for s_ in range(6)])  # noqa: E731
+    # round 1 kept the first fact: its bridge words (blue, box) lead to "Ann took the blue box."
+    ch = kept_channels(text, offsets, sent, q, sent == 0)
+    assert ch.shape == (len(ids), len(KEPT_CHANNELS)) and (ch >= 0).all() and (ch <= 1).all()
+    assert (ch[:, col["kept"]] == (sent == 0)).all() and (ch[:, col["later_round"]] == 1).all()
+    assert per_sentence(ch, "kept_bm25").argmax() == 2
+    assert per_sentence(ch, "kept_match")[2] > 0 and per_sentence(ch, "kept_match")[3] == 0  # red is a q word
+    # with the carrier kept too, Ann's latest other sentence (the move to the yard) is her current place ...
+    ch2 = kept_channels(text, offsets, sent, q, np.isin(sent, [0, 2]))
+    last = per_sentence(ch2, "kept_last")
+    assert last[4] > 0 and last[1] == 0
+    # ... and the nearest earlier sentence sharing a kept sentence's word is what held before it
+    prev = per_sentence(ch2, "kept_prev")
+    assert prev[1] > 0 and prev[4] == 0 and prev[5] == 0
+    with pytest.raises(ValueError, match="one bool per context token"):
+        kept_channels(text, offsets, sent, q, np.ones(3, bool))
+
+
+def test_condition_changes_only_the_kept_channels(tiny_tokenizer):
+    text = "The red ball is in the blue box. Ann took the blue box. Then Ann went to the yard."
+    config = ProcessorConfig(max_len=64, rounds=2)
+    assert config.lexical_size == len(CHANNELS) + len(KEPT_CHANNELS)
+    enc = encode(config, tiny_tokenizer, text, "Where is the red ball?")
+    kept = enc.sentence_index == 0
+    nxt = condition(enc, kept)
+    base = len(CHANNELS)
+    assert np.array_equal(nxt.lexical[:, :base], enc.lexical[:, :base]) and not enc.lexical[:, base:].any()
+    assert (nxt.lexical[:, base + KEPT_CHANNELS.index("kept")] == kept).all()
+    assert nxt.context == enc.context and np.array_equal(nxt.unit_index, enc.unit_index)
+    with pytest.raises(ValueError, match="rounds > 1"):
+        condition(encode(ProcessorConfig(max_len=64), tiny_tokenizer, text, "q?"), kept)
+    with pytest.raises(ValueError, match="need lexical"):
+        ProcessorConfig(rounds=2, lexical=False)
+    # windows carry each window's sentences, numbered from 0
+    parts = windows(enc, 24)
+    assert len(parts) > 1 and all(w.sentence_index[0] == 0 for w in parts)
+    assert sum(len(w.sentence_index) for w in parts) == len(enc.context)
+    assert config.probe_tokens(100, 40) == 15 and config.probe_tokens(100, 5) == 5 and config.probe_tokens(3, 9) == 1

@@ -22,14 +22,14 @@ from tests.conftest import build_tiny_tokenizer, make_tiny_lm
 MAX_LEN = 128
 
 
-def _config(feature_layer=0, unit="word", attention_layers=0):
+def _config(feature_layer=0, unit="word", attention_layers=0, rounds=1, sentence_layers=0):
     return replace(
         PRESETS["smoke"],
         processor=ProcessorConfig(
-            max_len=MAX_LEN, feature_layer=feature_layer, unit=unit, attention_layers=attention_layers
+            max_len=MAX_LEN, feature_layer=feature_layer, unit=unit, attention_layers=attention_layers, rounds=rounds
         ),
         budget=BudgetConfig(cost_low=0.2, cost_high=1.0, default_token_cost=0.4),
-        network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2),
+        network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=sentence_layers),
         run=RunConfig(progress_bar=False),
     )
 
@@ -45,8 +45,8 @@ def _spread_scores(net, obs):
         net.stop_head[-1].bias += float(scores[valid].median() - stop.mean())
 
 
-def _model(tiny_lm, feature_layer=0, unit="word", attention_layers=0):
-    cfg = _config(feature_layer, unit, attention_layers)
+def _model(tiny_lm, feature_layer=0, unit="word", attention_layers=0, rounds=1, sentence_layers=0):
+    cfg = _config(feature_layer, unit, attention_layers, rounds, sentence_layers)
     core = TokenKeepCore(tiny_lm, "kv:train:n=12,distractors=3", processor=cfg.processor, budget=cfg.budget)
     model = build_ppo(cfg, BatchedTokenKeepVecEnv(core, n_envs=4, seed=0), None)
     _spread_scores(model.policy.net, core.observe(range(len(core.pool)), [Budget()] * len(core.pool)))
@@ -88,6 +88,32 @@ def test_parity_with_sb3_deterministic_action(tiny_lm, tmp_path, feature_layer, 
             assert np.array_equal(m, red.keep_mask), budget
 
 
+@pytest.mark.parametrize("unit", ["word", "sentence"])
+def test_rounds_parity_with_the_env(tiny_lm, tmp_path, unit):
+    """Two rounds: the env's probe of SB3's deterministic action, then its final keep mask, equal the reducer's."""
+    model, core, cfg = _model(tiny_lm, unit=unit, rounds=2, sentence_layers=1)
+    export_reducer(model, tiny_lm, cfg, tmp_path / "r")
+    reducer = TokenReducer.from_pretrained(tmp_path / "r")
+    assert reducer.config.processor.rounds == 2 and reducer.config.network.sentence_layers == 1
+    idx = list(range(len(core.pool)))
+    for budget in (Budget(rate=0.3), Budget(rate=0.6), Budget(token_cost=0.5)):
+        budgets = [budget] * len(idx)
+        first, _ = model.predict(core.observe(idx, budgets), deterministic=True)
+        inputs = [core.condition(i, core.probe_mask(i, budget, first[r])) for r, i in enumerate(idx)]
+        final, _ = model.predict(core.observe(idx, budgets, inputs, final=True), deterministic=True)
+        env_masks = [core.keep_mask(i, budget, final[r]) for r, i in enumerate(idx)]
+        kw = {"rate": budget.rate} if budget.rate else {"token_cost": budget.token_cost}
+        reductions = reducer.reduce_batch(
+            [core.pool[i].example.context for i in idx], [core.pool[i].example.question for i in idx], **kw
+        )
+        for m, red in zip(env_masks, reductions, strict=True):
+            assert np.array_equal(m, red.keep_mask), budget
+    # a long context goes through both rounds window by window
+    long = " ".join(core.pool[i].example.context for i in idx[:4])
+    red = reducer.reduce(long, core.pool[0].example.question, rate=0.3)
+    assert red.original_tokens > MAX_LEN and 0 < red.kept_tokens <= int(0.3 * red.original_tokens)
+
+
 def test_saved_files_and_no_pickle(exported):
     _, _, out = exported
     names = {p.name for p in out.iterdir()}
@@ -98,7 +124,7 @@ def test_saved_files_and_no_pickle(exported):
         assert key in cfg
     assert cfg["budget"]["default_token_cost"] == 0.4 and cfg["budget"]["cost_low"] == 0.2
     processor = {"max_len": MAX_LEN, "feature_layer": 0, "unit": "word", "lexical": True, "attention_layers": 0}
-    assert cfg["processor"] == processor
+    assert cfg["processor"] == {**processor, "rounds": 1, "probe_rate": 0.15}
 
 
 def test_rate_and_target_are_met_and_deterministic(exported):

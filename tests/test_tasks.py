@@ -154,3 +154,36 @@ def test_encode_example_maps_evidence_to_tokens(tiny_tokenizer):
     text = tiny_tokenizer.decode(kept)
     assert ex.answer.strip() in text
     assert 0 < sum(enc.evidence) < len(enc.context)
+
+
+def test_multihop3_chains_container_carrier_and_latest_move():
+    for ex in make_examples("multihop3", "heldout", 40, seed=5):
+        asked = ex.question.removeprefix("Where is the ").removesuffix("?")
+        facts = [ex.context[s:e] for s, e in ex.evidence]
+        assert len(facts) == 3
+        inside = next(f for f in facts if f.startswith(f"The {asked} is in the "))
+        box = inside.removeprefix(f"The {asked} is in the ").rstrip(".")
+        carry = next(f for f in facts if f.endswith(f" the {box}.") and f is not inside)
+        person = carry.split()[0]
+        move = next(f for f in facts if f not in (inside, carry))
+        assert person in move and ex.answer.strip() in move
+        # the answer is the carrier's *latest* place: no later sentence moves that person
+        later = ex.context[ex.context.index(move) + len(move) :]
+        assert f"Then {person} " not in later
+        # the carrier moved before: earlier places are in the story and may be among the choices
+        assert ex.context.count(f"{person} is in the ") == 1 and ex.context.count(f"Then {person} ") >= 2
+        # the asked words alone do not reach the carrier or the place
+        assert not set(asked.split()) & set(move.rstrip(".").split())
+        assert len(ex.choices) == 4 and ex.answer in ex.choices
+
+
+def test_before_asks_the_place_preceding_the_named_one():
+    for ex in make_examples("before", "heldout", 40, seed=5):
+        person = ex.question.split()[2]
+        asked = ex.question.rstrip("?").split()[-1]
+        sentences = [s.rstrip(".") for s in ex.context.split(". ")]
+        trail = [s.split()[-1] for s in sentences if s.split()[:2] in ([person, "is"], ["Then", person])]
+        assert len(trail) == len(set(trail)) >= 4  # 4-5 places, never the same twice
+        assert trail[trail.index(asked) - 1] == ex.answer.strip() and trail.index(asked) >= 1
+        facts = [ex.context[s:e] for s, e in ex.evidence]
+        assert len(facts) == 2 and asked in facts[1] and ex.answer.strip() in facts[0]

@@ -7,9 +7,11 @@ import torch
 from stable_baselines3 import PPO
 
 from agents.checkpoints import latest_checkpoint
-from agents.config import PRESETS, ModelConfig, PPOConfig, RunConfig, TaskConfig, TrainConfig
+from agents.config import PRESETS, ModelConfig, PPOConfig, RunConfig, TaskConfig, TrainConfig, WarmStartConfig
+from agents.credit import candidate_sentences, unit_credit
 from agents.ppo import build_ppo, train
 from agents.run_dir import RunDirectoryError, RunLock
+from agents.warm_start import behaviour_cloning, evidence_units
 from envs.core import TokenKeepCore
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
@@ -57,6 +59,40 @@ def test_network_scores_units_and_is_length_agnostic():
     scores2, stop2, value2 = net(pad)
     assert torch.allclose(scores[:, :4], scores2[:, :4], atol=1e-5)
     assert torch.allclose(value, value2, atol=1e-5) and torch.allclose(stop, stop2, atol=1e-5)
+
+
+def test_sentence_level_lifts_whole_sentences_and_ignores_padding():
+    torch.manual_seed(0)
+    net = TokenKeepNetwork(NetworkConfig(d_model=16, n_layers=1, n_heads=2, sentence_layers=1), 8, 2, 3)
+    units = torch.tensor([[-1, -1, 0, 0, 1, 2, 2, 3, 4, 5]])
+    sents = torch.tensor([[-1, -1, 0, 0, 0, 0, 0, 1, 1, 1]])
+    obs = {
+        "features": torch.randn(1, 10, 8),
+        "lexical": torch.rand(1, 10, 2),
+        "attention_mask": torch.ones(1, 10),
+        "reducible_mask": torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1]]),
+        "unit_index": units,
+        "sentence_index": sents,
+        "budget": torch.tensor([[0.0, 0.5, 0.0]]),
+    }
+    scores, _, _ = net(obs)
+    # a sentence score is added to every unit of its sentence: raising it moves exactly those units
+    with torch.no_grad():
+        net.sent_score_head[-1].bias += 5.0
+    lifted, _, _ = net(obs)
+    assert torch.allclose(lifted[0, :6] - scores[0, :6], torch.full((6,), 5.0), atol=1e-4)
+    assert (lifted[0, 6:] < -1e6).all()
+    padded = {k: (torch.cat([v, torch.full((1, 4), -1 if k.endswith("index") else 0, dtype=v.dtype)], 1)
+                  if v.dim() == 2 and k != "budget" else
+                  torch.cat([v, torch.zeros(1, 4, v.shape[-1])], 1) if v.dim() == 3 else v)
+              for k, v in obs.items()}  # fmt: skip
+    again, _, _ = net(padded)
+    assert again.shape == (1, 14) and torch.allclose(again[0, :6], lifted[0, :6], atol=1e-5)
+
+
+def test_rounds_need_whole_episodes_per_rollout():
+    with pytest.raises(ValueError, match="multiple of processor.rounds"):
+        replace(smoke_config(), processor=ProcessorConfig(max_len=96, rounds=3))
 
 
 def test_smoke_training_leaves_checkpoint_and_logs(tiny_lm, tmp_path):
@@ -184,7 +220,7 @@ def evidence_recall(lm, encs, contexts):
 def test_policy_learns_to_beat_random_keeping(tiny_lm):
     cfg = replace(
         smoke_config(),
-        processor=ProcessorConfig(max_len=192, unit="word", lexical=False),  # no lexical hints: learn it
+        processor=ProcessorConfig(max_len=224, unit="word", lexical=False),  # no lexical hints: learn it
         ppo=PPOConfig(total_timesteps=2048, n_envs=16, n_steps=8, batch_size=64, n_epochs=6, learning_rate=1e-3),
     )
     budget = BudgetConfig(rate_low=0.2, rate_high=0.4, adaptive_fraction=0.0)
@@ -204,3 +240,42 @@ def test_policy_learns_to_beat_random_keeping(tiny_lm):
     recall = np.mean([i["task_score"] for i in ours.infos])
     chance = np.mean([i["task_score"] for i in rand.infos])
     assert recall > chance + 0.25, (recall, chance)
+
+
+def test_credit_teacher_finds_the_units_the_score_needs(tiny_lm):
+    # the score is the share of the evidence kept: a sentence's leave-one-out credit is its evidence share
+    processor = ProcessorConfig(max_len=96)
+    core = TokenKeepCore(tiny_lm, "kv:train:n=6,distractors=3", processor=processor, reward=evidence_recall)
+    credits = unit_credit(core, range(6))
+    for i, c in credits.items():
+        ev = evidence_units(core, i)
+        enc = core.inputs[i]
+        cand = candidate_sentences(enc, 0.3)
+        assert c.prompts == cand.sum() + 1 and c.credit.shape == c.assessed.shape == (enc.n_units,)
+        assert (c.credit[ev & c.assessed] > 0.5).all()  # the target pair is all of the evidence
+        assert np.allclose(c.credit[~ev], 0.0)
+        assert c.assessed[ev].all()  # the question's key finds the pair among the candidates
+
+
+def answer_present(lm, encs, contexts):
+    """Share of the answer's tokens found in the (reduced) context: needs no evidence marks."""
+    ctxs = [e.context for e in encs] if contexts is None else contexts
+    return [sum(t in set(c) for t in e.answer) / len(e.answer) for e, c in zip(encs, ctxs, strict=True)]
+
+
+def test_warm_start_learns_from_credit_without_evidence_marks(tiny_lm, tmp_path):
+    from envs.jsonl_tasks import load_jsonl, write_jsonl
+    from envs.task_families import make_examples
+
+    path = tmp_path / "kv.jsonl"
+    write_jsonl(make_examples("kv", "train", 8, distractors=3), path, evidence=False)
+    assert not any(ex.evidence for ex in load_jsonl(path))
+    processor = ProcessorConfig(max_len=96, rounds=2)
+    core = TokenKeepCore(tiny_lm, f"jsonl:{path}", processor=processor, reward=answer_present)
+    net = TokenKeepNetwork(NetworkConfig(d_model=16, n_layers=1, n_heads=2, sentence_layers=1), 32, 13, 3)
+    with pytest.warns(UserWarning, match="no training example"):
+        assert behaviour_cloning(net, core, WarmStartConfig(steps=2, batch_size=4)) == []
+    # with the teacher every example earns a target; the clone runs both rounds
+    config = WarmStartConfig(steps=30, batch_size=4, credit_examples=8, learning_rate=3e-3)
+    losses = behaviour_cloning(net, core, config)
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])

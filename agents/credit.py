@@ -1,0 +1,124 @@
+"""Per-unit credit from the frozen model itself: leave-one-sentence-out over a candidate set.
+
+The policy's reward is one number per episode; which kept units earned it is what a learner must find out by
+trial. This module asks the frozen model directly, once per training example, before PPO:
+
+1. **Candidates**: the context's sentences ranked by the best of their question-match lexical channels
+   (:data:`CANDIDATE_CHANNELS`: the question's words, the bridge words of iterated expansion and their BM25,
+   the latest mention of a question word), kept while they fit in ``rate`` of the context (the same fill rule as
+   every selection, :func:`policies.budget.fill_units`). At rate 0.3 this set holds a chain of facts that the
+   question's words alone would not find (the expansion channels reach the second and third link).
+2. **Leave one out**: the candidate set S and S minus each of its sentences are scored with the reward's task
+   score (answer log-likelihood for ``loglik``), all prompts of a batch of examples in one batched frozen-model
+   call (prefix-cached, length-bucketed: :meth:`envs.core.TokenKeepCore.score_contexts`). A sentence's credit
+   is ``score(S) - score(S without it)``: how much the model's answer needs it, given the rest of what a
+   reducer would keep. Positive: evidence the model uses; negative: a distractor that misleads it.
+3. **Units**: each unit gets its sentence's credit (units never cross sentences); units outside S get 0 and are
+   marked unassessed.
+
+Cost: ``|S| + 1`` prompts per example, each about ``rate`` of the context plus the question and the chat
+template (the template's prefix is cached): at rate 0.3 on the synthetic families, 5-9 prompts of 40-90
+tokens, i.e. about 1-1.5 full-context forwards' worth of tokens per example (measured numbers in the README).
+
+:mod:`agents.warm_start` uses the credit as the behaviour-cloning target where an example has no evidence
+marks (units of sentences with credit above a threshold are pseudo-evidence) and, everywhere, to keep units of
+harmful sentences out of the filler a rate's leftover budget is filled with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from envs.core import TokenKeepCore
+from policies.budget import fill_units, rank_priorities
+from policies.lexical import CHANNELS
+from policies.processor import Encoded
+
+CANDIDATE_CHANNELS = ("q_match", "hop_match", "sent_bm25", "sent_hop2", "sent_hop3", "last_mention")
+
+
+@dataclass(frozen=True)
+class UnitCredit:
+    """The frozen model's credit for the units of one example.
+
+    Attributes:
+        credit: ``[n_units]`` float: the unit's sentence's leave-one-out credit (0 outside the candidates).
+        assessed: ``[n_units]`` bool: the unit's sentence was among the candidates.
+        base_score: The task score of the whole candidate set.
+        prompts: Prompts scored for this example (``|S| + 1``).
+        tokens: Context tokens in those prompts.
+    """
+
+    credit: np.ndarray
+    assessed: np.ndarray
+    base_score: float
+    prompts: int
+    tokens: int
+
+
+def candidate_sentences(enc: Encoded, rate: float) -> np.ndarray:
+    """Bool per sentence of ``enc``: the candidates (best lexical match first, filled to ``rate`` of the context)."""
+    cols = [CHANNELS.index(c) for c in CANDIDATE_CHANNELS]
+    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
+    per_token = enc.lexical[:, cols].max(1) if enc.lexical.shape[1] else np.zeros(len(enc.context))
+    prior = np.zeros(n_sent)
+    np.maximum.at(prior, enc.sentence_index, per_token)
+    lengths = np.bincount(enc.sentence_index, minlength=n_sent)
+    budget = max(1, int(np.floor(rate * len(enc.context) + 1e-9)))
+    return fill_units(rank_priorities(prior), lengths, budget)
+
+
+def unit_credit(
+    core: TokenKeepCore, indices: Sequence[int], rate: float = 0.3, batch: int = 16, progress: bool = False
+) -> dict[int, UnitCredit]:
+    """Leave-one-sentence-out credit of pool examples ``indices`` (see the module docstring).
+
+    Args:
+        core: The training core (its pool, prepared inputs, frozen model and reward score).
+        indices: Pool examples to assess.
+        rate: Size of the candidate set, as a share of the context's tokens.
+        batch: Examples whose prompts are scored in one call.
+        progress: Show a progress bar.
+
+    Returns:
+        Pool index -> its :class:`UnitCredit`.
+
+    Raises:
+        ValueError: If the processor has no lexical channels (the candidates are ranked by them).
+    """
+    if not core.processor.lexical:
+        raise ValueError("the credit teacher ranks candidate sentences by the lexical channels: enable lexical")
+    out: dict[int, UnitCredit] = {}
+    bar = tqdm(total=len(indices), desc="credit teacher", unit="example", disable=not progress)
+    for start in range(0, len(indices), batch):
+        chunk = list(indices[start : start + batch])
+        rows: list[int] = []
+        contexts: list[tuple[int, ...]] = []
+        plans = []
+        for i in chunk:
+            enc = core.inputs[i]
+            cand = np.flatnonzero(candidate_sentences(enc, rate))
+            keep = np.isin(enc.sentence_index, cand)
+            variants = [keep] + [keep & (enc.sentence_index != s) for s in cand]
+            plans.append((i, cand, len(contexts)))
+            for mask in variants:
+                rows.append(i)
+                contexts.append(tuple(t for t, k in zip(enc.context, mask, strict=True) if k))
+        scores = core.score_contexts(rows, contexts)
+        for i, cand, first in plans:
+            enc = core.inputs[i]
+            base = float(scores[first])
+            sent_credit = np.zeros(int(enc.sentence_index.max()) + 1)
+            sent_credit[cand] = base - scores[first + 1 : first + 1 + len(cand)]
+            unit_sent = np.zeros(enc.n_units, dtype=np.int64)
+            unit_sent[enc.unit_index] = enc.sentence_index
+            assessed = np.isin(unit_sent, cand)
+            tokens = sum(len(c) for c in contexts[first : first + 1 + len(cand)])
+            out[i] = UnitCredit(sent_credit[unit_sent] * assessed, assessed, base, len(cand) + 1, tokens)
+        bar.update(len(chunk))
+    bar.close()
+    return out
