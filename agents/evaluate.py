@@ -131,7 +131,7 @@ class EvalTrace:
         prompt_tokens: Prompt tokens those computed (without the cached prefix and the continuations).
         tokens_by_method: Method name (or ``choice priors``) -> tokens its prompts computed; a shared prompt counts
             for every method that asked for it.
-        scored: With ``keep_prompts``: ``(lm, prompt, span)`` of every distinct prompt scored, in call order.
+        scored: With ``keep_prompts``, per scoring call: ``(lm, [(prompt, span), ...])`` of its distinct prompts.
         per_example: ``(task, method, budget kind, rate)`` -> metric name -> per-example values, in example order
             (``em``, ``loglik``, ``choice_acc`` where the task has choices, ``kept``).
     """
@@ -144,7 +144,7 @@ class EvalTrace:
     tokens: int = 0
     prompt_tokens: int = 0
     tokens_by_method: dict[str, int] = field(default_factory=dict)
-    scored: list[tuple[FrozenLM, list[int], slice | None]] = field(default_factory=list)
+    scored: list[tuple[FrozenLM, list[tuple[list[int], slice | None]]]] = field(default_factory=list)
     per_example: dict[tuple[str, str, str, float | None], dict[str, list[float]]] = field(default_factory=dict)
 
     def count(self, label: str, tokens: int) -> None:
@@ -232,7 +232,7 @@ class _Batch:
             t.tokens += sum(r.tokens for r in reqs)
             t.prompt_tokens += sum(r.tokens - sum(len(c) - 1 for c in r.continuations) for r in reqs)
             if t.keep_prompts:
-                t.scored += [(self.lm, r.prompt, r.span) for r in reqs]
+                t.scored.append((self.lm, [(r.prompt, r.span) for r in reqs]))
 
 
 def evaluate(

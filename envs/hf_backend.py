@@ -179,14 +179,18 @@ class TransformersBackend:
         """The work of :meth:`score_continuations_and_spans` on checked input (spans as ``(start, end)``).
 
         Prompts that reuse the layout prefix and those that do not are micro-batched apart (a micro-batch either
-        continues the cached prefix or starts from scratch), each group sorted by the length it computes.
+        continues the cached prefix or starts from scratch), each group sorted by the length it computes. A prompt
+        with exactly one continuation (the gold answer of a task without choices) is scored by teacher forcing:
+        the continuation, but its last token, is fed in the prompt's own forward, as :meth:`score_answers` does.
+        Several continuations of one prompt are fed after copies of its keys and values instead.
         """
         lm = self.owner
         out: list[PromptScores | None] = [None] * len(prompts)
         reused = [self.reused_prefix(p, b) for p, b in zip(prompts, bounds, strict=True)]
+        fed = [len(p) + (len(cs[0]) - 1 if len(cs) == 1 else 0) for p, cs in zip(prompts, continuations, strict=True)]
         for p in sorted(set(reused), reverse=True):
             group = [i for i, r in enumerate(reused) if r == p]
-            for mb in micro_batches([len(prompts[i]) - p for i in group], lm.max_batch_tokens):
+            for mb in micro_batches([fed[i] - p for i in group], lm.max_batch_tokens):
                 self._score_batch([group[j] for j in mb], prompts, continuations, bounds, p, out)
         return out  # type: ignore[return-value]
 
@@ -205,53 +209,98 @@ class TransformersBackend:
         lm = self.owner
         model = lm.model
         base, head = model.get_decoder(), model.get_output_embeddings()
-        ids, mask = lm._pad_right([prompts[i][p:] for i in batch])
+        forced = [len(continuations[i]) == 1 for i in batch]  # teacher-forced in the prompt's forward
+        seqs = [
+            [*prompts[i][p:], *(continuations[i][0][:-1] if one else ())] for i, one in zip(batch, forced, strict=True)
+        ]
+        ids, mask = lm._pad_right(seqs)
         b = len(batch)
+        # Keys and values are kept only where continuations will be fed after copies of them.
+        copies = any(
+            not one and any(len(c) > 1 for c in continuations[i]) for i, one in zip(batch, forced, strict=True)
+        )
         if p:
             kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_cache()]
             cache = DynamicCache(kv, config=model.config)
             mask = torch.cat([torch.ones(b, p, dtype=mask.dtype, device=mask.device), mask], 1)
         else:
-            cache = DynamicCache(config=model.config)
+            cache = DynamicCache(config=model.config) if copies else None
         # hidden[r, t] is the state after prompt token t + p of row r: it predicts token t + p + 1.
-        hidden = base(input_ids=ids, attention_mask=mask, use_cache=True, **{self._cache_arg: cache}).last_hidden_state
+        kwargs = {self._cache_arg: cache} if cache is not None else {}
+        hidden = base(input_ids=ids, attention_mask=mask, use_cache=cache is not None, **kwargs).last_hidden_state
         spans = self._span_logprobs(batch, prompts, bounds, p, hidden, head)
         pairs = [(r, c) for r, i in enumerate(batch) for c in continuations[i]]
         lp = torch.zeros(len(pairs))
         greedy = torch.zeros(len(pairs), dtype=torch.bool)
-        lens = torch.tensor([len(prompts[i]) for i in batch], device=ids.device)
-        # The prompt's cache is copied once per continuation: copy at most a micro-batch's worth of tokens at once.
+        dev = ids.device
+        lens = torch.tensor([len(prompts[i]) for i in batch], device=dev)
+        # Teacher-forced continuations: token j is predicted at the prompt's last position + j.
+        tf = [k for k, (r, _) in enumerate(pairs) if forced[r]]
+        if tf:
+            cont, cmask = lm._pad_right([pairs[k][1] for k in tf])
+            rows = torch.tensor([pairs[k][0] for k in tf], device=dev)
+            cols = (lens[rows] - 1 - p)[:, None] + torch.arange(cont.shape[1], device=dev)[None, :]
+            h = hidden[rows[:, None], cols.clamp(max=hidden.shape[1] - 1)]
+            self._continuation_scores(h, cont, cmask, head, lp, greedy, tf)
+        # Several continuations of a prompt: its cache is copied once per continuation, at most a micro-batch's
+        # worth of tokens at once.
+        rest_pairs = [k for k, (r, _) in enumerate(pairs) if not forced[r]]
         step = max(lm.max_batch_tokens // mask.shape[1], 1)
-        for s in range(0, len(pairs), step):
-            part = pairs[s : s + step]
-            rows = torch.tensor([r for r, _ in part], device=ids.device)
-            cont, cmask = lm._pad_right([c for _, c in part])
+        for s in range(0, len(rest_pairs), step):
+            part = rest_pairs[s : s + step]
+            rows = torch.tensor([pairs[k][0] for k in part], device=dev)
+            cont, cmask = lm._pad_right([pairs[k][1] for k in part])
             states = [hidden[rows, lens[rows] - 1 - p][:, None, :]]  # first token: predicted at the prompt's end
             longest = cont.shape[1]
             if longest > 1:
+                assert cache is not None  # kept above whenever a continuation is longer than one token
                 kv = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
                 pair_cache = DynamicCache(kv, config=model.config)
                 full_mask = torch.cat([mask[rows], cmask[:, :-1]], 1)
-                pos = lens[rows][:, None] + torch.arange(longest - 1, device=ids.device)[None, :]
+                pos = lens[rows][:, None] + torch.arange(longest - 1, device=dev)[None, :]
                 rest = base(
                     input_ids=cont[:, :-1], attention_mask=full_mask, position_ids=pos, use_cache=True,
                     **{self._cache_arg: pair_cache},
                 ).last_hidden_state  # fmt: skip
                 states.append(rest)
             h = torch.cat(states, 1)  # [pairs, longest, d]: the state that predicts continuation token j
-            for c in range(0, len(part), HEAD_CHUNK):
-                logp = torch.log_softmax(head(h[c : c + HEAD_CHUNK]).float(), dim=-1)
-                tgt = cont[c : c + HEAD_CHUNK]
-                tok = logp.gather(2, tgt[..., None])[..., 0]
-                ok = logp.argmax(-1) == tgt
-                valid = cmask[c : c + HEAD_CHUNK].bool()
-                lp[s + c : s + c + len(tgt)] = (tok * valid).sum(1).cpu()
-                greedy[s + c : s + c + len(tgt)] = (ok | ~valid).all(1).cpu()
+            self._continuation_scores(h, cont, cmask, head, lp, greedy, part)
         k = 0
         for i, span in zip(batch, spans, strict=True):
             n = len(continuations[i])
             out[i] = PromptScores(lp[k : k + n], greedy[k : k + n], span)
             k += n
+
+    @staticmethod
+    def _continuation_scores(
+        h: torch.Tensor,
+        cont: torch.Tensor,
+        cmask: torch.Tensor,
+        head: torch.nn.Module,
+        lp: torch.Tensor,
+        greedy: torch.Tensor,
+        where: list[int],
+    ) -> None:
+        """Summed log-probability and greedy match of continuations, written into ``lp[where]``, ``greedy[where]``.
+
+        Args:
+            h: ``[n, L, d]`` the states that predict each continuation token.
+            cont: ``[n, L]`` the continuations, right-padded; ``cmask`` marks their tokens.
+            cmask: ``[n, L]``.
+            head: The LM head (run on ``HEAD_CHUNK`` continuations at a time).
+            lp: Output, float.
+            greedy: Output, bool.
+            where: The n indices to write.
+        """
+        idx = torch.tensor(where)
+        for c in range(0, len(where), HEAD_CHUNK):
+            logp = torch.log_softmax(head(h[c : c + HEAD_CHUNK]).float(), dim=-1)
+            tgt = cont[c : c + HEAD_CHUNK]
+            tok = logp.gather(2, tgt[..., None])[..., 0]
+            ok = logp.argmax(-1) == tgt
+            valid = cmask[c : c + HEAD_CHUNK].bool()
+            lp[idx[c : c + HEAD_CHUNK]] = (tok * valid).sum(1).cpu()
+            greedy[idx[c : c + HEAD_CHUNK]] = (ok | ~valid).all(1).cpu()
 
     def _span_logprobs(
         self,

@@ -148,6 +148,7 @@ def test_score_continuations_matches_pairwise_scoring(tiny_lm):
     encs = [encode_example(tiny_lm.tokenizer, x) for x in make_examples("multihop", "heldout", 5, seed=3)]
     prompts = build_prompts(tiny_lm, encs, [e.context[: len(e.context) // 2] for e in encs])
     conts = [[e.answer, *e.choices, (5, 6, 7, 8, 9)] for e in encs]  # lengths 1 to 5
+    conts[1], conts[3] = [(5, 6, 7, 8, 9)], [encs[3].answer]  # one continuation: teacher-forced in the prompt's forward
     got = tiny_lm.score_continuations(prompts, conts)
     pairs = [(p, c) for p, cs in zip(prompts, conts, strict=True) for c in cs]
     ref = tiny_lm.score_answers([p for p, _ in pairs], [c for _, c in pairs])
