@@ -47,7 +47,7 @@ import datetime as _dt
 import os
 import platform
 import time
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,8 @@ class EvalTrace:
         requested: Prompts asked for, before de-duplication.
         prompts: Distinct prompts scored.
         tokens: Tokens those computed (:meth:`~envs.frozen_lm.FrozenLM.computed_tokens`).
-        prompt_tokens: Prompt tokens those computed (without the cached prefix and the continuations).
+        prompt_tokens: Of those, the prompt tokens: ``tokens`` less the continuation tokens past their first (with
+            the in-process backend, the prompts past the cached prefix).
         tokens_by_method: Method name (or ``choice priors``) -> tokens its prompts computed; a shared prompt counts
             for every method that asked for it.
         scored: With ``keep_prompts``, per scoring call: ``(lm, [(prompt, span), ...])`` of its distinct prompts.
@@ -253,7 +254,8 @@ def evaluate(
     A task is read ``chunk_size`` examples at a time and every method and budget is scored on that chunk, in two
     batched scoring calls (see the module docstring), before the next is read, so memory does not grow with the
     task (a generator of examples is fine); only the per-example metrics (a few floats each) are kept, for the
-    means and bootstrap intervals. The results do not depend on ``chunk_size`` (up to float rounding).
+    means and bootstrap intervals. The results do not depend on ``chunk_size`` (up to float rounding), except the
+    ``random`` baseline's, which seeds its draws by the example's position in its chunk.
 
     Args:
         lm: The frozen model that answers.
@@ -372,9 +374,12 @@ def _evaluate_chunk(
     budgets: dict[str, list[Budget]],
     acc: dict[tuple[str, int], _Accumulator],
     trace: EvalTrace | None,
-    status: Any,
+    status: Callable[[str], None],
 ) -> None:
-    """Reduce and score one chunk with every method at every budget; add the metrics to ``acc``."""
+    """Reduce and score one chunk with every method at every budget; add the metrics to ``acc``.
+
+    ``status`` is told what is being done (the progress bar's text).
+    """
     conts = continuations(encs)
     with_choices = all(e.choices is not None for e in encs)
     batches: dict[int, _Batch] = {id(lm): _Batch(lm, trace)}
