@@ -76,7 +76,7 @@ class PPOConfig:
     """PPO (stable-baselines3) settings. One episode is one step, so gamma and GAE lambda are fixed at 1.
 
     Attributes:
-        total_timesteps: Episodes to train for (each is processor.rounds env steps).
+        total_timesteps: Episodes to train for.
         n_envs: Parallel episodes per vec-env step (scored in one frozen-model forward).
         n_steps: Vec-env steps per rollout (a rollout is n_envs * n_steps / processor.rounds episodes; a multiple of
             processor.rounds).

@@ -39,7 +39,7 @@ def reducer_a(tiny_lm, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm_b():
     """A frozen model with another tokenizer B (a smaller BPE vocabulary: other merges)."""
-    return make_tiny_lm(build_tiny_tokenizer(vocab_size=300), seed=1)
+    return make_tiny_lm(build_tiny_tokenizer(vocab_size=260), seed=1)
 
 
 def test_project_keep_counts_a_token_kept_when_half_its_characters_are():
