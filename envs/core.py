@@ -17,6 +17,14 @@ nothing is scored and the reward is 0; the next observation is the example condi
 (:func:`policies.processor.condition`, what the reducer does between its rounds). The last round's action is
 the reduction, scored as below.
 
+Force-keep: an example's ``force_keep`` spans (:class:`envs.examples.Example`) mark units every selection keeps,
+first and inside the budget, with the reducer's rule (:func:`policies.budget.select_units`; the probe of a
+round before the last counts them as kept too, :func:`policies.budget.probe_units`). The observation gives
+those units ``unit_lengths`` 0 and ``limits`` what is left of the budget (:func:`policies.budget.forced_limits`),
+so the ranking distribution ranks only the other units and its log-probability covers exactly the picks that
+decide what is kept. A drawn rate too small for an example's forced units is raised to fit them
+(:meth:`TokenKeepCore.sample`); a budget given explicitly that is too small is refused.
+
 Reward: ``r = s - token_cost * kept / context_tokens`` where ``s`` is the task score of the reduced prompt,
 minus the full-context score when the score is relative (``loglik``). Each episode's budget is drawn by
 :meth:`policies.budget.BudgetConfig.sample`: with a rate the budget is enforced by the fill and ``token_cost``
@@ -44,8 +52,25 @@ from envs.examples import EncodedExample, Example, encode_example, prepare_examp
 from envs.frozen_lm import FrozenLM
 from envs.scoring import TaskScore, make_score
 from envs.task_specs import load_tasks
-from policies.budget import Budget, BudgetConfig, TokenLimits, fill_units, select_units
-from policies.processor import Encoded, ProcessorConfig, condition, observation_layout, pack_observations
+from policies.budget import (
+    Budget,
+    BudgetConfig,
+    TokenLimits,
+    check_forced,
+    forced_limits,
+    forced_tokens,
+    probe_units,
+    select_units,
+)
+from policies.processor import (
+    Encoded,
+    ProcessorConfig,
+    condition,
+    force_keep_mask,
+    observation_layout,
+    pack_observations,
+    resolve_force_keep,
+)
 
 
 class LRUCache:
@@ -157,6 +182,7 @@ class TokenKeepCore:
         if not self.pool:
             raise ValueError(f"every example is longer than max_len={self.max_len}")
         self.inputs: list[Encoded] = [prepare_example(self.processor, e) for e in self.pool]
+        self.forced: list[np.ndarray | None] = [self._forced_units(i) for i in range(len(self.pool))]
         if skipped:
             warnings.warn(
                 f"skipped {skipped} of {len(examples)} examples longer than max_len={self.max_len}", stacklevel=2
@@ -176,10 +202,45 @@ class TokenKeepCore:
         )
         self.action_space = spaces.Box(-1.0, 1.0, (self.max_len,), np.float32)
 
+    def _forced_units(self, index: int) -> np.ndarray | None:
+        """Bool per unit of pool example ``index``: the units its ``force_keep`` spans touch (None: none)."""
+        ex = self.pool[index].example
+        if not ex.force_keep:
+            return None
+        try:
+            spans = resolve_force_keep(ex.context, ex.force_keep)
+        except ValueError as err:
+            raise ValueError(f"example {index} ({ex.family}): {err}") from err
+        enc = self.inputs[index]
+        return np.bincount(enc.unit_index[force_keep_mask(enc, spans)], minlength=enc.n_units) > 0
+
+    def forced_tokens(self, index: int) -> int:
+        """Context tokens of pool example ``index`` that every selection keeps (its force-kept units)."""
+        return forced_tokens(self.inputs[index].unit_lengths, self.forced[index])
+
+    def check_budget(self, index: int, budget: Budget) -> None:
+        """Refuse a budget whose rate or target is smaller than example ``index``'s force-kept tokens.
+
+        Raises:
+            ValueError: Naming the example, its forced tokens and the budget in tokens.
+        """
+        try:
+            check_forced(self.forced_tokens(index), self.limits(index, budget))
+        except ValueError as err:
+            raise ValueError(f"example {index} ({self.pool[index].example.family}): {err}") from err
+
     # ------------------------------------------------------------------ episodes
     def sample(self, rng: np.random.Generator) -> tuple[int, Budget]:
-        """Draw an example index and a budget."""
-        return int(rng.integers(len(self.pool))), self.budget.sample(rng)
+        """Draw an example index and a budget.
+
+        A drawn rate below the example's force-kept share of its context is raised to that share, so that the
+        forced units fit (the draws themselves, and so the random streams, are unchanged).
+        """
+        index, budget = int(rng.integers(len(self.pool))), self.budget.sample(rng)
+        n_forced = self.forced_tokens(index)
+        if budget.rate is not None and n_forced > self.limits(index, budget).max_tokens:
+            budget = Budget(rate=min(1.0, n_forced / len(self.pool[index].context)))
+        return index, budget
 
     def _cached(self, kind: str, indices: Sequence[int], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
         """Per-example values from the cache; the misses are computed together by one ``compute(missing)`` call."""
@@ -232,32 +293,40 @@ class TokenKeepCore:
         sizes = [len(self.pool[i].context) for i in indices]
         items = list(inputs) if inputs is not None else [self.inputs[i] for i in indices]
         last = self.processor.rounds == 1 if final is None else final
+        # force-kept units: not ranked (unit_lengths 0), and the limits are what they leave of the budget
+        pairs = zip(indices, budgets, strict=True)
+        limits = [forced_limits(self.limits(i, b, last), self.forced_tokens(i)) for i, b in pairs]
         return pack_observations(
             items,
             self._features(indices),
             [self.budget.observe(b, n) for b, n in zip(budgets, sizes, strict=True)],
             max_len=self.max_len,
             pad_id=self.lm.pad_id,
-            limits=[self.limits(i, b, last).as_array() for i, b in zip(indices, budgets, strict=True)],
+            limits=[lim.as_array() for lim in limits],
             attention_size=self.features.attention_size,
+            forced=[self.forced[i] for i in indices],
         )
 
     def probe_mask(self, index: int, budget: Budget, action: np.ndarray, inputs: Encoded | None = None) -> np.ndarray:
         """Bool mask over example ``index``'s context tokens: what a round before the last keeps for ``action``."""
         enc = inputs if inputs is not None else self.inputs[index]
-        keep = fill_units(action[: enc.n_units], enc.unit_lengths, self.limits(index, budget, final=False).max_tokens)
-        return keep[enc.unit_index]
+        probe = self.limits(index, budget, final=False).max_tokens
+        return probe_units(action[: enc.n_units], enc.unit_lengths, probe, self.forced[index])[enc.unit_index]
 
     def condition(self, index: int, kept: np.ndarray) -> Encoded:
         """Example ``index`` as the next round sees it after ``kept`` (bool per context token)."""
         return condition(self.inputs[index], kept)
 
     def keep_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:
-        """Bool mask over example ``index``'s context tokens: the units :func:`select_units` keeps for ``action``."""
+        """Bool mask over example ``index``'s context tokens: the units :func:`select_units` keeps for ``action``.
+
+        Raises:
+            BudgetError: If the example's force-kept units alone exceed the budget.
+        """
         enc = self.inputs[index]
         lengths = enc.unit_lengths
-        keep_units = select_units(action[: len(lengths)], lengths, self.budget.limits(budget, len(enc.context)))
-        return keep_units[enc.unit_index]
+        limits = self.budget.limits(budget, len(enc.context))
+        return select_units(action[: len(lengths)], lengths, limits, self.forced[index])[enc.unit_index]
 
     def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
         """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""

@@ -1,8 +1,9 @@
 """Task examples and their tokenised form.
 
 An :class:`Example` is ``(context, question, answer)`` with optional answer choices, an optional answer prefix
-that opens the model's turn, and optional evidence spans (character offsets into the context). Only the
-context is reducible; the instruction, question and answer prefix are always kept.
+that opens the model's turn, optional evidence spans (character offsets into the context) and optional
+force-keep spans (context the selection must keep, inside the budget, as a deployed reducer's ``force_keep``).
+Only the context is reducible; the instruction, question and answer prefix are always kept.
 
 :func:`encode_example` tokenises the context and question with :mod:`policies.processor`, the same code the
 deployed reducer uses, so a training observation and a deployed one are built from identical token ids.
@@ -29,6 +30,9 @@ class Example:
         answer_prefix: Text that opens the model's turn, always kept (e.g. ``"The pass key is"``).
         evidence: Character spans ``(start, end)`` of the context that answer the question.
         family: Name of the family or file it came from.
+        force_keep: Character spans ``(start, end)`` of the context that every selection keeps (the units they
+            touch, first, inside the budget; see :func:`policies.budget.select_units`), sorted, not overlapping
+            (:func:`policies.processor.resolve_force_keep`).
     """
 
     context: str
@@ -38,6 +42,7 @@ class Example:
     answer_prefix: str = ""
     evidence: tuple[tuple[int, int], ...] = ()
     family: str = "custom"
+    force_keep: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

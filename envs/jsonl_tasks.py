@@ -6,7 +6,10 @@ One JSON object per line:
 * ``choices`` (optional): a non-empty list of strings that contains ``answer``;
 * ``answer_prefix`` (optional string): text that opens the model's turn;
 * ``evidence`` (optional): a list whose items are ``[start, end]`` character spans of the context, or text
-  snippets, each located at its first occurrence in the context.
+  snippets, each located at its first occurrence in the context;
+* ``force_keep`` (optional): context every selection must keep (inside the budget, whole units), as a list of
+  ``[start, end]`` spans or text snippets; unlike evidence, a snippet stands for *every* occurrence of it, as
+  in ``TokenReducer.reduce(..., force_keep=...)``.
 
 What is accepted and what is refused (each refusal names the file, the line and the cause):
 
@@ -14,7 +17,7 @@ What is accepted and what is refused (each refusal names the file, the line and 
 * blank lines are skipped;
 * a line longer than :data:`MAX_LINE_BYTES` is refused without being read into memory whole;
 * a missing or wrongly typed field, an answer not among the choices, an evidence span outside the context or a
-  snippet that does not occur in it are refused.
+  snippet that does not occur in it are refused, and so are overlapping ``force_keep`` spans.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from envs.examples import Example
+from policies.processor import resolve_force_keep
 
 MAX_LINE_BYTES = 8 * 2**20
 """Longest JSONL line accepted (8 MiB: about two million tokens of context)."""
@@ -92,6 +96,17 @@ def _evidence(value: object, context: str, where: str) -> tuple[tuple[int, int],
     return tuple(spans)
 
 
+def _force_keep(value: object, context: str, where: str) -> tuple[tuple[int, int], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise JsonlError(f"{where}: 'force_keep' must be a list of [start, end] spans or text snippets")
+    try:
+        return resolve_force_keep(context, value)
+    except ValueError as err:
+        raise JsonlError(f"{where}: {err}") from err
+
+
 def parse_line(text: str, where: str, family: str) -> Example:
     """One JSONL line as an :class:`Example`.
 
@@ -129,6 +144,7 @@ def parse_line(text: str, where: str, family: str) -> Example:
         answer_prefix=prefix,
         evidence=_evidence(obj.get("evidence"), obj["context"], where),
         family=family,
+        force_keep=_force_keep(obj.get("force_keep"), obj["context"], where),
     )
 
 
@@ -175,6 +191,8 @@ def example_record(ex: Example, evidence: bool = True) -> dict[str, object]:
         record["answer_prefix"] = ex.answer_prefix
     if evidence and ex.evidence:
         record["evidence"] = [[s, e] for s, e in ex.evidence]
+    if ex.force_keep:
+        record["force_keep"] = [[s, e] for s, e in ex.force_keep]
     return record
 
 

@@ -65,6 +65,7 @@ class TokenKeepEnv(gym.Env):
                 raise ValueError(f"options['index'] must be in [0, {len(self.core.pool)}), got {idx}")
             if not isinstance(budget, Budget):
                 raise ValueError(f"options['budget'] must be a policies.budget.Budget, got {type(budget).__name__}")
+            self.core.check_budget(idx, budget)  # an example's force-kept units must fit a pinned budget
         self._current = (idx, budget)
         self._round = 0
         obs = self.core.observe([idx], [budget])

@@ -10,6 +10,11 @@ Two objects, one concept:
 * :class:`BudgetConfig` is the range a policy is trained on and the default a deployed reducer uses. It is
   part of the run config and is written unchanged into ``reducer_config.json``; :meth:`BudgetConfig.sample`
   draws training budgets and :meth:`BudgetConfig.observe` is the one place a budget becomes the policy's input.
+
+Force-keep: units the user (or the data) says must stay are kept *first* and counted inside the budget; the
+policy's ranking then fills what is left (:func:`select_units` with ``forced``, the one rule of the env and the
+reducer). With a rate or target, forced units that alone exceed the budget are refused (:class:`BudgetError`
+naming both numbers); in adaptive mode they are kept whatever the adaptive limits say.
 """
 
 from __future__ import annotations
@@ -165,11 +170,69 @@ class TokenLimits:
         return np.array([float(self.adaptive), self.min_tokens, self.max_tokens], dtype=np.float32)
 
 
-def select_units(priority: np.ndarray, lengths: np.ndarray, limits: TokenLimits) -> np.ndarray:
-    """Bool mask of the units kept under ``limits``: :func:`adaptive_units` or :func:`fill_units`."""
-    if limits.adaptive:
-        return adaptive_units(priority, lengths, limits.min_tokens, limits.max_tokens)
-    return fill_units(priority, lengths, limits.max_tokens)
+def forced_tokens(lengths: np.ndarray, forced: np.ndarray | None) -> int:
+    """Tokens held by the forced units (``forced``: bool per unit, or None for none)."""
+    if forced is None:
+        return 0
+    return int(np.asarray(lengths)[np.asarray(forced, dtype=bool)].sum())
+
+
+def forced_limits(limits: TokenLimits, n_forced: int) -> TokenLimits:
+    """What ``limits`` leave to the ranked units once ``n_forced`` force-kept tokens are in (never below 0)."""
+    return TokenLimits(limits.adaptive, max(0, limits.min_tokens - n_forced), max(0, limits.max_tokens - n_forced))
+
+
+def check_forced(n_forced: int, limits: TokenLimits) -> None:
+    """Refuse force-kept tokens that alone exceed a rate's or target's budget (adaptive mode accepts any).
+
+    Raises:
+        BudgetError: Naming the forced tokens and the budget in tokens.
+    """
+    if not limits.adaptive and n_forced > limits.max_tokens:
+        raise BudgetError(
+            f"the force-kept text alone is {n_forced} tokens (whole units), more than the budget of "
+            f"{limits.max_tokens} tokens; raise the rate or target_tokens, or force-keep less"
+        )
+
+
+def select_units(
+    priority: np.ndarray, lengths: np.ndarray, limits: TokenLimits, forced: np.ndarray | None = None
+) -> np.ndarray:
+    """Bool mask of the units kept under ``limits``: :func:`adaptive_units` or :func:`fill_units`.
+
+    With ``forced`` (bool per unit), the forced units are kept first and counted inside the budget; the rule
+    then runs over the other units within :func:`forced_limits` (so in adaptive mode the policy's choice among
+    the others still keeps at least one of them, when there is one).
+
+    Raises:
+        BudgetError: If the forced units alone exceed a rate's or target's budget (:func:`check_forced`).
+    """
+    if forced is None or not np.any(forced):
+        if limits.adaptive:
+            return adaptive_units(priority, lengths, limits.min_tokens, limits.max_tokens)
+        return fill_units(priority, lengths, limits.max_tokens)
+    forced = np.asarray(forced, dtype=bool)
+    n_forced = forced_tokens(lengths, forced)
+    check_forced(n_forced, limits)
+    rest = np.where(forced, 0, np.asarray(lengths))  # a forced unit is no candidate: it is in already
+    return select_units(priority, rest, forced_limits(limits, n_forced)) | (forced & (np.asarray(lengths) > 0))
+
+
+def probe_units(
+    priority: np.ndarray, lengths: np.ndarray, max_tokens: int, forced: np.ndarray | None = None
+) -> np.ndarray:
+    """Bool mask of the units a selection round before the last keeps (the probe the next round sees).
+
+    :func:`fill_units` within ``max_tokens``; forced units (bool per unit) count as kept and take their tokens
+    first. Unlike :func:`select_units` this never refuses: forced units above ``max_tokens`` make a probe of the
+    forced units alone.
+    """
+    if forced is None or not np.any(forced):
+        return fill_units(priority, lengths, max_tokens)
+    forced = np.asarray(forced, dtype=bool)
+    lengths = np.asarray(lengths)
+    left = max(0, max_tokens - forced_tokens(lengths, forced))
+    return fill_units(priority, np.where(forced, 0, lengths), left) | (forced & (lengths > 0))
 
 
 def adaptive_count(sorted_lengths: np.ndarray, n_before_stop: int, min_tokens: int, max_tokens: int) -> int:

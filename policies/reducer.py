@@ -23,6 +23,13 @@ Rounds: a reducer trained with ``processor.rounds`` R > 1 scores R times; each r
 probe of its best units and the next round sees the context conditioned on it (the kept-word lexical channels
 of :mod:`policies.lexical`), exactly as the training environment's rounds; the last round selects.
 
+Force-keep: ``reduce(..., force_keep=[(start, end), "text", ...])`` keeps the units those character spans (or
+every occurrence of those strings) touch, whatever the policy scores them, inside the budget: the forced units
+first, then the ranking fills the rest (:func:`policies.budget.select_units`, the env's rule too).
+
+Passages: :meth:`TokenReducer.reduce_documents` reduces retrieved chunks together under one budget and says per
+chunk what was kept (:class:`DocumentsReduction`).
+
 Long contexts: a context longer than ``max_len - len(question)`` tokens is cut into consecutive windows at
 unit boundaries, every window is scored with the question (``window_batch`` windows per forward, so memory
 stays bounded whatever the length), and the selection runs over all units at once (``too_long="chunk"``, the
@@ -41,19 +48,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.budget import Budget, BudgetConfig, BudgetError, fill_units, rank_priorities, select_units
+from policies.budget import (
+    Budget,
+    BudgetConfig,
+    BudgetError,
+    probe_units,
+    rank_priorities,
+    select_units,
+)
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import (
     Encoded,
+    ForceKeep,
     ProcessorConfig,
     condition,
     encode,
     encode_question,
     encode_text,
+    force_keep_mask,
+    kept_spans,
     pack_observations,
     pad_token_id,
+    resolve_force_keep,
     windows,
 )
 from policies.reducer_config import (
@@ -82,7 +100,12 @@ class Reduction:
         kept_tokens: Context tokens after reduction.
         budget: The budget asked for.
         max_tokens: The most tokens the budget allows (the rate's or target's, or the adaptive mode's upper
-            limit); ``kept_tokens <= max_tokens`` always, except that one unit is always kept.
+            limit); ``kept_tokens <= max_tokens`` always, except that one unit is always kept (and, in adaptive
+            mode, force-kept units above it).
+        kept_spans: Character spans ``(start, end)`` of the context that were kept, in order (runs of kept
+            tokens; the whitespace before a kept token belongs to it): ``"".join(context[s:e] for s, e in
+            kept_spans)`` is the kept text.
+        forced_tokens: Context tokens kept because of ``force_keep`` (whole units), counted in ``kept_tokens``.
     """
 
     text: str
@@ -93,6 +116,58 @@ class Reduction:
     kept_tokens: int
     budget: Budget = Budget()
     max_tokens: int | None = None
+    kept_spans: tuple[tuple[int, int], ...] = ()
+    forced_tokens: int = 0
+
+
+DOCUMENT_SEPARATOR = "\n\n"
+"""What :meth:`TokenReducer.reduce_documents` puts between documents (a blank line)."""
+
+
+@dataclass
+class KeptDocument:
+    """What was kept of one document of :meth:`TokenReducer.reduce_documents`.
+
+    Attributes:
+        index: The document's position in the input list.
+        spans: Character spans ``(start, end)`` of the document that were kept, in order (none when dropped).
+        text: ``"".join(document[s:e] for s, e in spans)``: its kept text ("" when dropped).
+    """
+
+    index: int
+    spans: tuple[tuple[int, int], ...]
+    text: str
+
+    @property
+    def dropped(self) -> bool:
+        """True when nothing of the document was kept."""
+        return not self.spans
+
+
+@dataclass
+class DocumentsReduction:
+    """The result of :meth:`TokenReducer.reduce_documents`.
+
+    Attributes:
+        documents: One :class:`KeptDocument` per input document, in input order.
+        dropped: Indices of the documents of which nothing was kept (whitespace-only documents included).
+        reduction: The reduction of the joined documents (token counts, ``kept_ratio``, budget, spans in the
+            joined text).
+    """
+
+    documents: list[KeptDocument]
+    dropped: list[int]
+    reduction: Reduction
+
+    @property
+    def kept(self) -> list[KeptDocument]:
+        """The documents of which something was kept, in input order."""
+        return [d for d in self.documents if not d.dropped]
+
+    @property
+    def text(self) -> str:
+        """The kept documents' texts, each stripped, joined with blank lines: the context to put in a prompt."""
+        return DOCUMENT_SEPARATOR.join(d.text.strip() for d in self.kept)
 
 
 class TokenReducer(nn.Module):
@@ -209,7 +284,12 @@ class TokenReducer(nn.Module):
 
     @torch.inference_mode()
     def keep_masks(
-        self, items: Sequence[Encoded], budgets: Sequence[Budget], window_batch: int = 64, max_batch_tokens: int = 16384
+        self,
+        items: Sequence[Encoded],
+        budgets: Sequence[Budget],
+        window_batch: int = 64,
+        max_batch_tokens: int = 16384,
+        forced: Sequence[np.ndarray | None] | None = None,
     ) -> list[np.ndarray]:
         """Bool keep mask over each prepared context's tokens (windows of ``max_len`` when a context is long).
 
@@ -222,27 +302,42 @@ class TokenReducer(nn.Module):
             budgets: The budget of each.
             window_batch: Windows scored per network forward (bounds memory on long inputs).
             max_batch_tokens: Padded-token budget of one feature micro-batch.
+            forced: Per context, bool per context token of the force-kept tokens (whole units,
+                :func:`policies.processor.force_keep_mask`), or None. They are kept first, inside the budget
+                (:func:`policies.budget.select_units`), and count as kept in the probes of earlier rounds
+                (:func:`policies.budget.probe_units`).
 
         Returns:
             One mask per context.
+
+        Raises:
+            ReducerError: If a context's forced tokens alone exceed its rate's or target's budget.
         """
         limits = [self.config.budget.limits(b, len(enc.context)) for enc, b in zip(items, budgets, strict=True)]
+        forced = list(forced) if forced is not None else [None] * len(items)
+        if len(forced) != len(items):
+            raise ReducerError(f"got {len(items)} contexts but {len(forced)} forced masks")
         current = list(items)
         for _ in range(self.config.processor.rounds - 1):
             probes = []
-            for enc, (scores, _, token_unit, lengths), lim in zip(
-                items, self._unit_scores(current, budgets, window_batch, max_batch_tokens), limits, strict=True
+            for enc, (scores, _, token_unit, lengths), lim, f in zip(
+                items, self._unit_scores(current, budgets, window_batch, max_batch_tokens), limits, forced, strict=True
             ):
                 probe = self.config.processor.probe_tokens(len(enc.context), lim.max_tokens)
-                probes.append(condition(enc, fill_units(rank_priorities(scores), lengths, probe)[token_unit]))
+                units = probe_units(rank_priorities(scores), lengths, probe, _forced_units(f, token_unit, lengths))
+                probes.append(condition(enc, units[token_unit]))
             current = probes
         out = []
-        for (scores, stop, token_unit, lengths), budget, lim in zip(
-            self._unit_scores(current, budgets, window_batch, max_batch_tokens), budgets, limits, strict=True
+        for (scores, stop, token_unit, lengths), budget, lim, f in zip(
+            self._unit_scores(current, budgets, window_batch, max_batch_tokens), budgets, limits, forced, strict=True
         ):
             # adaptive: above STOP is the policy's choice; below it, ranked, for the minimum
             priority = scores - stop if budget.adaptive else rank_priorities(scores)
-            out.append(select_units(priority, lengths, lim)[token_unit])
+            try:
+                keep = select_units(priority, lengths, lim, _forced_units(f, token_unit, lengths))
+            except BudgetError as err:
+                raise ReducerError(str(err)) from err
+            out.append(keep[token_unit])
         return out
 
     def _unit_scores(
@@ -293,11 +388,12 @@ class TokenReducer(nn.Module):
         target_tokens: int | None = None,
         token_cost: float | None = None,
         too_long: str = "chunk",
+        force_keep: ForceKeep | None = None,
     ) -> Reduction:
-        """Reduce one context; see :meth:`reduce_batch`."""
+        """Reduce one context; see :meth:`reduce_batch` (``force_keep`` is this context's list)."""
         q = None if question is None else [question]
         kw = dict(rate=rate, target_tokens=target_tokens, token_cost=token_cost, too_long=too_long)
-        return self.reduce_batch([context], q, **kw)[0]
+        return self.reduce_batch([context], q, force_keep=None if force_keep is None else [force_keep], **kw)[0]
 
     def reduce_batch(
         self,
@@ -308,6 +404,7 @@ class TokenReducer(nn.Module):
         target_tokens: int | None = None,
         token_cost: float | None = None,
         too_long: str = "chunk",
+        force_keep: Sequence[ForceKeep | None] | None = None,
     ) -> list[Reduction]:
         """Reduce many contexts with batched forwards. Deterministic.
 
@@ -319,13 +416,21 @@ class TokenReducer(nn.Module):
             token_cost: Without rate or target: the token cost the adaptive policy is conditioned on (default:
                 the reducer's ``budget.default_token_cost``).
             too_long: ``"chunk"`` or ``"error"`` for contexts longer than one window (module docstring).
+            force_keep: One list per context (or None for a context without): ``(start, end)`` character spans of
+                the context, and strings, each standing for *every* non-overlapping occurrence of it in the
+                context. They are always kept, as whole units (with word units a span over part of a word keeps
+                the whole word; with sentence units, the whole sentence), and counted inside the budget: the
+                forced units first, then the policy's ranking fills the rest. In adaptive mode they are kept too,
+                with the policy's choice among the other units.
 
         Returns:
             One :class:`Reduction` per context, with the achieved ``kept_ratio``.
 
         Raises:
-            ReducerError: On an empty or whitespace-only context, a bad budget, or a long context with
-                ``too_long="error"``.
+            ReducerError: On an empty or whitespace-only context, a bad budget, a long context with
+                ``too_long="error"``, or a bad ``force_keep``: a malformed or out-of-range span, overlapping spans,
+                a string that does not occur, or forced units that alone exceed the budget (the message gives
+                both numbers).
         """
         try:
             budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
@@ -335,23 +440,62 @@ class TokenReducer(nn.Module):
             raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
         if questions is not None and len(questions) != len(contexts):
             raise ReducerError(f"got {len(contexts)} contexts but {len(questions)} questions")
-        items = []
+        if force_keep is not None and (isinstance(force_keep, str) or len(force_keep) != len(contexts)):
+            n_lists = "a string" if isinstance(force_keep, str) else f"{len(force_keep)} lists"
+            raise ReducerError(
+                f"force_keep must hold one list (or None) per context: got {n_lists} for {len(contexts)} contexts"
+            )
+        items, forced = [], []
         for i, (c, q) in enumerate(zip(contexts, questions or [None] * len(contexts), strict=True)):
-            if not isinstance(c, str) or not c.strip():
-                raise ReducerError(f"context {i} has no text (empty or whitespace only)")
-            enc = encode(self.config.processor, self.tokenizer, c, q)
-            if not enc.context:
-                raise ReducerError(f"context {i} encodes to no tokens")
-            if too_long == "error" and len(enc.context) + len(enc.question) > self.max_len:
-                raise ReducerError(
-                    f"context {i} has {len(enc.context)} tokens + {len(enc.question)} question tokens > "
-                    f"max_len={self.max_len} (pass too_long='chunk' to reduce it window by window)"
-                )
+            fk = force_keep[i] if force_keep is not None else None
+            enc, f = self._prepare(c, q, budget, fk, too_long, f"context {i}")
             items.append(enc)
-        keeps = self.keep_masks(items, [budget] * len(items))
-        return [self._reduction(enc, keep, budget) for enc, keep in zip(items, keeps, strict=True)]
+            forced.append(f)
+        keeps = self.keep_masks(items, [budget] * len(items), forced=forced)
+        return [self._reduction(enc, keep, budget, f) for enc, keep, f in zip(items, keeps, forced, strict=True)]
 
-    def _reduction(self, enc: Encoded, keep: np.ndarray, budget: Budget) -> Reduction:
+    def _prepare(
+        self,
+        context: str,
+        question: str | None,
+        budget: Budget,
+        force_keep: ForceKeep | None,
+        too_long: str,
+        label: str,
+    ) -> tuple[Encoded, np.ndarray | None]:
+        """Encode one context and its forced-token mask, refusing what cannot be reduced (``label`` names it)."""
+        if not isinstance(context, str) or not context.strip():
+            raise ReducerError(f"{label} has no text (empty or whitespace only)")
+        enc = encode(self.config.processor, self.tokenizer, context, question)
+        if not enc.context:
+            raise ReducerError(f"{label} encodes to no tokens")
+        if too_long == "error" and len(enc.context) + len(enc.question) > self.max_len:
+            raise ReducerError(
+                f"{label} has {len(enc.context)} tokens + {len(enc.question)} question tokens > "
+                f"max_len={self.max_len} (pass too_long='chunk' to reduce it window by window)"
+            )
+        if force_keep is None:
+            return enc, None
+        try:
+            spans = resolve_force_keep(context, force_keep)
+        except ValueError as err:
+            raise ReducerError(f"{label}: {err}") from err
+        forced = force_keep_mask(enc, spans)
+        n, n_forced = len(enc.context), int(forced.sum())
+        limits = self.config.budget.limits(budget, n)
+        if not limits.adaptive and n_forced > limits.max_tokens:
+            asked = (
+                f"rate {budget.rate} of {n} tokens"
+                if budget.rate is not None
+                else f"target_tokens={budget.target_tokens}"
+            )
+            raise ReducerError(
+                f"{label}: the force-kept text alone is {n_forced} tokens (whole {self.config.processor.unit} units), "
+                f"more than the budget of {limits.max_tokens} tokens ({asked}); raise the budget or force-keep less"
+            )
+        return enc, forced
+
+    def _reduction(self, enc: Encoded, keep: np.ndarray, budget: Budget, forced: np.ndarray | None = None) -> Reduction:
         n = len(enc.context)
         kept = [int(t) for t, k in zip(enc.context, keep, strict=True) if k]
         return Reduction(
@@ -363,7 +507,84 @@ class TokenReducer(nn.Module):
             kept_tokens=len(kept),
             budget=budget,
             max_tokens=self.config.budget.limits(budget, n).max_tokens,
+            kept_spans=kept_spans(enc.offsets, keep, len(enc.text)),
+            forced_tokens=0 if forced is None else int(forced.sum()),
         )
+
+    def reduce_documents(
+        self,
+        question: str | None,
+        documents: Sequence[str],
+        *,
+        rate: float | None = None,
+        target_tokens: int | None = None,
+        token_cost: float | None = None,
+        force_keep: Sequence[str | tuple[int, int, int]] | None = None,
+        too_long: str = "chunk",
+    ) -> DocumentsReduction:
+        """Reduce retrieved passages together, under one budget, keeping their order.
+
+        The documents are joined with a blank line between them (:data:`DOCUMENT_SEPARATOR`) and reduced as one
+        context (:meth:`reduce`): the policy sees them all and the budget (``rate`` of all their tokens, or
+        ``target_tokens``) is shared, so an irrelevant document can lose everything while a relevant one keeps
+        much. Whitespace-only documents are left out and reported as dropped.
+
+        Args:
+            question: The question the passages were retrieved for (None: no question).
+            documents: The passages, in the order they should appear.
+            rate: Keep at most this fraction of all the documents' tokens.
+            target_tokens: Keep at most this many tokens in all.
+            token_cost: Adaptive mode's token cost (without rate or target).
+            force_keep: Strings (every non-overlapping occurrence in every document is kept) and
+                ``(document_index, start, end)`` character spans of one document; whole units, inside the
+                budget, as in :meth:`reduce_batch`.
+            too_long: As in :meth:`reduce_batch`.
+
+        Returns:
+            A :class:`DocumentsReduction`: per document its kept character spans and kept text, the indices of
+            the documents dropped entirely, and the reduction of the joined text.
+
+        Raises:
+            ReducerError: On no documents, a document that is not a string, only whitespace-only documents, a bad
+                budget, or a bad ``force_keep`` (a string that occurs in no document, a span outside its
+                document, overlapping spans, forced units that alone exceed the budget).
+        """
+        if isinstance(documents, str) or not isinstance(documents, Sequence):
+            raise ReducerError(f"documents must be a list of strings, got {type(documents).__name__}")
+        if not documents:
+            raise ReducerError("no documents to reduce")
+        for i, d in enumerate(documents):
+            if not isinstance(d, str):
+                raise ReducerError(f"document {i} is {type(d).__name__}, not a string")
+        used = [i for i, d in enumerate(documents) if d.strip()]
+        if not used:
+            raise ReducerError(f"all {len(documents)} documents are empty or whitespace only")
+        starts, pos = {}, 0
+        for i in used:
+            starts[i] = pos
+            pos += len(documents[i]) + len(DOCUMENT_SEPARATOR)
+        joined = DOCUMENT_SEPARATOR.join(documents[i] for i in used)
+        spans = None if force_keep is None else _document_spans(documents, starts, force_keep)
+        try:
+            budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
+        except BudgetError as err:
+            raise ReducerError(str(err)) from err
+        if too_long not in ("chunk", "error"):
+            raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
+        enc, forced = self._prepare(joined, question, budget, spans, too_long, f"the {len(used)} documents joined")
+        keep = self.keep_masks([enc], [budget], forced=[forced])[0]
+        red = self._reduction(enc, keep, budget, forced)
+        kept_docs = []
+        for i, doc in enumerate(documents):
+            start = starts.get(i)
+            doc_spans = []
+            if start is not None:
+                for s, e in red.kept_spans:
+                    s, e = max(s, start) - start, min(e, start + len(doc)) - start
+                    if s < e and doc[s:e].strip():
+                        doc_spans.append((s, e))
+            kept_docs.append(KeptDocument(i, tuple(doc_spans), "".join(doc[s:e] for s, e in doc_spans)))
+        return DocumentsReduction(kept_docs, [d.index for d in kept_docs if d.dropped], red)
 
     def compress_prompt(
         self,
@@ -434,3 +655,57 @@ class TokenReducer(nn.Module):
         kept = red.kept_ids if same else retokenize_text(red.text, lm.tokenizer)
         prompt, _ = lm.build_prompt(kept, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
+
+
+def _forced_units(forced: np.ndarray | None, token_unit: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """Bool per (window) unit: the units holding a forced token; None without forced tokens."""
+    if forced is None or not forced.any():
+        return None
+    return np.bincount(token_unit, weights=forced.astype(np.float64), minlength=len(lengths)) > 0
+
+
+def _document_spans(
+    documents: Sequence[str], starts: dict[int, int], items: Sequence[str | tuple[int, int, int]]
+) -> list[tuple[int, int]]:
+    """``force_keep`` of :meth:`TokenReducer.reduce_documents` as spans of the joined text.
+
+    Raises:
+        ReducerError: On a malformed item, a span outside its document or a string that occurs in no document.
+    """
+    if isinstance(items, str) or not isinstance(items, Sequence):
+        raise ReducerError(
+            f"force_keep must be a list of strings and (document, start, end) spans, got {type(items).__name__}"
+        )
+    out: list[tuple[int, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            if not item:
+                raise ReducerError("force_keep has an empty string")
+            found = False
+            for i, start in starts.items():
+                at = documents[i].find(item)
+                while at >= 0:
+                    out.append((start + at, start + at + len(item)))
+                    found = True
+                    at = documents[i].find(item, at + len(item))
+            if not found:
+                raise ReducerError(f"force_keep string {item[:60]!r} does not occur in any document")
+            continue
+        if not (
+            isinstance(item, (tuple, list))
+            and len(item) == 3
+            and all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) for x in item)
+        ):
+            raise ReducerError(f"force_keep item {item!r} is neither a (document, start, end) span nor a string")
+        d, s, e = (int(x) for x in item)
+        if not 0 <= d < len(documents):
+            raise ReducerError(f"force_keep span {tuple(item)} names document {d}, but there are {len(documents)}")
+        if d not in starts:
+            raise ReducerError(f"force_keep span {tuple(item)} is in document {d}, which is whitespace only")
+        if not 0 <= s < e <= len(documents[d]):
+            raise ReducerError(
+                f"force_keep span {tuple(item)} is out of range: need 0 <= start < end <= {len(documents[d])} "
+                f"(document {d}'s length in characters)"
+            )
+        out.append((starts[d] + s, starts[d] + e))
+    return out
