@@ -138,6 +138,11 @@ class HeldoutEvalCallback(BaseCallback):
             self.history = json.loads(history_path.read_text())
         self._baseline_rows: list[dict[str, Any]] | None = None
 
+    def _on_training_start(self) -> None:
+        # A fresh run is evaluated before its first PPO step, so the curve shows what the warm start gave.
+        if self.num_timesteps == 0 and not self.history:
+            self.run_eval()
+
     def _on_step(self) -> bool:
         if (self.num_timesteps - self.last_eval) // self.steps_per_episode >= self.eval_freq:
             self.last_eval = self.num_timesteps

@@ -134,7 +134,7 @@ class WarmStartConfig:
     Attributes:
         steps: Gradient steps of behaviour cloning (0: off).
         batch_size: Examples per step.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate, decayed linearly to a tenth over the steps.
         filler_weight: Share of the listwise target given to non-evidence units, more to those less related to the
             question (0: evidence only). Above 0 the clone ranks unrelated text above near-miss distractors, the
             order in which a rate's leftover budget is filled.

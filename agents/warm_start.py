@@ -90,6 +90,8 @@ def behaviour_cloning(
     rng = np.random.default_rng(seed)
     device = next(net.parameters()).device
     opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    # linear decay to a tenth: late steps refine instead of jumping between families' batches
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(config.steps, 1))
     losses = []
     net.train()
     for step in range(config.steps):
@@ -115,6 +117,7 @@ def behaviour_cloning(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        decay.step()
         losses.append(loss.item())
         if logger is not None and (step + 1) % 10 == 0:
             logger.record("warm_start/loss", float(np.mean(losses[-10:])))

@@ -20,9 +20,10 @@ Architecture:
 2. Units: the mean of each unit's token states, joined with the mean question state.
 3. Units again: attention blocks over units with a learned bias per head for the signed, log-bucketed distance
    between units, so a unit can look for a related unit before or after it ("a later fact overrides this one").
-4. Sentences (``sentence_layers`` > 0): the mean token state of each sentence, attention blocks over sentences
-   (with their own distance bias), then each unit gets its sentence's state and the sentence's own score: a
-   fact is kept or dropped as a whole more easily than word by word, while word-level scores still choose
+4. Sentences (``sentence_layers`` > 0): the mean token state of each sentence with the mean and the maximum of
+   its tokens' lexical channels (a single strongly matching word must not be averaged away), attention blocks
+   over sentences (with their own distance bias), then each unit gets its sentence's state and the sentence's
+   own score: a fact is kept or dropped as a whole more easily than word by word, while word-level scores choose
    what fills the rest of a budget.
 5. Heads: a per-unit score, and STOP and value heads on the mean unit state; all see the budget.
 
@@ -158,7 +159,8 @@ class TokenKeepNetwork(nn.Module):
         self.distance_bias = nn.Parameter(torch.zeros(config.n_heads, 2 * config.distance_buckets + 1))
         self.out_norm = nn.LayerNorm(d)
         if config.sentence_layers:
-            self.sent_in = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d))
+            width = 2 * d + 2 * lexical_size
+            self.sent_in = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d))
             self.sent_blocks = nn.ModuleList(
                 EncoderBlock(d, config.n_heads, config.dropout) for _ in range(config.sentence_layers)
             )
@@ -212,7 +214,9 @@ class TokenKeepNetwork(nn.Module):
         u = self.out_norm(u)
         sent_scores = None
         if self.config.sentence_layers:
-            u, sent_scores = self._sentences(obs["sentence_index"][:, :width].long(), unit_index, x, q_mean, budget, u)
+            lex = obs["lexical"][:, :width].float() if self.lexical_size else x[..., :0]
+            sentence_index = obs["sentence_index"][:, :width].long()
+            u, sent_scores = self._sentences(sentence_index, unit_index, x, lex, q_mean, budget, u)
         # 5. heads
         per_unit = torch.cat([u, budget[:, None, :].expand_as(u)], -1)
         scores = self.score_head(per_unit).squeeze(-1)
@@ -230,6 +234,7 @@ class TokenKeepNetwork(nn.Module):
         sentence_index: torch.Tensor,
         unit_index: torch.Tensor,
         x: torch.Tensor,
+        lex: torch.Tensor,
         q_mean: torch.Tensor,
         budget: torch.Tensor,
         u: torch.Tensor,
@@ -240,7 +245,11 @@ class TokenKeepNetwork(nn.Module):
         counts = member.sum(-1)
         s_valid = counts > 0
         pooled = member @ x / counts.clamp(min=1.0)[..., None]
-        sv = self.sent_in(torch.cat([pooled, q_mean[:, None, :].expand_as(pooled)], -1)) + budget[:, None, :]
+        lex_mean = member @ lex / counts.clamp(min=1.0)[..., None]
+        # lexical channels are >= 0, so a masked max over a sentence's tokens is a max of products with membership
+        lex_max = (member[..., None] * lex[:, None, :, :]).amax(2)
+        q = q_mean[:, None, :].expand_as(pooled)
+        sv = self.sent_in(torch.cat([pooled, q, lex_mean, lex_max], -1)) + budget[:, None, :]
         sv = sv * s_valid[..., None]
         bias = self.sent_distance_bias[:, distance_bucket(n_sent, self.config.distance_buckets, x.device)][None]
         for block in self.sent_blocks:

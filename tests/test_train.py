@@ -105,7 +105,7 @@ def test_smoke_training_leaves_checkpoint_and_logs(tiny_lm, tmp_path):
     assert "train.py --preset smoke" in (out / "command.txt").read_text()
     history = json.loads((out / "eval_history.json").read_text())
     task = "kv:heldout:n=4,distractors=3"
-    assert [h["timesteps"] for h in history] == [32, 64]
+    assert [h["timesteps"] for h in history] == [0, 32, 64]  # 0: right after the warm start
     for key in ("policy_rate0.5", "best_heuristic_rate0.5", "random_rate0.5", "full", "policy_kept_rate0.5"):
         assert f"{task}/{key}" in history[-1], key
     assert history[-1][f"{task}/policy_kept_rate0.5"] == pytest.approx(0.5, abs=0.05)
@@ -171,7 +171,7 @@ def test_resume_is_exact(tiny_lm, tmp_path, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     hist_a = json.loads((tmp_path / "straight" / "eval_history.json").read_text())
     hist_b = json.loads((out / "eval_history.json").read_text())
-    assert [h["timesteps"] for h in hist_b] == [48, 96] and hist_a == hist_b
+    assert [h["timesteps"] for h in hist_b] == [0, 48, 96] and hist_a == hist_b
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes(tiny_lm, tmp_path, monkeypatch):
