@@ -7,18 +7,21 @@ stable-baselines3 or gymnasium. ``tests/test_layers.py`` keeps it so.
     from policies import TokenReducer
     reducer = TokenReducer.from_pretrained("runs/default/reducer")
     reducer.reduce(context, question, rate=0.3).text
+    reducer.reduce_documents(question, retrieved_chunks, rate=0.3, force_keep=["must stay"]).text
 """
 
 from policies.budget import Budget, BudgetConfig, BudgetError
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import ProcessorConfig
-from policies.reducer import Reduction, TokenReducer
+from policies.reducer import DocumentsReduction, KeptDocument, Reduction, TokenReducer
 from policies.reducer_config import ReducerConfig, ReducerError
 
 __all__ = [
     "Budget",
     "BudgetConfig",
     "BudgetError",
+    "DocumentsReduction",
+    "KeptDocument",
     "NetworkConfig",
     "ProcessorConfig",
     "ReducerConfig",

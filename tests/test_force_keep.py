@@ -10,8 +10,7 @@ import torch
 from agents.config import PRESETS, RunConfig
 from agents.ppo import build_ppo
 from envs.core import TokenKeepCore
-from envs.examples import Example
-from envs.jsonl_tasks import JsonlError, load_jsonl
+from envs.jsonl_tasks import JsonlError, load_jsonl, write_jsonl
 from envs.task_families import make_examples
 from envs.token_keep_env import TokenKeepEnv
 from envs.vec_env import BatchedTokenKeepVecEnv
@@ -213,14 +212,15 @@ def test_env_keeps_forced_units_and_lifts_drawn_rates(tiny_lm):
         env.reset(options={"index": 0, "budget": Budget(target_tokens=1)})
 
 
-def test_env_ranking_cut_is_exactly_what_the_env_keeps_and_the_reducer_agrees(tiny_lm, tmp_path):
-    """Sampled actions: the env keeps the forced units plus the distribution's prefix, nothing else; the SB3
-    deterministic action's keep mask equals the exported reducer's with the same force_keep."""
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_env_ranking_cut_is_exactly_what_the_env_keeps_and_the_reducer_agrees(tiny_lm, tmp_path, rounds):
+    """Sampled actions: the env keeps the forced units plus what the distribution's cut keeps, nothing else; the
+    SB3 deterministic actions' keep mask (after a probe round, with two rounds) equals the exported reducer's."""
     from agents.export import export_reducer
 
     cfg = replace(
         PRESETS["smoke"],
-        processor=ProcessorConfig(max_len=96, unit="word"),
+        processor=ProcessorConfig(max_len=96, unit="word", rounds=rounds),
         budget=BudgetConfig(cost_low=0.2, cost_high=1.0, default_token_cost=0.4),
         network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2),
         run=RunConfig(progress_bar=False),
@@ -234,22 +234,27 @@ def test_env_ranking_cut_is_exactly_what_the_env_keeps_and_the_reducer_agrees(ti
     export_reducer(model, tiny_lm, cfg, tmp_path / "r")
     reducer = TokenReducer.from_pretrained(tmp_path / "r")
     for budget in (Budget(rate=0.4), Budget(rate=0.7), Budget(token_cost=0.4)):
-        obs = core.observe(idx, [budget] * len(idx))
+        budgets = [budget] * len(idx)
+        obs = core.observe(idx, budgets)
         tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
         scores, stop, _ = model.policy.net(tensors)
         dist = RankingDistribution(scores, stop, tensors["unit_lengths"], tensors["limits"])
         sampled = dist.sample().numpy()
         for r, i in enumerate(idx):
             enc, forced = core.inputs[i], core.forced[i]
-            keep = core.keep_mask(i, budget, np.pad(sampled[r], (0, 96 - sampled.shape[1])))
+            rule = core.keep_mask if rounds == 1 else core.probe_mask  # the first of two rounds keeps a probe
+            keep = rule(i, budget, np.pad(sampled[r], (0, 96 - sampled.shape[1])))
             kept_units = np.bincount(enc.unit_index[keep], minlength=enc.n_units) > 0
             # what the distribution's cut keeps, from the observation alone (forced units are not its to rank)
             lim = TokenLimits(bool(obs["limits"][r, 0]), int(obs["limits"][r, 1]), int(obs["limits"][r, 2]))
             cut = select_units(sampled[r, : enc.n_units], obs["unit_lengths"][r, : enc.n_units], lim)
             assert np.array_equal(kept_units, cut | forced) and not (cut & forced).any(), budget
-            if not budget.adaptive:  # every unit kept by the ranking is one of the picks its log-prob covers
+            if not lim.adaptive:  # every unit kept by the ranking is one of the picks its log-prob covers
                 assert (sampled[r, : enc.n_units][cut] > 0).all()
         actions, _ = model.predict(obs, deterministic=True)
+        if rounds == 2:
+            inputs = [core.condition(i, core.probe_mask(i, budget, actions[r])) for r, i in enumerate(idx)]
+            actions, _ = model.predict(core.observe(idx, budgets, inputs, final=True), deterministic=True)
         kw = {"rate": budget.rate} if budget.rate else {"token_cost": budget.token_cost}
         reds = reducer.reduce_batch(
             [core.pool[i].example.context for i in idx],
@@ -280,4 +285,5 @@ def test_jsonl_force_keep_field(tmp_path):
         path.write_text(json.dumps({"context": ctx, "question": "q", "answer": "a", "force_keep": bad}) + "\n")
         with pytest.raises(JsonlError, match=rf"t.jsonl:1: .*{msg}"):
             load_jsonl(path)
-    assert Example(ctx, "q", " a", force_keep=((0, 5),)).force_keep == ((0, 5),)
+    write_jsonl([a], tmp_path / "out.jsonl")  # tasks written back keep their force_keep, as spans
+    assert load_jsonl(tmp_path / "out.jsonl")[0].force_keep == a.force_keep
