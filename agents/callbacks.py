@@ -59,7 +59,8 @@ class ReductionStatsCallback(BaseCallback):
                 continue
             self.stats["reward"].append(float(info.get("raw_reward", r)))
             for k in self.KEYS:
-                self.stats[k].append(float(info[k]))
+                if np.isfinite(info[k]):  # full_score is NaN where a group baseline made it unnecessary
+                    self.stats[k].append(float(info[k]))
             if info.get("adaptive"):
                 self.stats["kept_ratio_adaptive"].append(float(info["kept_ratio"]))
             elif info.get("rate"):

@@ -347,7 +347,7 @@ class TokenKeepCore:
             indices: Pool example per row (repeats allowed).
             contexts: The context token ids to score each row with.
         """
-        refs = [ref for _, ref in self.full_scores(indices)]
+        refs = [ref for _, ref in self.full_scores(indices)] if self.score.needs_reference else [None] * len(indices)
         return self._score(list(indices), [tuple(c) for c in contexts], refs).scores.numpy().astype(np.float64)
 
     def _score(
@@ -391,13 +391,26 @@ class TokenKeepCore:
             raise ValueError(f"action priorities must be finite, got e.g. {a[~np.isfinite(a)][:3].tolist()}")
         return a
 
-    def step_batch(self, indices: Sequence[int], budgets: Sequence[Budget], actions: Sequence[Any]) -> StepResult:
+    def step_batch(
+        self,
+        indices: Sequence[int],
+        budgets: Sequence[Budget],
+        actions: Sequence[Any],
+        full_context: bool = True,
+    ) -> StepResult:
         """Score a batch of keep decisions with one frozen-model call.
+
+        Identical reduced prompts in the batch (the same example kept the same way, as happens within a group once
+        the policy is confident) are scored once.
 
         Args:
             indices: Example index per episode.
             budgets: Budget per episode.
             actions: Unit priorities per episode, aligned with the observation's unit indices.
+            full_context: Score the full contexts too (cached per example) and make relative rewards relative to
+                them. False skips that forward where the score needs no reference: the rewards are then the
+                task scores themselves and ``full_score`` is NaN (what a group baseline, which subtracts the mean
+                of the group, needs: the full context's score cancels there).
 
         Returns:
             Rewards and infos.
@@ -405,24 +418,32 @@ class TokenKeepCore:
         masks = [
             self.keep_mask(i, b, self.check_action(a)) for i, b, a in zip(indices, budgets, actions, strict=True)
         ]
-        full = self.full_scores(indices)
+        need_full = full_context or self.score.needs_reference
+        full = self.full_scores(indices) if need_full else [(float("nan"), None)] * len(indices)
         kept_ids: list[tuple[int, ...]] = []
         for i, keep in zip(indices, masks, strict=True):
             kept_ids.append(tuple(t for t, k in zip(self.pool[i].context, keep, strict=True) if k))
         # Episodes that keep everything reuse the cached full-context score: exact, and no forward needed.
-        todo = [r for r, (i, k) in enumerate(zip(indices, kept_ids, strict=True)) if len(k) < len(self.pool[i].context)]
+        todo = [
+            r
+            for r, (i, k) in enumerate(zip(indices, kept_ids, strict=True))
+            if not need_full or len(k) < len(self.pool[i].context)
+        ]
         scores = [f[0] for f in full]
-        if todo:
-            res = self._score([indices[r] for r in todo], [kept_ids[r] for r in todo], [full[r][1] for r in todo])
-            for r, s in zip(todo, res.scores.tolist(), strict=True):
-                scores[r] = float(s)
+        unique = list(dict.fromkeys((indices[r], kept_ids[r]) for r in todo))
+        if unique:
+            first = {key: next(r for r in todo if (indices[r], kept_ids[r]) == key) for key in unique}
+            res = self._score([i for i, _ in unique], [k for _, k in unique], [full[first[key]][1] for key in unique])
+            value = dict(zip(unique, res.scores.tolist(), strict=True))
+            for r in todo:
+                scores[r] = float(value[(indices[r], kept_ids[r])])
         rewards = np.zeros(len(indices), np.float32)
         costs = [self.budget.token_cost(b) for b in budgets]
         infos = []
         for r, i in enumerate(indices):
             e = self.pool[i]
             ratio = len(kept_ids[r]) / len(e.context)
-            gain = scores[r] - full[r][0] if self.score.relative else scores[r]
+            gain = scores[r] - full[r][0] if self.score.relative and need_full else scores[r]
             rewards[r] = gain - costs[r] * ratio
             infos.append(
                 {

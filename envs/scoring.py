@@ -159,10 +159,13 @@ class TaskScore:
     Attributes:
         name: Registry name.
         relative: If True the env's reward uses ``score - full_context_score``.
+        needs_reference: If True a reduced call needs the full-context call's references (so the full context is
+            always scored).
     """
 
     name = "base"
     relative = False
+    needs_reference = False
 
     def __call__(
         self,
@@ -212,6 +215,7 @@ class KLScore(TaskScore):
     """
 
     name = "kl"
+    needs_reference = True
 
     def __call__(self, lm, encs, contexts=None, references=None) -> ScoreResult:  # noqa: D102
         s = lm.score_answers(build_prompts(lm, encs, contexts), [e.answer for e in encs], return_distributions=True)

@@ -10,7 +10,10 @@ Group-relative baseline (``group_size`` G > 1): the envs form groups of G that p
 the *same* budget, each with its own sampled action, and each env's reward is returned minus the mean reward of
 the other G - 1 in its group (the leave-one-out baseline of RLOO, as in GRPO). For one-step episodes this is an
 unbiased, low-variance advantage that needs no learned value: PPO still runs unchanged on top of it.
-``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring.
+``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring. The full context's score
+cancels out of a centred reward, so with groups it is not computed (one forward per example saved):
+``raw_reward`` is then the task score minus the token cost, not relative to the full context, and
+``info["full_score"]`` is NaN.
 
 Rounds (``processor.rounds`` R > 1, see :mod:`envs.core`): every episode lasts R steps, all envs in lock-step.
 The steps before the last return reward 0 and ``done`` False, and the next round's observations (each
@@ -103,7 +106,13 @@ class BatchedTokenKeepVecEnv(VecEnv):
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {self._actions.shape}")
         if self._round < self.core.processor.rounds - 1:
             return self._next_round()
-        res = self.core.step_batch([i for i, _ in self._episodes], [b for _, b in self._episodes], list(self._actions))
+        # With a group baseline the full context's score cancels out of every centred reward: skip its forward.
+        res = self.core.step_batch(
+            [i for i, _ in self._episodes],
+            [b for _, b in self._episodes],
+            list(self._actions),
+            full_context=self.group_size == 1,
+        )
         raw = res.rewards.astype(np.float32)
         rewards = raw.copy()
         if self.group_size > 1:

@@ -355,3 +355,33 @@ def test_rounds_env_passes_the_checkers_and_the_vec_env_steps_rounds(tiny_lm):
     assert dones.all() and all("raw_reward" in i for i in infos)
     assert np.array_equal(infos[0]["terminal_observation"]["lexical"], mid["lexical"][0])
     assert not nxt["lexical"][..., len(CHANNELS) + KEPT_CHANNELS.index("later_round")].any()  # new episodes
+
+
+def test_group_baseline_skips_the_full_context_and_scores_duplicates_once(tiny_lm, monkeypatch):
+    core = TokenKeepCore(tiny_lm, **KW_RANGE)
+    venv = BatchedTokenKeepVecEnv(core, n_envs=4, seed=3, group_size=2)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-1, 1, 96), rng.uniform(-1, 1, 96)
+    actions = np.stack([a, a, b, b])  # each group plays one action twice: two distinct prompts at most
+
+    calls = []
+    real = core._score
+
+    def counting(indices, contexts=None, refs=None):
+        calls.append(None if contexts is None else len(contexts))
+        return real(indices, contexts, refs)
+
+    monkeypatch.setattr(core, "_score", counting)
+    _, rewards, _, infos = venv.step(actions)
+    assert calls == [2], "no full-context call, and one row per distinct reduced prompt"
+    assert all(np.isnan(i["full_score"]) for i in infos)
+    assert rewards == pytest.approx(np.zeros(4), abs=1e-6)  # equal prompts, equal rewards: centred to 0
+    # the centred rewards do not depend on the full context's score
+    core2 = TokenKeepCore(tiny_lm, **KW_RANGE)
+    idx, budgets = [i for i, _ in venv._episodes], [bb for _, bb in venv._episodes]
+    acts = list(np.stack([a, b, b, a]))
+    with_full = core2.step_batch(idx, budgets, acts, full_context=True).rewards
+    without = core2.step_batch(idx, budgets, acts, full_context=False).rewards
+    centre = lambda r: (r.reshape(2, 2) - r.reshape(2, 2).mean(1, keepdims=True)).ravel()  # noqa: E731
+    assert centre(with_full) == pytest.approx(centre(without), abs=1e-5)
