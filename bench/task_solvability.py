@@ -30,11 +30,9 @@ from agents.baselines import make_baselines  # noqa: E402
 from envs.examples import encode_example  # noqa: E402
 from envs.frozen_lm import FrozenLM  # noqa: E402
 from envs.scoring import choice_priors, score_reduced  # noqa: E402
-from envs.task_families import make_examples  # noqa: E402
+from envs.task_families import FAMILIES, make_examples  # noqa: E402
 from policies.budget import Budget, fill_units, keep_top  # noqa: E402
 from policies.units import segment, unit_lengths  # noqa: E402
-
-FAMILIES = ("passkey", "kv", "qa", "multihop", "state")
 
 
 def evidence_first(enc, index: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:
