@@ -160,7 +160,9 @@ def _train(
             from stable_baselines3.common.logger import configure
 
             bc_logger = configure(str(out / "tb" / "warm_start"), ["tensorboard"])
-            losses = behaviour_cloning(model.policy.net, core, config.warm_start, run.seed, bc_logger)
+            losses = behaviour_cloning(
+                model.policy.net, core, config.warm_start, run.seed, bc_logger, progress=run.progress_bar
+            )
             if losses:
                 print(f"warm start: {len(losses)} steps, loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}")
     callbacks: list = [

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from agents.config import WarmStartConfig
 from agents.credit import unit_credit
@@ -70,7 +71,12 @@ def unit_relevance(obs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def behaviour_cloning(
-    net: torch.nn.Module, core: TokenKeepCore, config: WarmStartConfig, seed: int = 0, logger: Any | None = None
+    net: torch.nn.Module,
+    core: TokenKeepCore,
+    config: WarmStartConfig,
+    seed: int = 0,
+    logger: Any | None = None,
+    progress: bool = False,
 ) -> list[float]:
     """Train ``net`` (a :class:`~policies.network.TokenKeepNetwork`) to rank evidence units first.
 
@@ -80,6 +86,7 @@ def behaviour_cloning(
         config: Steps, batch size and learning rate.
         seed: Seed of the example and budget draws.
         logger: An SB3 logger to record ``warm_start/loss`` on, or None.
+        progress: Show a progress bar over the steps.
 
     Returns:
         The loss of every step.
@@ -112,7 +119,7 @@ def behaviour_cloning(
     decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(config.steps, 1))
     losses = []
     net.train()
-    for step in range(config.steps):
+    for step in tqdm(range(config.steps), desc="warm start", unit="step", disable=not progress):
         idx = [labelled[j] for j in rng.integers(len(labelled), size=config.batch_size)]
         budgets = [core.budget.sample(rng) for _ in idx]
         loss = torch.zeros((), device=device)

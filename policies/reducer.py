@@ -593,6 +593,7 @@ class TokenReducer(nn.Module):
         question: str = "",
         rate: float = 0.5,
         target_token: int = -1,
+        force_tokens: Sequence[str] = (),
     ) -> dict[str, Any]:
         """LLMLingua-shaped adapter: ``compressor.compress_prompt(...)`` with the same arguments and keys.
 
@@ -602,17 +603,24 @@ class TokenReducer(nn.Module):
             question: Kept as is, placed after the context; also conditions the policy.
             rate: Fraction of context tokens to keep (ignored when ``target_token`` > 0).
             target_token: Context tokens to keep; -1 uses ``rate``.
+            force_tokens: Strings always kept where they occur in the context (as LLMLingua-2's ``force_tokens``;
+                here every occurrence's whole units are kept, inside the budget, as ``force_keep`` does). Strings
+                that do not occur are ignored.
 
         Returns:
             ``compressed_prompt`` (str), ``origin_tokens`` and ``compressed_tokens`` (ints, whole prompt),
             ``ratio`` (float, origin / compressed) and ``rate`` (float, compressed / origin).
         """
         text = context if isinstance(context, str) else "\n\n".join(context)
+        if isinstance(force_tokens, str):
+            raise ReducerError("force_tokens must be a list of strings, not one string")
+        forced = [t for t in dict.fromkeys(force_tokens) if t.strip() and t in text]
         red = self.reduce(
             text,
             question or None,
             rate=None if target_token > 0 else rate,
             target_tokens=target_token if target_token > 0 else None,
+            force_keep=forced or None,
         )
         parts_full = [p for p in (instruction, text, question) if p]
         parts = [p for p in (instruction, red.text, question) if p]
