@@ -52,6 +52,7 @@ train: install
 bench: install
 	$(PY) bench/env_throughput.py
 	$(PY) bench/reducer_latency.py
+	$(PY) bench/documents_latency.py
 
 $(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_VENV)
