@@ -250,7 +250,8 @@ PRESETS: dict[str, TrainConfig] = {
     # The real run: SmolLM2-135M on CPU, every task family, sized for about 20 minutes of training on 2 cores.
     # Three selection rounds (each conditioned on the words the one before kept) and sentence-level scores: a
     # chain's next fact is named only by the fact before it. Measured on held-out chains at rate 0.3 (n=100):
-    # multihop 0.77 with 3 rounds, 0.64 with 2, 0.56 with 1. The warm start does most of the learning on 2 cores;
+    # multihop 0.77 and 0.55 in two runs with 3 rounds, 0.64 with 2, 0.56 with 1 (README: the spread between runs
+    # is as large as the gain). The warm start does most of the learning on 2 cores;
     # PPO then trains on the frozen model's reward for 1024 episodes (64 per rollout: 16 envs x 12 steps / 3).
     "default": TrainConfig(
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=64, eval_examples=16),
