@@ -37,10 +37,12 @@ frequency and by how much of their sentence was kept:
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,10 +61,10 @@ def words(text: str) -> list[str]:
 def token_words(text: str, offsets: Sequence[tuple[int, int]]) -> list[list[str]]:
     """For each token, the (lowercased) words its character span overlaps."""
     spans = [(m.start(), m.end(), m.group().lower()) for m in WORD.finditer(text)]
-    starts = [s for s, _, _ in spans]
+    starts = np.asarray([s for s, _, _ in spans], dtype=np.int64)
+    first = np.searchsorted(starts, np.asarray([s for s, _ in offsets], dtype=np.int64), side="right") - 1
     out: list[list[str]] = []
-    for s, e in offsets:
-        i = max(0, int(np.searchsorted(starts, s, side="right")) - 1)
+    for (s, e), i in zip(offsets, np.maximum(first, 0).tolist(), strict=True):
         hit = []
         while i < len(spans) and spans[i][0] < e:
             if spans[i][1] > s:
@@ -94,6 +96,40 @@ def idf(docs: Sequence[Sequence[str]]) -> dict[str, float]:
     return {w: math.log(1 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
 
 
+@dataclass(frozen=True)
+class TextWords:
+    """The words of a context, computed once and shared by every round's channels (they depend on text only).
+
+    Attributes:
+        tokens: The words each token overlaps (:func:`token_words`).
+        sentences: The words of each sentence (:func:`unit_words` over the sentence index).
+        sentence_sets: ``set(sentences[s])`` per sentence.
+        inv: Inverse sentence frequency of every word (:func:`idf` over the sentences).
+        top_idf: The largest ``inv`` value (1.0 when there is none).
+        occurs: Word -> the sentences it occurs in, ascending.
+    """
+
+    tokens: list[list[str]]
+    sentences: list[list[str]]
+    sentence_sets: list[set[str]]
+    inv: dict[str, float]
+    top_idf: float
+    occurs: dict[str, list[int]]
+
+
+def text_words(text: str, offsets: Sequence[tuple[int, int]], sentence_index: np.ndarray) -> TextWords:
+    """The :class:`TextWords` of a context (``sentence_index``: the sentence of each token)."""
+    tw = token_words(text, offsets)
+    sents = unit_words(tw, sentence_index)
+    inv = idf(sents)
+    sets = [set(ws) for ws in sents]
+    occurs: dict[str, list[int]] = {}
+    for s_i, ws in enumerate(sets):
+        for w in ws:
+            occurs.setdefault(w, []).append(s_i)
+    return TextWords(tw, sents, sets, inv, max(inv.values(), default=0.0) or 1.0, occurs)
+
+
 def bm25_scores(
     docs: Sequence[Sequence[str]], query: Sequence[str] | dict[str, float], k1: float = 1.2, b: float = 0.75
 ) -> np.ndarray:
@@ -115,7 +151,11 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 
 def lexical_channels(
-    text: str, offsets: Sequence[tuple[int, int]], sentence_index: np.ndarray, question: str
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    sentence_index: np.ndarray,
+    question: str,
+    text_index: TextWords | None = None,
 ) -> np.ndarray:
     """The channels of :data:`CHANNELS` for every context token, ``[n_tokens, len(CHANNELS)]`` float32.
 
@@ -124,15 +164,14 @@ def lexical_channels(
         offsets: Character span of each context token.
         sentence_index: Sentence unit of each token (:func:`policies.units.segment` with ``"sentence"``).
         question: The question text (may be empty: question channels are then 0).
+        text_index: The context's :func:`text_words`, when already computed (computed here otherwise).
     """
     n = len(offsets)
     out = np.zeros((n, len(CHANNELS)), dtype=np.float32)
     if n == 0:
         return out
-    tw = token_words(text, offsets)
-    sents = unit_words(tw, sentence_index)
-    inv = idf(sents)
-    top_idf = max(inv.values(), default=0.0) or 1.0
+    tx = text_index or text_words(text, offsets, sentence_index)
+    tw, sents, inv, top_idf = tx.tokens, tx.sentences, tx.inv, tx.top_idf
     q = set(words(question))
     scores = [bm25_scores(sents, list(q))]
     seen, bridge, best = set(q), set(), -1
@@ -147,15 +186,16 @@ def lexical_channels(
         scores.append(bm25_scores(sents, {w: inv.get(w, 0.0) for w in new}) if new else np.zeros(len(sents)))
     n_sent = len(sents)
     pos = sentence_index / max(n_sent - 1, 1)
+    last_sentence = {w: u for u, ws in enumerate(sents) for w in ws if w in q}  # later sentences overwrite
+    sent_of = sentence_index.tolist()
     for t, ws in enumerate(tw):
+        if not ws:
+            continue
         out[t, 0] = max((inv.get(w, 0.0) / top_idf for w in ws if w in q), default=0.0)
         out[t, 1] = max((inv.get(w, 0.0) / top_idf for w in ws if w in bridge), default=0.0)
+        out[t, 5] = max((inv.get(w, 0.0) / top_idf for w in ws if last_sentence.get(w) == sent_of[t]), default=0.0)
     for c, s in enumerate(scores):
         out[:, 2 + c] = _normalised(s)[sentence_index]
-    last_sentence = {w: u for u, ws in enumerate(sents) for w in ws if w in q}  # later sentences overwrite
-    for t, ws in enumerate(tw):
-        hits = [inv.get(w, 0.0) / top_idf for w in ws if last_sentence.get(w) == sentence_index[t]]
-        out[t, 5] = max(hits, default=0.0)
     out[:, 6] = pos
     return out
 
@@ -166,6 +206,7 @@ def kept_channels(
     sentence_index: np.ndarray,
     question: str,
     kept: np.ndarray | None,
+    text_index: TextWords | None = None,
 ) -> np.ndarray:
     """The channels of :data:`KEPT_CHANNELS` for every context token, ``[n_tokens, len(KEPT_CHANNELS)]`` float32.
 
@@ -175,6 +216,8 @@ def kept_channels(
         sentence_index: Sentence unit of each token.
         question: The question text.
         kept: Bool per token: what the previous round kept; None in the first round (all channels 0).
+        text_index: The context's :func:`text_words`, when already computed (computed here otherwise): every
+            round of one context shares it.
     """
     n = len(offsets)
     out = np.zeros((n, len(KEPT_CHANNELS)), dtype=np.float32)
@@ -185,42 +228,50 @@ def kept_channels(
         raise ValueError(f"kept must be one bool per context token ({n}), got shape {kept.shape}")
     out[:, 0] = kept
     out[:, 5] = 1.0
-    tw = token_words(text, offsets)
-    sents = unit_words(tw, sentence_index)
+    tx = text_index or text_words(text, offsets, sentence_index)
+    tw, sents, inv, top_idf, sent_sets = tx.tokens, tx.sentences, tx.inv, tx.top_idf, tx.sentence_sets
     n_sent = len(sents)
-    inv = idf(sents)
-    top_idf = max(inv.values(), default=0.0) or 1.0
     frac = np.bincount(sentence_index, weights=kept, minlength=n_sent) / np.maximum(
         np.bincount(sentence_index, minlength=n_sent), 1
     )
     q = set(words(question))
-    sent_sets = [set(ws) for ws in sents]
     # word -> [(sentence, weight)] over the sentences the previous round kept part of
     sources: dict[str, list[tuple[int, float]]] = {}
-    for s_i in np.flatnonzero(frac > 0):
+    for s_i in np.flatnonzero(frac > 0).tolist():
         for w in sent_sets[s_i]:
-            sources.setdefault(w, []).append((int(s_i), float(frac[s_i]) * inv.get(w, 0.0) / top_idf))
+            sources.setdefault(w, []).append((s_i, float(frac[s_i]) * inv.get(w, 0.0) / top_idf))
     bridge = {w: max(v for _, v in src) for w, src in sources.items() if w not in q}
-    whole = frac >= KEPT_SENTENCE
+    whole = (frac >= KEPT_SENTENCE).tolist()
     last: dict[int, dict[str, float]] = {}  # sentence -> {word: weight} for kept_last
     for w, src in sources.items():
-        later = [s_i for s_i in range(n_sent - 1, -1, -1) if w in sent_sets[s_i] and not whole[s_i]]
-        if later:
-            last.setdefault(later[0], {})[w] = max(v for _, v in src)
+        latest = next((s_i for s_i in reversed(tx.occurs[w]) if not whole[s_i]), None)
+        if latest is not None:
+            last.setdefault(latest, {})[w] = max(v for _, v in src)
     prev: dict[int, dict[str, float]] = {}  # sentence -> {word: weight} for kept_prev
-    for k in np.flatnonzero(whole):
+    for k in (s_i for s_i, full in enumerate(whole) if full):
         for w in sent_sets[k]:
-            before = [s_i for s_i in range(int(k) - 1, -1, -1) if w in sent_sets[s_i] and not whole[s_i]]
-            if before:
+            occ = tx.occurs[w]
+            j = bisect.bisect_left(occ, k) - 1
+            while j >= 0 and whole[occ[j]]:
+                j -= 1
+            if j >= 0:
                 weight = float(frac[k]) * inv.get(w, 0.0) / top_idf
-                slot = prev.setdefault(before[0], {})
+                slot = prev.setdefault(occ[j], {})
                 slot[w] = max(slot.get(w, 0.0), weight)
+    # kept_match of a token in sentence s: its bridge words' best weight from a kept sentence other than s; per
+    # word, the best source and the best from any other sentence answer that for every s
+    best: dict[str, tuple[int, float, float]] = {}
+    for w in bridge:
+        ranked = sorted(sources[w], key=lambda sv: -sv[1])
+        best[w] = (ranked[0][0], ranked[0][1], ranked[1][1] if len(ranked) > 1 else 0.0)
     bm = _normalised(bm25_scores(sents, bridge)) if bridge else np.zeros(n_sent)
+    sent_of = sentence_index.tolist()
     for t, ws in enumerate(tw):
-        s_t = int(sentence_index[t])
-        out[t, 1] = max(
-            (v for w in ws if w in bridge for s_i, v in sources[w] if s_i != s_t), default=0.0
-        )
+        if not ws:
+            continue
+        s_t = sent_of[t]
+        hits = [best[w] for w in ws if w in best]
+        out[t, 1] = max((v1 if s1 != s_t else v2 for s1, v1, v2 in hits), default=0.0)
         out[t, 3] = max((last.get(s_t, {}).get(w, 0.0) for w in ws), default=0.0)
         out[t, 4] = max((prev.get(s_t, {}).get(w, 0.0) for w in ws), default=0.0)
     out[:, 2] = bm[sentence_index]

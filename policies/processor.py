@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from policies.lexical import CHANNELS, KEPT_CHANNELS, kept_channels, lexical_channels
+from policies.lexical import CHANNELS, KEPT_CHANNELS, TextWords, kept_channels, lexical_channels, text_words
 from policies.units import Unit, segment, unit_lengths
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -117,6 +117,8 @@ class Encoded:
         text: The context text (of the whole context, also in a window), for :func:`condition`.
         offsets: Character span of each context token in ``text``.
         question_text: The question text.
+        text_index: The words of ``text`` (:func:`policies.lexical.text_words`), computed once by :func:`prepare`
+            for the kept channels of every round (None without lexical channels, and in windows).
     """
 
     question: tuple[int, ...]
@@ -127,6 +129,7 @@ class Encoded:
     text: str
     offsets: tuple[tuple[int, int], ...]
     question_text: str
+    text_index: TextWords | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_units(self) -> int:
@@ -186,8 +189,10 @@ def prepare(
     """Units and lexical channels of an encoded context (see :func:`encode_context`), for the first round."""
     unit_index = segment(context, offsets, config.unit)
     sentences = unit_index if config.unit == "sentence" else segment(context, offsets, "sentence")
+    text_index = None
     if config.lexical:
-        lexical = lexical_channels(context, offsets, sentences, question or "")
+        text_index = text_words(context, offsets, sentences)
+        lexical = lexical_channels(context, offsets, sentences, question or "", text_index)
         if config.rounds > 1:
             lexical = np.concatenate([lexical, kept_channels(context, offsets, sentences, question or "", None)], 1)
     else:
@@ -201,6 +206,7 @@ def prepare(
         context,
         tuple((int(a), int(b)) for a, b in offsets),
         question or "",
+        text_index,
     )
 
 
@@ -219,7 +225,9 @@ def condition(enc: Encoded, kept: np.ndarray) -> Encoded:
         raise ValueError("condition needs a context prepared with rounds > 1 (kept channels in its lexical)")
     if len(kept) != len(enc.context):
         raise ValueError(f"kept has {len(kept)} entries for {len(enc.context)} context tokens")
-    extra = kept_channels(enc.text, enc.offsets, enc.sentence_index, enc.question_text, np.asarray(kept, bool))
+    extra = kept_channels(
+        enc.text, enc.offsets, enc.sentence_index, enc.question_text, np.asarray(kept, bool), enc.text_index
+    )
     return replace(enc, lexical=np.concatenate([enc.lexical[:, :base], extra], 1))
 
 
@@ -257,6 +265,7 @@ def windows(enc: Encoded, max_len: int) -> list[Encoded]:
                 lexical=enc.lexical[s:e],
                 sentence_index=sent - sent[0] if len(sent) else sent,
                 offsets=enc.offsets[s:e],
+                text_index=None,
             )
         )
         s = e

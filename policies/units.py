@@ -103,7 +103,7 @@ def segment(text: str, offsets: Sequence[tuple[int, int]], unit: Unit) -> np.nda
         cuts = [m.start() for m in re.finditer(r"\S+", text)]
     else:
         cuts = [0] + [m.end() for m in _SENTENCE_END.finditer(text)]
-    group_unit = [int(np.searchsorted(cuts, a, side="right")) for a in anchors]
+    group_unit = np.searchsorted(np.asarray(cuts, dtype=np.int64), anchors, side="right").tolist()
     for g in range(n_groups - 2, -1, -1):  # whitespace-only pieces belong to what follows them
         if blank[g]:
             group_unit[g] = group_unit[g + 1]

@@ -17,7 +17,16 @@ from policies.budget import (
     rank_priorities,
     select_units,
 )
-from policies.lexical import CHANNELS, KEPT_CHANNELS, bm25_scores, kept_channels, lexical_channels, token_words, words
+from policies.lexical import (
+    CHANNELS,
+    KEPT_CHANNELS,
+    bm25_scores,
+    kept_channels,
+    lexical_channels,
+    text_words,
+    token_words,
+    words,
+)
 from policies.processor import ProcessorConfig, condition, encode, windows
 from policies.ranking import NEG, RankingDistribution
 from policies.units import segment, unit_lengths
@@ -263,6 +272,37 @@ def test_kept_channels_follow_what_was_kept(tiny_tokenizer):
         kept_channels(text, offsets, sent, q, np.ones(3, bool))
 
 
+def test_kept_match_is_the_best_weight_from_another_kept_sentence(tiny_tokenizer):
+    """kept_match against its definition, brute force, with a word kept in several sentences."""
+    text = (
+        "Ann took the blue box. The box is in the hall. Bob took the box. Ann went to the yard. "
+        "The blue cup is in the box. Bob went to the hall."
+    )
+    ids, offsets = _offsets(tiny_tokenizer, text)
+    sent = segment(text, offsets, "sentence")
+    q = "Where is the cup?"
+    tx = text_words(text, offsets, sent)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        kept = rng.random(len(ids)) < 0.4
+        ch = kept_channels(text, offsets, sent, q, kept, tx)
+        assert np.array_equal(ch, kept_channels(text, offsets, sent, q, kept))  # the shared index changes nothing
+        frac = np.bincount(sent, weights=kept) / np.bincount(sent)
+        qw = set(words(q))
+        for t, ws in enumerate(tx.tokens):
+            want = max(
+                (
+                    frac[s] * tx.inv[w] / tx.top_idf
+                    for w in ws
+                    if w not in qw
+                    for s in range(len(frac))
+                    if s != sent[t] and frac[s] > 0 and w in tx.sentence_sets[s]
+                ),
+                default=0.0,
+            )
+            assert ch[t, KEPT_CHANNELS.index("kept_match")] == pytest.approx(want, abs=1e-6)
+
+
 def test_condition_changes_only_the_kept_channels(tiny_tokenizer):
     text = "The red ball is in the blue box. Ann took the blue box. Then Ann went to the yard."
     config = ProcessorConfig(max_len=64, rounds=2)
@@ -274,12 +314,14 @@ def test_condition_changes_only_the_kept_channels(tiny_tokenizer):
     assert np.array_equal(nxt.lexical[:, :base], enc.lexical[:, :base]) and not enc.lexical[:, base:].any()
     assert (nxt.lexical[:, base + KEPT_CHANNELS.index("kept")] == kept).all()
     assert nxt.context == enc.context and np.array_equal(nxt.unit_index, enc.unit_index)
+    fresh = kept_channels(text, enc.offsets, enc.sentence_index, enc.question_text, kept)  # without the cached index
+    assert enc.text_index is not None and np.array_equal(nxt.lexical[:, base:], fresh)
     with pytest.raises(ValueError, match="rounds > 1"):
         condition(encode(ProcessorConfig(max_len=64), tiny_tokenizer, text, "q?"), kept)
     with pytest.raises(ValueError, match="need lexical"):
         ProcessorConfig(rounds=2, lexical=False)
     # windows carry each window's sentences, numbered from 0
     parts = windows(enc, 24)
-    assert len(parts) > 1 and all(w.sentence_index[0] == 0 for w in parts)
+    assert len(parts) > 1 and all(w.sentence_index[0] == 0 and w.text_index is None for w in parts)
     assert sum(len(w.sentence_index) for w in parts) == len(enc.context)
     assert config.probe_tokens(100, 40) == 15 and config.probe_tokens(100, 5) == 5 and config.probe_tokens(3, 9) == 1
