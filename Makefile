@@ -39,7 +39,8 @@ test: install
 	$(PY) -m pytest -q tests
 
 RUN ?= runs/default
-HELDOUT := passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout,multihop3:heldout,before:heldout
+# the held-out tasks of the run's own config, read by the shell after training
+HELDOUT = "$$($(PY) -c "import json; print(json.load(open('$(RUN)/config.json'))['tasks']['heldout'])")"
 train: install
 	$(PY) train.py --preset default --out $(RUN)
 	$(PY) eval.py --reducer $(RUN)/reducer --tasks $(HELDOUT) --n 100 --rates 0.3 --out $(RUN)/eval

@@ -39,6 +39,7 @@ default); ``too_long="error"`` raises instead.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -605,7 +606,7 @@ class TokenReducer(nn.Module):
             target_token: Context tokens to keep; -1 uses ``rate``.
             force_tokens: Strings always kept where they occur in the context (as LLMLingua-2's ``force_tokens``;
                 here every occurrence's whole units are kept, inside the budget, as ``force_keep`` does). Strings
-                that do not occur are ignored.
+                that do not occur are ignored; occurrences that overlap (``"Q3"`` and ``"Q3 revenue"``) are merged.
 
         Returns:
             ``compressed_prompt`` (str), ``origin_tokens`` and ``compressed_tokens`` (ints, whole prompt),
@@ -614,7 +615,18 @@ class TokenReducer(nn.Module):
         text = context if isinstance(context, str) else "\n\n".join(context)
         if isinstance(force_tokens, str):
             raise ReducerError("force_tokens must be a list of strings, not one string")
-        forced = [t for t in dict.fromkeys(force_tokens) if t.strip() and t in text]
+        occurrences = sorted(
+            (m.start(), m.start() + len(t))
+            for t in dict.fromkeys(force_tokens)
+            if t.strip()
+            for m in re.finditer(re.escape(t), text)
+        )
+        forced: list[tuple[int, int]] = []
+        for s, e in occurrences:  # the union of the occurrences, as disjoint spans
+            if forced and s < forced[-1][1]:
+                forced[-1] = (forced[-1][0], max(forced[-1][1], e))
+            else:
+                forced.append((s, e))
         red = self.reduce(
             text,
             question or None,

@@ -163,6 +163,9 @@ def test_compress_prompt_has_llmlingua_keys(exported):
         force_tokens=["sky", "absent"],
     )
     assert "sky" in forced["compressed_prompt"]
+    # overlapping force tokens are merged, not refused
+    both = reducer.compress_prompt("Q3 revenue rose. The sky is blue.", rate=0.5, force_tokens=["Q3", "Q3 revenue"])
+    assert "Q3 revenue" in both["compressed_prompt"]
     with pytest.raises(ReducerError, match="list of strings"):
         reducer.compress_prompt("The sky is blue.", force_tokens="sky")
 
