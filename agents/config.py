@@ -254,7 +254,7 @@ PRESETS: dict[str, TrainConfig] = {
     # is as large as the gain). The warm start does most of the learning on 2 cores;
     # PPO then trains on the frozen model's reward for 1024 episodes (64 per rollout: 16 envs x 12 steps / 3), at
     # learning rate 2e-5: at 1e-4 an update moved the ranking policy by an approximate KL of 0.1-0.28 and two
-    # runs ended 15 and 20 points below their own warm start on state tracking (README, "PPO after the warm
+    # runs ended 10 and 20 points below their own warm start on state tracking (README, "PPO after the warm
     # start"); at 2e-5 the runs stay at their warm start's level.
     "default": TrainConfig(
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=64, eval_examples=16),
