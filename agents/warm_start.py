@@ -35,7 +35,7 @@ from agents.config import WarmStartConfig
 from agents.credit import unit_credit
 from envs.core import TokenKeepCore
 from policies.budget import rank_priorities
-from policies.lexical import CHANNELS, idf, token_words, unit_words
+from policies.lexical import CHANNELS, text_words, unit_words
 
 
 def evidence_units(core: TokenKeepCore, index: int) -> np.ndarray:
@@ -53,10 +53,13 @@ def unit_information(core: TokenKeepCore, index: int) -> np.ndarray:
     unit without words).
     """
     enc = core.inputs[index]
-    tw = token_words(enc.text, enc.offsets)
-    inv = idf(unit_words(tw, enc.sentence_index))
-    top = max(inv.values(), default=0.0) or 1.0
-    return np.array([max((inv.get(w, 0.0) / top for w in ws), default=0.0) for ws in unit_words(tw, enc.unit_index)])
+    tx = enc.text_index or text_words(enc.text, enc.offsets, enc.sentence_index)
+    return np.array(
+        [
+            max((tx.inv.get(w, 0.0) / tx.top_idf for w in ws), default=0.0)
+            for ws in unit_words(tx.tokens, enc.unit_index)
+        ]
+    )
 
 
 def unit_relevance(obs: dict[str, torch.Tensor]) -> torch.Tensor:

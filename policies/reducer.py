@@ -39,7 +39,6 @@ default); ``too_long="error"`` raises instead.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -615,12 +614,8 @@ class TokenReducer(nn.Module):
         text = context if isinstance(context, str) else "\n\n".join(context)
         if isinstance(force_tokens, str):
             raise ReducerError("force_tokens must be a list of strings, not one string")
-        occurrences = sorted(
-            (m.start(), m.start() + len(t))
-            for t in dict.fromkeys(force_tokens)
-            if t.strip()
-            for m in re.finditer(re.escape(t), text)
-        )
+        present = [t for t in dict.fromkeys(force_tokens) if t.strip() and t in text]
+        occurrences = sorted(span for t in present for span in resolve_force_keep(text, [t]))
         forced: list[tuple[int, int]] = []
         for s, e in occurrences:  # the union of the occurrences, as disjoint spans
             if forced and s < forced[-1][1]:
