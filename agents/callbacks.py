@@ -169,6 +169,7 @@ class HeldoutEvalCallback(BaseCallback):
             full = next(r for r in mine if r["method"] == "full")
             self.logger.record(f"eval/{task}/full", task_metric(full))
             summary[f"{task}/full"] = task_metric(full)
+            summary[f"{task}/metric"] = full.get("metric", "")
             auto = next((r for r in mine if r["method"] == "policy" and r["budget"] == "adaptive"), None)
             if auto is not None:  # the no-rate reducer: its score and how much it chose to keep
                 for key, value in (("policy_auto", task_metric(auto)), ("policy_auto_kept", auto["kept_ratio"])):
@@ -184,6 +185,8 @@ class HeldoutEvalCallback(BaseCallback):
                     f"policy_loglik_rate{rate}": ours["loglik"],
                     f"policy_kept_rate{rate}": ours["kept_ratio"],
                 }
+                if ours.get("evidence_recall") is not None:
+                    values[f"policy_recall_rate{rate}"] = ours["evidence_recall"]
                 if best is not None:
                     values[f"best_heuristic_rate{rate}"] = task_metric(best)
                 rand = next((r for r in at if r["method"] == "random"), None)

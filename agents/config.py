@@ -145,6 +145,9 @@ class WarmStartConfig:
         credit_threshold: Credit (in the reward's score units, nats per answer token for loglik) that makes a
             sentence evidence, or (negated) a distractor.
         credit_rate: Size of the candidate set the credit is measured over, as a share of the context.
+        stop_recall: Weight of an evidence unit in the STOP score's loss against a non-evidence unit (STOP is
+            learned below the evidence and above the rest; it decides how much of a rate's ceiling, or of an
+            adaptive reduction, is kept): above 1 keeps more, for recall.
     """
 
     steps: int = 0
@@ -154,12 +157,15 @@ class WarmStartConfig:
     credit_examples: int = 0
     credit_threshold: float = 0.3
     credit_rate: float = 0.3
+    stop_recall: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("warm_start.steps must be >= 0, batch_size >= 1 and learning_rate > 0")
         if not 0 <= self.filler_weight < 1:
             raise ValueError(f"warm_start.filler_weight must be in [0, 1), got {self.filler_weight}")
+        if self.stop_recall <= 0:
+            raise ValueError(f"warm_start.stop_recall must be > 0, got {self.stop_recall}")
         if self.credit_examples < 0 or self.credit_threshold <= 0 or not 0 < self.credit_rate <= 1:
             raise ValueError(
                 "warm_start.credit_examples must be >= 0, credit_threshold > 0 and credit_rate in (0, 1]"
@@ -227,11 +233,25 @@ class TrainConfig:
         return json.dumps(to_dict(self), indent=2)
 
 
-_ALL_TRAIN = (
+_SYNTHETIC_TRAIN = (
     "passkey:train:filler=3,kv:train:distractors=6,qa:train,multihop:train,state:train,multihop3:train,before:train"
 )
-_ALL_HELDOUT = "passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout,multihop3:heldout,before:heldout"
+_SYNTHETIC_HELDOUT = (
+    "passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout,multihop3:heldout,before:heldout"
+)
+_ALL_TRAIN = _SYNTHETIC_TRAIN + ",passages:train,longdoc:train"
+_ALL_HELDOUT = _SYNTHETIC_HELDOUT + ",passages:heldout,longdoc:heldout"
 _CHEAP = ("random", "tail", "bm25")  # heuristics that need no frozen-model forward to rank
+
+# The default recipe, shared by the default and long presets. Whole sentences are the units (kept text reads as
+# text); a rate is a ceiling (the policy's STOP keeps less where nothing more is relevant); the network scores a
+# residual on top of the sentences' BM25 (an untrained reducer ranks as BM25 does); the paragraph channel gives
+# a passage's relevance. max_len 1024 holds the real-text training examples (longer contexts are read in
+# windows). Three selection rounds, each conditioned on the words the one before kept: a chain's next fact is
+# named only by the fact before it (README, "Chained evidence").
+_PROCESSOR = ProcessorConfig(max_len=1024, unit="sentence", rounds=3, paragraphs=True)
+_NETWORK = NetworkConfig(sentence_layers=1, prior_scale=4.0)
+_BUDGET = BudgetConfig(ceiling=True)
 
 PRESETS: dict[str, TrainConfig] = {
     # A tiny random model over the default tokenizer: exercises the whole pipeline in well under a minute.
@@ -247,23 +267,17 @@ PRESETS: dict[str, TrainConfig] = {
         warm_start=WarmStartConfig(steps=10, batch_size=8),
         run=RunConfig(eval_freq=128, checkpoint_freq=128),
     ),
-    # The real run: SmolLM2-135M on CPU, every task family, sized for about 20 minutes of training on 2 cores.
-    # Three selection rounds (each conditioned on the words the one before kept) and sentence-level scores: a
-    # chain's next fact is named only by the fact before it. Measured on held-out chains at rate 0.3 (n=100):
-    # multihop 0.77 and 0.55 in two runs with 3 rounds, 0.64 with 2, 0.56 with 1 (README: the spread between runs
-    # is as large as the gain). The warm start does most of the learning on 2 cores;
-    # PPO then trains on the frozen model's reward for 1024 episodes (64 per rollout: 16 envs x 12 steps / 3), at
-    # learning rate 2e-5: at 1e-4 an update moved the ranking policy by an approximate KL of 0.1-0.28 and two
-    # runs ended 10 and 20 points below their own warm start on state tracking (README, "PPO after the warm
-    # start"); at 2e-5 the runs stay at their warm start's level.
+    # The real run: SmolLM2-135M on CPU, the synthetic and the real-text families, sized for 2 cores. The warm
+    # start does most of the learning there; PPO then trains on the frozen model's reward (64 episodes per
+    # rollout: 16 envs x 12 steps / 3 rounds) at learning rate 2e-5, where runs stay at their warm start's level
+    # (at 1e-4 they fell 10-20 points below it: README, "PPO after the warm start").
     "default": TrainConfig(
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=64, eval_examples=16),
-        processor=ProcessorConfig(rounds=3),
-        network=NetworkConfig(sentence_layers=1),
+        processor=_PROCESSOR,
+        budget=_BUDGET,
+        network=_NETWORK,
         ppo=PPOConfig(total_timesteps=1024, n_envs=16, n_steps=12, batch_size=64, n_epochs=4, learning_rate=2e-5),
-        # filler_weight 0.2: held-out state tracking at rate 0.3 (n=100, 2026-11-29, one round, the earlier
-        # unrelated-sentence filler) 0.74 vs 0.40 with 0; the filler is now the least informative words.
-        warm_start=WarmStartConfig(steps=400, batch_size=32, filler_weight=0.2),
+        warm_start=WarmStartConfig(steps=400, batch_size=32),
         # On 2 cores an evaluation is minutes: one before PPO and one at the end, at rate 0.3, against the
         # cheap heuristics.
         run=RunConfig(eval_freq=1024, eval_rates=(0.3,), eval_heuristics=_CHEAP, checkpoint_freq=512),
@@ -271,10 +285,11 @@ PRESETS: dict[str, TrainConfig] = {
     # The same recipe with larger pools and more episodes (not timed on 2 cores).
     "long": TrainConfig(
         tasks=TaskConfig(train=_ALL_TRAIN, heldout=_ALL_HELDOUT, num_examples=256, eval_examples=32),
-        processor=ProcessorConfig(rounds=3),
-        network=NetworkConfig(sentence_layers=1),
+        processor=_PROCESSOR,
+        budget=_BUDGET,
+        network=_NETWORK,
         ppo=PPOConfig(total_timesteps=8192, n_envs=16, n_steps=12, batch_size=64, n_epochs=4, learning_rate=2e-5),
-        warm_start=WarmStartConfig(steps=1200, batch_size=32, filler_weight=0.2),
+        warm_start=WarmStartConfig(steps=1200, batch_size=32),
         run=RunConfig(eval_freq=2048, eval_rates=(0.3,), eval_heuristics=_CHEAP, checkpoint_freq=1024),
     ),
 }

@@ -11,6 +11,8 @@ code users run. Metrics (means over examples, with 95% bootstrap confidence inte
     kept_ratio  scored / original context tokens actually reached (a re-tokenizing reducer's kept text counts
                 in the frozen model's tokens)
     evidence_recall  share of the recorded evidence tokens kept (tasks that record evidence)
+    readability share of the kept words that sit in runs of at least 5 consecutive words of the original text
+                (:func:`readability`; 1.0 for whole sentences of 5 words or more, low for scattered words)
     tokens_in, tokens_out   mean context tokens before / after reduction
     reducer_ms  ranking time per example (the method's own cost)
     model_ms    frozen-model scoring time per example
@@ -36,9 +38,10 @@ plus the continuations). A row's ``model_ms`` is the share of its own prompts; a
 each of them (what the method would cost on its own), so the rows' times add up to more than the wall time
 where prompts are shared; the choice priors count for no row.
 
-``report.json`` keys (schema_version 1): ``schema_version``, ``created``, ``machine``, ``model``, ``rates``,
+``report.json`` keys (schema_version 2): ``schema_version``, ``created``, ``machine``, ``model``, ``rates``,
 ``tasks`` (name -> n_examples), ``methods``, ``results`` (list of rows with ``task``, ``method``, ``rate``,
-the metrics above, and ``<metric>_ci`` = [low, high] for em, loglik and choice_acc), ``examples``.
+the metrics above, ``<metric>_ci`` = [low, high] for em, loglik and choice_acc, and ``metric``: the name of the
+task's headline metric, :func:`headline_metric`), ``examples``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,10 +66,12 @@ from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
 from envs.jsonl_tasks import iter_jsonl, validate_jsonl
 from envs.scoring import continuations, reduced_scores
-from envs.task_specs import TaskSpec, split_specs
+from envs.task_specs import LOGLIK_FAMILIES, TaskSpec, split_specs
 from policies.budget import Budget, keep_top
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_RUN = 5
+"""Kept words in runs of at least this many consecutive words of the original text count as readable."""
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
@@ -89,6 +95,39 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def readability(text: str, offsets: Sequence[tuple[int, int]], keep: np.ndarray, run: int = READABLE_RUN) -> float:
+    """Share of the kept words that sit in runs of at least ``run`` consecutive kept words of ``text``.
+
+    Words are whitespace-separated; a word counts as kept when at least half of its tokens are. NaN when no
+    word is kept.
+    """
+    starts = [m.start() for m in re.finditer(r"\S+", text)]
+    if not starts or not len(offsets):
+        return float("nan")
+    word = np.searchsorted(np.asarray(starts), [max(s, e - 1) for s, e in offsets], side="right") - 1
+    word = np.clip(word, 0, len(starts) - 1)
+    kept_tokens = np.bincount(word, weights=np.asarray(keep, float), minlength=len(starts))
+    kept = kept_tokens / np.maximum(np.bincount(word, minlength=len(starts)), 1) >= 0.5
+    kept &= np.bincount(word, minlength=len(starts)) > 0
+    if not kept.any():
+        return float("nan")
+    edges = np.diff(np.r_[0, kept.astype(np.int8), 0])
+    lengths = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    return float(lengths[lengths >= run].sum() / lengths.sum())
+
+
+def headline_metric(task: str, has_choices: bool) -> str:
+    """The report's headline metric of a task: ``choice_acc``, ``loglik`` or ``em``.
+
+    Calibrated choice accuracy where the task has choices; the answer's log-likelihood on the real-text families
+    (their extractive answers are long: exact match says little); exact match otherwise.
+    """
+    if has_choices:
+        return "choice_acc"
+    family = task.partition(":")[0]
+    return "loglik" if family in LOGLIK_FAMILIES else "em"
+
+
 class _Accumulator:
     """Per-example metrics of one (task, method, budget), gathered chunk by chunk."""
 
@@ -100,6 +139,7 @@ class _Accumulator:
         self.tokens_in: list[int] = []
         self.tokens_out: list[int] = []
         self.recall: list[float] = []
+        self.readable: list[float] = []
         self.reducer_s = 0.0
         self.model_s = 0.0
         self.has_choices = True
@@ -349,6 +389,8 @@ def evaluate(
                         "choice_acc": None if choice is None else float(choice.mean()),
                         "choice_acc_ci": None if choice is None else bootstrap_ci(choice, n_boot, seed),
                         "evidence_recall": float(np.mean(a.recall)) if a.recall else None,
+                        "readability": float(np.nanmean(a.readable)) if np.isfinite(a.readable).any() else None,
+                        "metric": headline_metric(task, choice is not None),
                         "reducer_ms": 1000 * a.reducer_s / len(em),
                         "model_ms": 1000 * a.model_s / len(em),
                     }
@@ -460,6 +502,7 @@ def _evaluate_chunk(
             for e, k in zip(encs, masks, strict=True)
             if any(e.evidence)
         ]
+        a.readable += [readability(e.example.context, e.offsets, k) for e, k in zip(encs, masks, strict=True)]
         a.last_masks = masks
 
 
@@ -507,5 +550,6 @@ def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[st
 
 
 def task_metric(row: dict[str, Any]) -> float:
-    """The headline score of a report row: calibrated choice accuracy where the task has choices, else EM."""
-    return row["choice_acc"] if row["choice_acc"] is not None else row["em"]
+    """The headline score of a report row: its ``metric`` (:func:`headline_metric`)."""
+    metric = row.get("metric") or ("choice_acc" if row["choice_acc"] is not None else "em")
+    return row[metric]

@@ -25,20 +25,39 @@ def _fmt(value: float | None, ci: list[float] | None = None, pct: bool = True) -
     return s + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+METRIC_LABELS = {
+    "choice_acc": "choice accuracy (calibrated)",
+    "em": "exact match",
+    "loglik": "answer log-likelihood / token",
+}
+
+
+def _metric(rows: list[dict[str, Any]]) -> str:
+    """The headline metric of a task's rows (their ``metric``; older reports: choice accuracy, else EM)."""
+    for r in rows:
+        if r.get("metric"):
+            return r["metric"]
+    return "choice_acc" if any(r["choice_acc"] is not None for r in rows) else "em"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """One table per task: rows are method @ rate; 95% bootstrap intervals in brackets."""
     lines = [f"Model: `{report['model']}` - {report['created']} - {report['machine']['platform']}", ""]
     for task, n in report["tasks"].items():
         rows = [r for r in report["results"] if r["task"] == task]
         has_choice = any(r["choice_acc"] is not None for r in rows)
-        lines += [f"### {task} (n={n})", ""]
+        has_recall = any(r.get("evidence_recall") is not None for r in rows)
+        lines += [f"### {task} (n={n}; headline: {METRIC_LABELS[_metric(rows)]})", ""]
         head = "| method | rate | kept | tokens in -> out | EM | answer log-lik/token |"
         sep = "|---|---|---|---|---|---|"
         if has_choice:
             head += " choice acc (calibrated) |"
             sep += "---|"
-        head += " reducer ms | model ms |"
-        sep += "---|---|"
+        if has_recall:
+            head += " evidence recall |"
+            sep += "---|"
+        head += " readability | reducer ms | model ms |"
+        sep += "---|---|---|"
         lines += [head, sep]
         for r in rows:
             rate = f"{r['rate']:.1f}" if r["rate"] is not None else ("auto" if r.get("budget") == "adaptive" else "-")
@@ -52,42 +71,65 @@ def markdown_table(report: dict[str, Any]) -> str:
             ]
             if has_choice:
                 cells.append(_fmt(r["choice_acc"], r["choice_acc_ci"]))
-            cells += [f"{r['reducer_ms']:.1f}", f"{r['model_ms']:.0f}"]
+            if has_recall:
+                cells.append(_fmt(r.get("evidence_recall"), pct=False))
+            cells += [_fmt(r.get("readability"), pct=False), f"{r['reducer_ms']:.1f}", f"{r['model_ms']:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
+def _grid(n_panels: int, columns: int = 4) -> tuple[int, int]:
+    """Rows and columns of a grid of ``n_panels`` panels, at most ``columns`` wide."""
+    cols = max(1, min(columns, n_panels))
+    return -(-n_panels // cols), cols
+
+
 def pareto_plot(report: dict[str, Any], path: Path) -> None:
-    """EM against kept ratio, one line per method, one panel per task."""
+    """Per task, its headline metric and, where it marks evidence, the evidence recall, against the kept ratio.
+
+    One line per method; the panels (one or two per task) in a grid at most four wide.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    panels: list[tuple[str, str]] = []
+    for task in tasks:
+        rows = [r for r in report["results"] if r["task"] == task]
+        panels.append((task, _metric(rows)))
+        if any(r.get("evidence_recall") is not None for r in rows):
+            panels.append((task, "evidence_recall"))
+    n_rows, n_cols = _grid(len(panels))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.0 * n_rows), squeeze=False)
+    colours = {m: f"C{i % 10}" for i, m in enumerate(report["methods"])}
+    for ax, (task, metric) in zip(axes.flat, panels, strict=False):
         for method in report["methods"]:
-            rows = sorted(
-                (r for r in report["results"] if r["task"] == task and r["method"] == method),
-                key=lambda r: r["kept_ratio"],
-            )
+            mine = [r for r in report["results"] if r["task"] == task and r["method"] == method]
+            rows = sorted((r for r in mine if r.get(metric) is not None), key=lambda r: r["kept_ratio"])
             if not rows:
                 continue
-            xs, ys = [r["kept_ratio"] for r in rows], [r["em"] for r in rows]
+            full = method == "full"
             ax.plot(
-                xs, ys, marker="*" if method == "full" else "o", label=method, markersize=10 if method == "full" else 5
-            )
-        ax.set_title(task)
-        ax.set_xlabel("kept ratio of context tokens")
-        ax.set_ylabel("exact match")
+                [r["kept_ratio"] for r in rows], [r[metric] for r in rows], marker="*" if full else "o",
+                markersize=9 if full else 4, color=colours[method], label=method,
+            )  # fmt: skip
+        label = "evidence recall" if metric == "evidence_recall" else METRIC_LABELS[metric]
+        ax.set_title(f"{task.split(':')[0]}: {label}", fontsize=9)
+        ax.set_xlabel("kept ratio", fontsize=8)
         ax.set_xlim(0, 1.05)
-        ax.set_ylim(-0.02, 1.02)
+        if metric != "loglik":
+            ax.set_ylim(-0.02, 1.02)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if n_rows > 1 else 0.12, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -133,7 +175,7 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
 
 
 def learning_curve_plot(curves: dict[str, list[dict[str, Any]]], path: Path, rate: float = 0.3) -> None:
-    """Held-out score against episodes, one panel per task, one line per run; heuristics as flat lines.
+    """Held-out headline score against episodes, one panel per task in a grid, one line per run; heuristics flat.
 
     Args:
         curves: Run label -> its ``eval_history.json`` entries (from :class:`agents.callbacks.HeldoutEvalCallback`).
@@ -147,8 +189,9 @@ def learning_curve_plot(curves: dict[str, list[dict[str, Any]]], path: Path, rat
 
     first = next(iter(curves.values()))
     tasks = sorted({k.split("/")[0] for entry in first for k in entry if "/" in k}, key=lambda t: t.split(":")[0])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    n_rows, n_cols = _grid(len(tasks))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.0 * n_rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
         for label, hist in curves.items():
             xs = [h["timesteps"] for h in hist if f"{task}/policy_rate{rate}" in h]
             ys = [h[f"{task}/policy_rate{rate}"] for h in hist if f"{task}/policy_rate{rate}" in h]
@@ -162,14 +205,18 @@ def learning_curve_plot(curves: dict[str, list[dict[str, Any]]], path: Path, rat
         ):
             if key in last:
                 ax.axhline(last[key], linestyle=style, color="grey", linewidth=1, label=label)
-        ax.set_title(f"{task} (rate {rate})")
-        ax.set_xlabel("training episodes")
-        ax.set_ylim(-0.02, 1.02)
+        metric = last.get(f"{task}/metric", "choice_acc or em")
+        ax.set_title(f"{task.split(':')[0]} ({metric}, rate {rate})", fontsize=9)
+        ax.set_xlabel("training episodes", fontsize=8)
+        if metric != "loglik":
+            ax.set_ylim(-0.02, 1.02)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out score (choice acc. or EM)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="best")
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -39,11 +39,18 @@ from policies.lexical import CHANNELS, text_words, unit_words
 
 
 def evidence_units(core: TokenKeepCore, index: int) -> np.ndarray:
-    """``[n_units]`` bool: the units of pool example ``index`` that are at least half evidence tokens."""
+    """``[n_units]`` bool: the units of pool example ``index`` that hold its evidence.
+
+    A sentence unit holds evidence when any of its tokens does (an extractive answer is often a few words of a
+    sentence); a word or token unit when at least half of its tokens do (a word that only touches a span's
+    edge is not evidence).
+    """
     enc = core.inputs[index]
     ev = np.asarray(core.pool[index].evidence, dtype=np.float64)
-    share = np.bincount(enc.unit_index, weights=ev, minlength=enc.n_units) / enc.unit_lengths.clip(min=1)
-    return share >= 0.5
+    count = np.bincount(enc.unit_index, weights=ev, minlength=enc.n_units)
+    if core.processor.unit == "sentence":
+        return count > 0
+    return count / enc.unit_lengths.clip(min=1) >= 0.5
 
 
 def unit_information(core: TokenKeepCore, index: int) -> np.ndarray:
@@ -136,7 +143,8 @@ def behaviour_cloning(
             avoid = [harmful.get(i) for i in idx]
             info = [information.get(i) for i in idx]
             labs = [labels[i] for i in idx]
-            loss = loss + _clone_loss(scores, stop, obs, labs, avoid, info, config.filler_weight) / rounds
+            step_loss = _clone_loss(scores, stop, obs, labs, avoid, info, config.filler_weight, config.stop_recall)
+            loss = loss + step_loss / rounds
             if not final:  # the next round sees what this one keeps: its own ranking's probe
                 ranked = scores.detach().cpu().numpy()
                 inputs = [
@@ -164,11 +172,13 @@ def _clone_loss(
     avoid: list[np.ndarray | None],
     information: list[np.ndarray | None],
     filler: float,
+    stop_recall: float = 1.0,
 ) -> torch.Tensor:
     """Listwise cross-entropy towards the evidence units (plus ``filler`` share of harmless ones) and STOP's BCE.
 
     The filler share goes to units that are neither informative (``information``, per row) nor related to the
-    question; units in ``avoid`` (per row, or None) never get any.
+    question; units in ``avoid`` (per row, or None) never get any. In STOP's binary cross-entropy (evidence units
+    above STOP, the others below) an evidence unit weighs ``stop_recall`` times a non-evidence unit.
     """
     target = torch.zeros_like(scores)
     allowed = torch.ones_like(scores)
@@ -186,5 +196,6 @@ def _clone_loss(
         harmless = torch.exp(-4.0 * (unit_relevance(obs) + info)) * valid * (1 - evidence) * allowed
         listwise = (1 - filler) * listwise + filler * harmless / harmless.sum(1, keepdim=True).clamp(min=1e-9)
     rank_loss = -(listwise * torch.log_softmax(scores, dim=1)).sum(1).mean()
+    weight = valid * (1.0 + (stop_recall - 1.0) * evidence)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(scores - stop[:, None], evidence, reduction="none")
-    return rank_loss + (bce * valid).sum() / valid.sum()
+    return rank_loss + (bce * weight).sum() / weight.sum()

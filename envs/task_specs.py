@@ -6,10 +6,13 @@ Spec strings (comma-separated specs form a mixture, drawn round-robin)::
     kv:heldout:n=200,distractors=12
     qa:train:n=500,seed=3
     multihop:heldout
+    passages:heldout:n=200
     jsonl:path/to/file.jsonl
 
 Options for synthetic families (:mod:`envs.task_families`): ``n`` (number of examples), ``seed``,
-``distractors`` (distractor pairs, people or facts), ``filler`` (filler sentences).
+``distractors`` (distractor pairs, people or facts), ``filler`` (filler sentences). Real-text families
+(:mod:`envs.real_text`: ``passages``, ``longdoc``) take ``n``, ``seed`` and, for ``passages``, ``distractors``
+(distractor passages).
 
 Run as a module, it writes a spec's examples as a JSONL task file (the format of :mod:`envs.jsonl_tasks`),
 e.g. to see the format, or to train on the synthetic families as data without evidence marks::
@@ -26,7 +29,13 @@ from dataclasses import dataclass, field
 
 from envs.examples import Example
 from envs.jsonl_tasks import load_jsonl, write_jsonl
+from envs.real_text import REAL_FAMILIES, make_real_examples
 from envs.task_families import FAMILIES, SPLITS, make_examples
+
+ALL_FAMILIES = FAMILIES + REAL_FAMILIES
+"""Every built-in family: the synthetic ones, then the real-text ones."""
+LOGLIK_FAMILIES = REAL_FAMILIES
+"""Families whose headline metric is the answer's log-likelihood (long extractive answers; EM says little)."""
 
 
 @dataclass
@@ -34,7 +43,7 @@ class TaskSpec:
     """A parsed task spec (see the module docstring).
 
     Attributes:
-        family: ``passkey``, ``kv``, ``qa`` or ``jsonl``.
+        family: A synthetic or real-text family (:data:`ALL_FAMILIES`) or ``jsonl``.
         split: ``train``/``heldout`` for synthetic families; the file path for ``jsonl``.
         options: Integer options (``n``, ``seed``, ``filler``, ``distractors``).
     """
@@ -56,8 +65,10 @@ class TaskSpec:
             if not rest:
                 raise ValueError("task spec 'jsonl:' needs a path, e.g. jsonl:data/tasks.jsonl")
             return cls("jsonl", rest)
-        if family not in FAMILIES:
-            raise ValueError(f"unknown task spec {spec!r}: family must be one of {', '.join(FAMILIES)} or jsonl:PATH")
+        if family not in ALL_FAMILIES:
+            raise ValueError(
+                f"unknown task spec {spec!r}: family must be one of {', '.join(ALL_FAMILIES)} or jsonl:PATH"
+            )
         split, _, opts = rest.partition(":")
         split = split or "train"
         if split not in SPLITS:
@@ -65,8 +76,10 @@ class TaskSpec:
         options: dict[str, int] = {}
         for item in filter(None, opts.split(",")) if opts else []:
             key, eq, value = item.partition("=")
-            if not eq or key not in ("n", "seed", "filler", "distractors"):
-                raise ValueError(f"bad option {item!r} in task spec {spec!r} (known: n, seed, filler, distractors)")
+            known = ("n", "seed", "distractors") if family in REAL_FAMILIES else ("n", "seed", "filler", "distractors")
+            if not eq or key not in known or (family == "longdoc" and key == "distractors"):
+                known_here = [k for k in known if not (family == "longdoc" and k == "distractors")]
+                raise ValueError(f"bad option {item!r} in task spec {spec!r} (known: {', '.join(known_here)})")
             try:
                 options[key] = int(value)
             except ValueError as err:
@@ -78,6 +91,10 @@ class TaskSpec:
         if self.family == "jsonl":
             return load_jsonl(self.split)
         opts = dict(self.options)
+        if self.family in REAL_FAMILIES:
+            return make_real_examples(
+                self.family, self.split, opts.pop("n", default_n), seed=opts.pop("seed", seed), **opts
+            )
         return make_examples(
             self.family,
             self.split,

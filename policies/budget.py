@@ -7,6 +7,9 @@ Two objects, one concept:
   units allow), or, with neither, the *adaptive* mode: the policy decides how much to keep, conditioned on a
   ``token_cost`` (the price of keeping the whole context, charged in the training reward), within
   ``[adaptive_min_rate, adaptive_max_rate]`` of the context (:func:`adaptive_units`).
+  With ``BudgetConfig.ceiling`` a rate or target is a ceiling rather than an amount: the policy keeps the units
+  it scores above its STOP score, at most the budget and at least one unit, so where nothing more is relevant
+  it keeps less (the adaptive mode's rule, with the budget as its upper limit and no token cost).
 * :class:`BudgetConfig` is the range a policy is trained on and the default a deployed reducer uses. It is
   part of the run config and is written unchanged into ``reducer_config.json``; :meth:`BudgetConfig.sample`
   draws training budgets and :meth:`BudgetConfig.observe` is the one place a budget becomes the policy's input.
@@ -90,6 +93,9 @@ class BudgetConfig:
         default_token_cost: Token cost of adaptive reductions that give none (the reducer's no-rate default).
         adaptive_min_rate: The adaptive mode keeps at least this fraction of the context (whole units).
         adaptive_max_rate: The adaptive mode keeps at most this fraction of the context (at least one unit).
+        ceiling: A rate or target is a ceiling: keep the units the policy scores above its STOP score, up to the
+            budget (at least one unit), so that less is kept where nothing more is relevant. False: always fill
+            the budget as closely as the units allow.
     """
 
     rate_low: float = 0.1
@@ -100,6 +106,7 @@ class BudgetConfig:
     default_token_cost: float = 0.3
     adaptive_min_rate: float = 0.1
     adaptive_max_rate: float = 0.9
+    ceiling: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.rate_low <= self.rate_high <= 1:
@@ -138,7 +145,7 @@ class BudgetConfig:
         if budget.adaptive:
             lo = math.ceil(self.adaptive_min_rate * n_tokens - 1e-9)
             return TokenLimits(True, lo, math.floor(self.adaptive_max_rate * n_tokens + 1e-9))
-        return TokenLimits(False, 0, int(budget.max_tokens(n_tokens)))
+        return TokenLimits(self.ceiling, 0, int(budget.max_tokens(n_tokens)), ceiling=self.ceiling)
 
     def observe(self, budget: Budget, n_tokens: int) -> np.ndarray:
         """The policy's budget input ``[adaptive, rate, token_cost / cost_high]`` (float32).
@@ -156,18 +163,28 @@ class TokenLimits:
     """What a budget allows on one context, in tokens.
 
     Attributes:
-        adaptive: True in adaptive mode (the policy's STOP decides, within the limits).
+        adaptive: True when the policy's STOP decides how much to keep, within the limits: in adaptive mode, and
+            for a rate or target used as a ceiling.
         min_tokens: Fewest tokens to keep (adaptive mode; 0 otherwise).
         max_tokens: Most tokens to keep.
+        ceiling: The limits are a rate's or target's, used as a ceiling (``adaptive`` is then True too).
     """
 
     adaptive: bool
     min_tokens: int
     max_tokens: int
+    ceiling: bool = False
+
+    @property
+    def budgeted(self) -> bool:
+        """True when ``max_tokens`` is what a rate or target allows (force-kept units above it are refused)."""
+        return self.ceiling or not self.adaptive
 
     def as_array(self) -> np.ndarray:
-        """``[adaptive, min_tokens, max_tokens]`` as float32, the ``limits`` observation."""
-        return np.array([float(self.adaptive), self.min_tokens, self.max_tokens], dtype=np.float32)
+        """``[adaptive, min_tokens, max_tokens, ceiling]`` as float32, the ``limits`` observation."""
+        return np.array(
+            [float(self.adaptive), self.min_tokens, self.max_tokens, float(self.ceiling)], dtype=np.float32
+        )
 
 
 def forced_tokens(lengths: np.ndarray, forced: np.ndarray | None) -> int:
@@ -179,7 +196,9 @@ def forced_tokens(lengths: np.ndarray, forced: np.ndarray | None) -> int:
 
 def forced_limits(limits: TokenLimits, n_forced: int) -> TokenLimits:
     """What ``limits`` leave to the ranked units once ``n_forced`` force-kept tokens are in (never below 0)."""
-    return TokenLimits(limits.adaptive, max(0, limits.min_tokens - n_forced), max(0, limits.max_tokens - n_forced))
+    return TokenLimits(
+        limits.adaptive, max(0, limits.min_tokens - n_forced), max(0, limits.max_tokens - n_forced), limits.ceiling
+    )
 
 
 def check_forced(n_forced: int, limits: TokenLimits) -> None:
@@ -188,7 +207,7 @@ def check_forced(n_forced: int, limits: TokenLimits) -> None:
     Raises:
         BudgetError: Naming the forced tokens and the budget in tokens.
     """
-    if not limits.adaptive and n_forced > limits.max_tokens:
+    if limits.budgeted and n_forced > limits.max_tokens:
         raise BudgetError(
             f"the force-kept text alone is {n_forced} tokens (whole units), more than the budget of "
             f"{limits.max_tokens} tokens; raise the rate or target_tokens, or force-keep less"
@@ -198,7 +217,7 @@ def check_forced(n_forced: int, limits: TokenLimits) -> None:
 def select_units(
     priority: np.ndarray, lengths: np.ndarray, limits: TokenLimits, forced: np.ndarray | None = None
 ) -> np.ndarray:
-    """Bool mask of the units kept under ``limits``: :func:`adaptive_units` or :func:`fill_units`.
+    """Bool mask of the units kept under ``limits``: by :func:`ceiling_units`, :func:`adaptive_units` or fill.
 
     With ``forced`` (bool per unit), the forced units are kept first and counted inside the budget; the rule
     then runs over the other units within :func:`forced_limits` (so in adaptive mode the policy's choice among
@@ -208,6 +227,8 @@ def select_units(
         BudgetError: If the forced units alone exceed a rate's or target's budget (:func:`check_forced`).
     """
     if forced is None or not np.any(forced):
+        if limits.ceiling:
+            return ceiling_units(priority, lengths, limits.max_tokens)
         if limits.adaptive:
             return adaptive_units(priority, lengths, limits.min_tokens, limits.max_tokens)
         return fill_units(priority, lengths, limits.max_tokens)
@@ -263,6 +284,25 @@ def adaptive_units(priority: np.ndarray, lengths: np.ndarray, min_tokens: int, m
     k = adaptive_count(lengths[order], int((priority[valid] > 0).sum()), min_tokens, max_tokens)
     keep = np.zeros(len(priority), dtype=bool)
     keep[order[:k]] = True
+    return keep
+
+
+def ceiling_units(priority: np.ndarray, lengths: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Bool mask of the units kept under a rate or target used as a ceiling.
+
+    The units with priority > 0 (those the policy ranks above its STOP score) are kept as :func:`fill_units`
+    keeps them: in decreasing priority, each if it still fits in ``max_tokens``. When none of them fits, the
+    best-ranked unit that fits is kept alone, so a reduction is never empty while a unit fits, and never above
+    the budget.
+    """
+    keep = fill_units(priority, lengths, max_tokens)
+    if keep.any():
+        return keep
+    priority = np.asarray(priority, dtype=np.float64)
+    lengths = np.asarray(lengths)
+    fits = np.flatnonzero((lengths > 0) & (lengths <= max_tokens))
+    if len(fits):
+        keep[fits[np.lexsort((fits, -priority[fits]))[0]]] = True
     return keep
 
 

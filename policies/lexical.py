@@ -17,6 +17,12 @@ Channels per context token, each in [0, 1] (:data:`CHANNELS`):
   later statements update earlier ones, the latest mention of what the question asks about is current;
 * ``position``: the relative position of the token's sentence in the context (0 first, 1 last).
 
+Paragraph channel (:data:`PARAGRAPH_CHANNELS`, with ``ProcessorConfig.paragraphs``):
+
+* ``para_bm25``: BM25 of the token's paragraph (a block of text between blank lines: a retrieved passage, a
+  section of a document) against the question, divided by the best paragraph's: relevance is often clearer for
+  a passage than for a sentence of it. A text without blank lines is one paragraph (the channel is then 1).
+
 Kept-conditioned channels (:data:`KEPT_CHANNELS`, for policies that select in rounds): given what the previous
 round kept, round k+1 sees where the kept text leads, so a bridge entity found in round k (a container, the
 person who carries it) is followed in round k+1. Words of the kept text weigh by their inverse sentence
@@ -47,10 +53,13 @@ from dataclasses import dataclass
 import numpy as np
 
 CHANNELS = ("q_match", "hop_match", "sent_bm25", "sent_hop2", "sent_hop3", "last_mention", "position")
+PARAGRAPH_CHANNELS = ("para_bm25",)
 KEPT_CHANNELS = ("kept", "kept_match", "kept_bm25", "kept_last", "kept_prev", "later_round")
 KEPT_SENTENCE = 0.5
 """A sentence counts as kept (for ``kept_last`` / ``kept_prev``) when at least this share of its tokens was kept."""
 WORD = re.compile(r"\w+")
+PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
+"""A blank line (possibly holding spaces) between two paragraphs."""
 
 
 def words(text: str) -> list[str]:
@@ -197,6 +206,36 @@ def lexical_channels(
     for c, s in enumerate(scores):
         out[:, 2 + c] = _normalised(s)[sentence_index]
     out[:, 6] = pos
+    return out
+
+
+def paragraph_channels(
+    text: str, offsets: Sequence[tuple[int, int]], question: str, text_index: TextWords
+) -> np.ndarray:
+    """The channels of :data:`PARAGRAPH_CHANNELS` for every context token, ``[n_tokens, 1]`` float32.
+
+    Args:
+        text: The context.
+        offsets: Character span of each context token.
+        question: The question text (may be empty: the channel is then 0).
+        text_index: The context's :func:`text_words`.
+    """
+    n = len(offsets)
+    out = np.zeros((n, len(PARAGRAPH_CHANNELS)), dtype=np.float32)
+    if n == 0:
+        return out
+    cuts = np.asarray([m.end() for m in PARAGRAPH_BREAK.finditer(text)], dtype=np.int64)
+    para = np.searchsorted(cuts, np.asarray([s for s, _ in offsets], dtype=np.int64), side="right")
+    docs: list[list[str]] = [[] for _ in range(int(para.max()) + 1)]
+    last: tuple[int, str] | None = None
+    for p, ws in zip(para.tolist(), text_index.tokens, strict=True):
+        for w in ws:
+            if last != (p, w):  # the pieces of one word count once, as in unit_words
+                docs[p].append(w)
+            last = (p, w)
+        if not ws:
+            last = None
+    out[:, 0] = _normalised(bm25_scores(docs, list(set(words(question)))))[para]
     return out
 
 

@@ -26,6 +26,10 @@ Architecture:
    own score: a fact is kept or dropped as a whole more easily than word by word, while word-level scores choose
    what fills the rest of a budget.
 5. Heads: a per-unit score, and STOP and value heads on the mean unit state; all see the budget.
+6. Prior (``prior_scale`` > 0): each unit's score is a learned residual on top of ``scale * prior``, where the
+   prior is the unit's sentence BM25 against the question (the ``sent_bm25`` lexical channel, in [0, 1]) and
+   ``scale`` is learned from ``prior_scale``. The residual head starts near 0 and the STOP head below every
+   score, so an untrained network ranks and keeps sentences exactly as BM25 does: training can only add to it.
 
 No absolute positions anywhere, so a trained network applies to any length.
 """
@@ -38,7 +42,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from policies.lexical import CHANNELS
 from policies.ranking import NEG
+
+PRIOR_CHANNEL = CHANNELS.index("sent_bm25")
+"""The lexical channel the prior reads (see ``NetworkConfig.prior_scale``)."""
 
 
 @dataclass
@@ -55,6 +63,9 @@ class NetworkConfig:
         distance_buckets: Log-spaced distance buckets per direction in the unit blocks.
         sentence_layers: Attention blocks over sentences, whose states and scores are added to their units' (0:
             no sentence level).
+        prior_scale: Starting weight of the BM25 prior in every unit's score (the unit's sentence BM25 against the
+            question, in [0, 1]; the weight is learned): the network scores a residual on top of it, so that an
+            untrained network ranks as BM25 over sentences does (0: no prior; needs lexical channels).
     """
 
     d_model: int = 128
@@ -65,6 +76,7 @@ class NetworkConfig:
     dropout: float = 0.0
     distance_buckets: int = 6
     sentence_layers: int = 0
+    prior_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.conv_kernel % 2 != 1:
@@ -73,6 +85,8 @@ class NetworkConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.n_layers < 0 or self.n_unit_layers < 0 or self.sentence_layers < 0 or self.distance_buckets < 1:
             raise ValueError("n_layers, n_unit_layers and sentence_layers must be >= 0, distance_buckets >= 1")
+        if self.prior_scale < 0:
+            raise ValueError(f"prior_scale must be >= 0, got {self.prior_scale}")
 
 
 class EncoderBlock(nn.Module):
@@ -173,9 +187,16 @@ class TokenKeepNetwork(nn.Module):
         self.score_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
         self.stop_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
         self.value_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 1))
-        # Start near a uniform ranking: small score weights, so early episodes explore.
+        # Start near a uniform ranking (or the prior's, with a prior): small score weights.
         nn.init.normal_(self.score_head[-1].weight, std=0.01)
         nn.init.zeros_(self.score_head[-1].bias)
+        if config.prior_scale > 0:
+            if not lexical_size:
+                raise ValueError("prior_scale > 0 reads the sent_bm25 lexical channel: the processor needs lexical")
+            self.prior_log_scale = nn.Parameter(torch.tensor(float(config.prior_scale)).log())
+            # STOP starts below every score, so an untrained network fills a rate's budget as BM25 does
+            nn.init.normal_(self.stop_head[-1].weight, std=0.01)
+            nn.init.constant_(self.stop_head[-1].bias, -1.0)
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unit scores ``[B, L]``, STOP scores ``[B]`` and values ``[B]``."""
@@ -222,6 +243,10 @@ class TokenKeepNetwork(nn.Module):
         scores = self.score_head(per_unit).squeeze(-1)
         if sent_scores is not None:
             scores = scores + sent_scores
+        if self.config.prior_scale > 0:
+            prior = obs["lexical"][:, :width, PRIOR_CHANNEL].float() * (unit_index >= 0)
+            unit_prior = prior.new_zeros(b, n_units).scatter_reduce(1, unit_index.clamp(min=0), prior, reduce="amax")
+            scores = scores + self.prior_log_scale.exp() * unit_prior
         scores = torch.where(unit_valid, scores, torch.full_like(scores, NEG))
         if self.trim_units and n_units < length:
             scores = torch.cat([scores, scores.new_full((b, length - n_units), NEG)], 1)

@@ -45,7 +45,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.lexical import CHANNELS, KEPT_CHANNELS, TextWords, kept_channels, lexical_channels, text_words
+from policies.lexical import (
+    CHANNELS,
+    KEPT_CHANNELS,
+    PARAGRAPH_CHANNELS,
+    TextWords,
+    kept_channels,
+    lexical_channels,
+    paragraph_channels,
+    text_words,
+)
 from policies.units import Unit, segment, unit_lengths
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -68,6 +77,8 @@ class ProcessorConfig:
             channels of policies/lexical.py recomputed with the kept words (1: one selection; needs lexical).
         probe_rate: In rounds before the last, keep the best units up to this share of the context (or the
             budget, if smaller): what the next round is conditioned on.
+        paragraphs: Add the paragraph channel of policies/lexical.py (BM25 of the token's paragraph, the text
+            between blank lines: a retrieved passage, a section of a document); needs lexical.
     """
 
     max_len: int = 256
@@ -77,6 +88,7 @@ class ProcessorConfig:
     attention_layers: int = 0
     rounds: int = 1
     probe_rate: float = 0.15
+    paragraphs: bool = False
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -89,15 +101,18 @@ class ProcessorConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.rounds > 1 and not self.lexical:
             raise ValueError("rounds > 1 condition on kept words through the lexical channels: they need lexical")
+        if self.paragraphs and not self.lexical:
+            raise ValueError("paragraphs is a lexical channel: it needs lexical")
         if not 0 < self.probe_rate <= 1:
             raise ValueError(f"probe_rate must be in (0, 1], got {self.probe_rate}")
 
     @property
     def lexical_size(self) -> int:
-        """Number of lexical channels per token (0 when off)."""
+        """Number of lexical channels per token (0 when off): CHANNELS, then PARAGRAPH_CHANNELS, then KEPT_CHANNELS."""
         if not self.lexical:
             return 0
-        return len(CHANNELS) + (len(KEPT_CHANNELS) if self.rounds > 1 else 0)
+        kept = len(KEPT_CHANNELS) if self.rounds > 1 else 0
+        return len(CHANNELS) + len(PARAGRAPH_CHANNELS) * self.paragraphs + kept
 
     def probe_tokens(self, n_tokens: int, max_tokens: int) -> int:
         """Tokens a round before the last keeps: ``probe_rate`` of the context, at most ``max_tokens``, at least 1."""
@@ -193,6 +208,8 @@ def prepare(
     if config.lexical:
         text_index = text_words(context, offsets, sentences)
         lexical = lexical_channels(context, offsets, sentences, question or "", text_index)
+        if config.paragraphs:
+            lexical = np.concatenate([lexical, paragraph_channels(context, offsets, question or "", text_index)], 1)
         if config.rounds > 1:
             lexical = np.concatenate([lexical, kept_channels(context, offsets, sentences, question or "", None)], 1)
     else:
@@ -220,8 +237,8 @@ def condition(enc: Encoded, kept: np.ndarray) -> Encoded:
     Raises:
         ValueError: If ``enc`` has no kept channels or ``kept`` has the wrong length.
     """
-    base = len(CHANNELS)
-    if enc.lexical.shape[1] != base + len(KEPT_CHANNELS):
+    base = enc.lexical.shape[1] - len(KEPT_CHANNELS)  # the channels before the kept ones
+    if base not in (len(CHANNELS), len(CHANNELS) + len(PARAGRAPH_CHANNELS)):
         raise ValueError("condition needs a context prepared with rounds > 1 (kept channels in its lexical)")
     if len(kept) != len(enc.context):
         raise ValueError(f"kept has {len(kept)} entries for {len(enc.context)} context tokens")
@@ -394,7 +411,7 @@ def observation_layout(
         "sentence_index": ((max_len,), np.int64, -1, max_len - 1),
         "unit_lengths": ((max_len,), np.float32, 0.0, float(max_len)),
         "budget": ((budget_size,), np.float32, 0.0, FLOAT16_MAX),
-        "limits": ((3,), np.float32, 0.0, float(max_len)),
+        "limits": ((4,), np.float32, 0.0, float(max_len)),
     }
 
 
@@ -440,7 +457,7 @@ def pack_observations(
         "sentence_index": np.full((b, max_len), -1, np.int64),
         "unit_lengths": np.zeros((b, max_len), np.float32),
         "budget": np.stack([np.asarray(x, np.float32) for x in budgets]) if b else np.zeros((0, 3), np.float32),
-        "limits": np.stack([np.asarray(x, np.float32) for x in limits]) if limits else np.zeros((b, 3), np.float32),
+        "limits": np.stack([np.asarray(x, np.float32) for x in limits]) if limits else np.zeros((b, 4), np.float32),
     }
     if not c_lex:
         del obs["lexical"]

@@ -7,7 +7,10 @@ which is how a ranking policy samples without replacement. The budget decides wh
   fits; the action's *prefix* runs up to the last unit kept;
 * in adaptive mode a STOP item (the network's stop score) is ranked with the units; the prefix is every unit
   ranked before it, and :func:`policies.budget.adaptive_count` clamps how many ranked units are kept (when the
-  prefix is too short, the units ranked right after STOP are kept too).
+  prefix is too short, the units ranked right after STOP are kept too);
+* with a rate or target used as a ceiling (``BudgetConfig.ceiling``) STOP is ranked too: the prefix's units are
+  kept as :func:`policies.budget.fill_units` keeps them, and when none of them fits, the first unit ranked after
+  STOP that fits (:func:`policies.budget.ceiling_units`).
 
 The action handed to the environment is a priority per unit: ``(U - rank) / U > 0`` for the prefix in its
 order, ``-(rank + 1) / U`` for the rest in their sampled order, so the environment's rule keeps exactly what
@@ -45,7 +48,8 @@ class RankingDistribution:
         scores: ``[B, U]`` unit scores (logits).
         stop: ``[B]`` STOP scores (used in adaptive rows).
         lengths: ``[B, U]`` tokens per unit; 0 marks padding.
-        limits: ``[B, 3]`` per row ``[adaptive, min_tokens, max_tokens]`` (:class:`~policies.budget.TokenLimits`).
+        limits: ``[B, 4]`` per row ``[adaptive, min_tokens, max_tokens, ceiling]``
+            (:class:`~policies.budget.TokenLimits`).
     """
 
     def __init__(self, scores: torch.Tensor, stop: torch.Tensor, lengths: torch.Tensor, limits: torch.Tensor):
@@ -56,6 +60,7 @@ class RankingDistribution:
         self.adaptive = limits[:, 0] > 0.5
         self.min_tokens = limits[:, 1]
         self.max_tokens = limits[:, 2]
+        self.ceiling = limits[:, 3] > 0.5 if limits.shape[1] > 3 else torch.zeros_like(self.adaptive)
 
     def _cut(self, keys: torch.Tensor, stop_key: torch.Tensor) -> torch.Tensor:
         """Priorities for orderings by decreasing ``keys`` (ties to the earlier unit)."""
@@ -102,16 +107,23 @@ class RankingDistribution:
         order = torch.sort(key, dim=1, descending=True, stable=True).indices
         s = torch.gather(self.scores, 1, order)
         # Adaptive rows keep k ranked units (adaptive_count): units after STOP up to k are picks too.
-        c = torch.cumsum(torch.gather(self.lengths, 1, order), dim=1)
+        sorted_lengths = torch.gather(self.lengths, 1, order)
+        c = torch.cumsum(sorted_lengths, dim=1)
         sorted_valid = torch.gather(self.valid, 1, order)
         k_min = torch.minimum((c < self.min_tokens[:, None]).sum(1) + 1, n_valid)
         k_max = ((c <= self.max_tokens[:, None]) & sorted_valid).sum(1).clamp(min=1)
         k = torch.minimum(torch.maximum(m, k_min), k_max)
+        # Ceiling rows: when no prefix unit fits, the picks go on past STOP up to the first unit that fits.
+        pos = torch.arange(u, device=actions.device)[None, :]
+        fits = sorted_valid & (sorted_lengths <= self.max_tokens[:, None]) & (sorted_lengths > 0)
+        prefix_fits = (fits & (pos < m[:, None])).any(1)
+        first_fit = torch.where(fits & (pos >= m[:, None]), pos, torch.full_like(pos, u)).amin(1)
+        k_ceiling = torch.where(prefix_fits | (first_fit >= u), m, first_fit + 1)
+        k = torch.where(self.ceiling, k_ceiling, k)
         # Padding scores are NEG (finite), so no -inf reaches a gradient; their mass is exp(NEG) = 0.
         lse_units = torch.logcumsumexp(s.flip(1), dim=1).flip(1)  # log-sum-exp over the units not yet picked
         stop = self.stop[:, None]
         lse = torch.where(self.adaptive[:, None], torch.logaddexp(lse_units, stop), lse_units)
-        pos = torch.arange(u, device=actions.device)[None, :]
         picked = pos < m[:, None]
         after_stop = self.adaptive[:, None] & (pos >= m[:, None]) & (pos < k[:, None])
         terms = torch.where(picked, s - lse, torch.zeros_like(s))

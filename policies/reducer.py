@@ -328,11 +328,11 @@ class TokenReducer(nn.Module):
                 probes.append(condition(enc, units[token_unit]))
             current = probes
         out = []
-        for (scores, stop, token_unit, lengths), budget, lim, f in zip(
-            self._unit_scores(current, budgets, window_batch, max_batch_tokens), budgets, limits, forced, strict=True
+        for (scores, stop, token_unit, lengths), lim, f in zip(
+            self._unit_scores(current, budgets, window_batch, max_batch_tokens), limits, forced, strict=True
         ):
-            # adaptive: above STOP is the policy's choice; below it, ranked, for the minimum
-            priority = scores - stop if budget.adaptive else rank_priorities(scores)
+            # adaptive mode or a ceiling: above STOP is the policy's choice; below it, ranked, for the minimum
+            priority = scores - stop if lim.adaptive else rank_priorities(scores)
             try:
                 keep = select_units(priority, lengths, lim, _forced_units(f, token_unit, lengths))
             except BudgetError as err:
@@ -483,7 +483,7 @@ class TokenReducer(nn.Module):
         forced = force_keep_mask(enc, spans)
         n, n_forced = len(enc.context), int(forced.sum())
         limits = self.config.budget.limits(budget, n)
-        if not limits.adaptive and n_forced > limits.max_tokens:
+        if limits.budgeted and n_forced > limits.max_tokens:
             asked = (
                 f"rate {budget.rate} of {n} tokens"
                 if budget.rate is not None

@@ -124,10 +124,10 @@ def test_observation_layout(tiny_lm):
     obs = core.observe([0], [Budget(token_cost=0.15)])
     assert obs["budget"][0].tolist() == pytest.approx([1.0, 0.0, 0.15 / 0.3])
     n = len(core.pool[0].context)
-    assert obs["limits"][0].tolist() == [1, 0, n]  # adaptive, anywhere from nothing to everything
+    assert obs["limits"][0].tolist() == [1, 0, n, 0]  # adaptive, anywhere from nothing to everything; no ceiling
     rated = core.observe([0], [Budget(rate=0.5)])
     assert rated["budget"][0].tolist() == pytest.approx([0.0, 0.5, 0.0])
-    assert rated["limits"][0].tolist() == [0, 0, n // 2]
+    assert rated["limits"][0].tolist() == [0, 0, n // 2, 0]
     e = core.pool[0]
     q, c = len(e.question), len(e.context)
     assert obs["input_ids"][0, :q].tolist() == list(e.question)

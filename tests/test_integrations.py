@@ -192,9 +192,10 @@ def test_default_preset_reducer_through_cli_and_integrations(tmp_path):
         network=cfg.network,
     )  # fmt: skip
     path = reducer.save_pretrained(tmp_path / "reducer")
-    context = " ".join(c for c in CHUNKS if c) * 3
+    context = " ".join([c for c in CHUNKS if c] * 3)
     stdout = io.StringIO()
-    args = ["--reducer", str(path), "--question", Q, "--rate", "0.3", "--force-keep", "1234", "--json"]
+    # whole sentences are the default's units: the three forced sentences need a rate of about half the context
+    args = ["--reducer", str(path), "--question", Q, "--rate", "0.5", "--force-keep", "1234", "--json"]
     assert compress(args, stdin=io.BytesIO(context.encode()), stdout=stdout) == 0
     record = json.loads(stdout.getvalue())
     assert 0 < record["kept_tokens"] <= record["max_tokens"] and "1234" in record["text"]
