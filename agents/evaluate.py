@@ -65,6 +65,7 @@ from envs.backends import PromptScores
 from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
 from envs.jsonl_tasks import iter_jsonl, validate_jsonl
+from envs.real_text import REAL_FAMILIES
 from envs.scoring import continuations, reduced_scores
 from envs.task_specs import LOGLIK_FAMILIES, TaskSpec, split_specs
 from policies.budget import Budget, keep_top
@@ -522,7 +523,9 @@ class StreamedTask:
             yield encode_example(self.tokenizer, ex)
 
 
-def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[str, Iterable[EncodedExample]]:
+def load_eval_tasks(
+    spec: str, tokenizer: Any, n: int, seed: int = 0, n_real: int | None = None
+) -> dict[str, Iterable[EncodedExample]]:
     """The examples of each task spec in a comma-joined spec string, keyed by the spec text.
 
     Synthetic specs give lists; a JSONL spec is checked line by line now (so a bad line fails before any work)
@@ -531,8 +534,10 @@ def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[st
     Args:
         spec: E.g. ``"passkey:heldout,kv:heldout:n=50,jsonl:data.jsonl"``.
         tokenizer: The frozen model's tokenizer.
-        n: Examples per synthetic spec that gives no ``n``.
-        seed: Seed for synthetic specs that give none.
+        n: Examples per built-in spec that gives no ``n``.
+        seed: Seed for built-in specs that give none.
+        n_real: Examples per real-text spec (:data:`envs.real_text.REAL_FAMILIES`) that gives no ``n``
+            (default: ``n``).
 
     Raises:
         ValueError: On an unknown or malformed spec, or a bad JSONL line.
@@ -545,7 +550,8 @@ def load_eval_tasks(spec: str, tokenizer: Any, n: int, seed: int = 0) -> dict[st
             validate_jsonl(p.split)
             out[text] = StreamedTask(Path(p.split), tokenizer)
         else:
-            out[text] = [encode_example(tokenizer, ex) for ex in p.examples(n, seed)]
+            count = n_real if n_real is not None and p.family in REAL_FAMILIES else n
+            out[text] = [encode_example(tokenizer, ex) for ex in p.examples(count, seed)]
     return out
 
 

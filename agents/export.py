@@ -53,22 +53,31 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
     )
 
 
-ONNX_INPUTS = ("features", "lexical", "attention_mask", "reducible_mask", "unit_index", "budget")
-"""Inputs of ``policy.onnx``, in order: the observation arrays of :func:`policies.processor.pack_observations`."""
+ONNX_INPUTS = ("features", "lexical", "attention_mask", "reducible_mask", "unit_index", "sentence_index", "budget")
+"""Inputs of ``policy.onnx``, in order: the observation arrays of :func:`policies.processor.pack_observations`
+(``sentence_index`` only for a network with sentence layers: :func:`onnx_inputs`)."""
+
+
+def onnx_inputs(net: TokenKeepNetwork) -> tuple[str, ...]:
+    """The inputs ``policy.onnx`` of this network takes, in order."""
+    return tuple(n for n in ONNX_INPUTS if n != "sentence_index" or net.config.sentence_layers)
 
 
 def export_onnx(reducer: TokenReducer, path: Path) -> Path:
     """Export the keep network (observation -> unit scores, STOP score) to ONNX; features stay in torch."""
     net = reducer.network
     n = 16
-    args = (
-        torch.zeros(1, n, net.feature_dim),
-        torch.zeros(1, n, net.lexical_size),
-        torch.ones(1, n, dtype=torch.long),
-        torch.ones(1, n, dtype=torch.long),
-        torch.arange(n)[None],
-        torch.zeros(1, net.budget_size),
-    )
+    names = onnx_inputs(net)
+    example = {
+        "features": torch.zeros(1, n, net.feature_dim),
+        "lexical": torch.zeros(1, n, net.lexical_size),
+        "attention_mask": torch.ones(1, n, dtype=torch.long),
+        "reducible_mask": torch.ones(1, n, dtype=torch.long),
+        "unit_index": torch.arange(n)[None],
+        "sentence_index": torch.arange(n)[None] // 4,
+        "budget": torch.zeros(1, net.budget_size),
+    }
+    args = tuple(example[k] for k in names)
 
     class _Scores(torch.nn.Module):
         def __init__(self, net: TokenKeepNetwork) -> None:
@@ -76,7 +85,7 @@ def export_onnx(reducer: TokenReducer, path: Path) -> Path:
             self.net = net
 
         def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
-            scores, stop, _ = self.net(dict(zip(ONNX_INPUTS, inputs, strict=True)))
+            scores, stop, _ = self.net(dict(zip(names, inputs, strict=True)))
             return scores, stop
 
     net.trim_units = False  # a data-dependent unit count would freeze into the trace
@@ -85,9 +94,9 @@ def export_onnx(reducer: TokenReducer, path: Path) -> Path:
             _Scores(net),
             args,
             str(path),
-            input_names=list(ONNX_INPUTS),
+            input_names=list(names),
             output_names=["unit_scores", "stop_score"],
-            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in ONNX_INPUTS[:5]}
+            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in names if name != "budget"}
             | {"budget": {0: "batch"}, "unit_scores": {0: "batch", 1: "tokens"}, "stop_score": {0: "batch"}},
             dynamo=False,
         )

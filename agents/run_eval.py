@@ -28,7 +28,9 @@ class EvalArgs:
         small_lm: Small LM spec for the llmlingua baseline (default: the frozen model).
         rates: Kept ratios to compare at, each in (0, 1].
         baselines: Baselines to include.
-        n: Examples per synthetic task spec without its own n=.
+        n: Examples per built-in task spec without its own n=.
+        n_real: Examples per real-text task spec (passages, longdoc) without its own n= (default: n); their
+            contexts are 3-10 times longer than the synthetic ones'.
         seed: Seed for synthetic tasks, random keeping and the bootstrap.
         dtype: Frozen model dtype.
         token_cost: Token cost the reducers are conditioned on (default: each reducer's own).
@@ -46,6 +48,7 @@ class EvalArgs:
     rates: tuple[float, ...] = (0.3, 0.5, 0.7)
     baselines: tuple[str, ...] = BASELINES
     n: int = 24
+    n_real: int | None = None
     seed: int = 0
     dtype: str = "float32"
     token_cost: float | None = None
@@ -81,7 +84,7 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     if lm is None:
         spec = args.model or (reducers[0][1].config.base_model.spec if reducers else DEFAULT_MODEL_SPEC)
         lm = FrozenLM.load(spec, dtype=args.dtype)
-    tasks = load_eval_tasks(args.tasks, lm.tokenizer, args.n, seed=args.seed)
+    tasks = load_eval_tasks(args.tasks, lm.tokenizer, args.n, seed=args.seed, n_real=args.n_real)
     methods: list[KeepMethod] = []
     names = set()
     for path, reducer in reducers:

@@ -35,7 +35,11 @@ from agents.config import WarmStartConfig
 from agents.credit import unit_credit
 from envs.core import TokenKeepCore
 from policies.budget import rank_priorities
+from policies.features import micro_batches
 from policies.lexical import CHANNELS, text_words, unit_words
+
+MICRO_BATCH_TOKENS = 8192
+"""Padded tokens per network forward in the warm start (rows are grouped by length up to this)."""
 
 
 def evidence_units(core: TokenKeepCore, index: int) -> np.ndarray:
@@ -122,6 +126,14 @@ def behaviour_cloning(
     if not labelled:
         warnings.warn("warm start skipped: no training example records evidence spans or earned credit", stacklevel=2)
         return []
+    # Draws are balanced over families (a family with more examples is not seen more often), and with
+    # stop_holdout a share of each family's examples only calibrates STOP: on examples the ranking never fitted,
+    # the network's scores are what they will be on new text, so STOP learns where evidence really scores.
+    families: dict[str, list[int]] = {}
+    for i in labelled:
+        families.setdefault(core.pool[i].example.family, []).append(i)
+    calibrate = {i for members in families.values() for i in members[: int(config.stop_holdout * len(members))]}
+    groups = list(families.values())
     rng = np.random.default_rng(seed)
     device = next(net.parameters()).device
     opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
@@ -130,38 +142,72 @@ def behaviour_cloning(
     losses = []
     net.train()
     for step in tqdm(range(config.steps), desc="warm start", unit="step", disable=not progress):
-        idx = [labelled[j] for j in rng.integers(len(labelled), size=config.batch_size)]
-        budgets = [core.budget.sample(rng) for _ in idx]
-        loss = torch.zeros((), device=device)
-        inputs = None
-        rounds = core.processor.rounds
-        for r in range(rounds):
-            final = r == rounds - 1
-            raw = core.observe(idx, budgets, inputs, final=final)
-            obs = {k: torch.as_tensor(v, device=device) for k, v in raw.items()}
-            scores, stop, _ = net(obs)
-            avoid = [harmful.get(i) for i in idx]
-            info = [information.get(i) for i in idx]
-            labs = [labels[i] for i in idx]
-            step_loss = _clone_loss(scores, stop, obs, labs, avoid, info, config.filler_weight, config.stop_recall)
-            loss = loss + step_loss / rounds
-            if not final:  # the next round sees what this one keeps: its own ranking's probe
-                ranked = scores.detach().cpu().numpy()
-                inputs = [
-                    core.condition(i, core.probe_mask(i, b, rank_priorities(ranked[row][: core.inputs[i].n_units])))
-                    for row, (i, b) in enumerate(zip(idx, budgets, strict=True))
-                ]
+        drawn = rng.integers(len(groups), size=config.batch_size)
+        batch = [groups[f][int(rng.integers(len(groups[f])))] for f in drawn]
+        budgets = [core.budget.sample(rng) for _ in batch]
         opt.zero_grad()
-        loss.backward()
+        total = 0.0
+        # Rows of similar length go through the network together: a short synthetic row is not padded to a long
+        # real-text one (the gradient is the batch's, accumulated group by group).
+        lengths = [len(core.pool[i].question) + len(core.pool[i].context) for i in batch]
+        for group in micro_batches(lengths, MICRO_BATCH_TOKENS):
+            idx, bud = [batch[g] for g in group], [budgets[g] for g in group]
+            held = [i in calibrate for i in idx] if config.stop_holdout > 0 else None
+            loss = _rounds_loss(net, core, idx, bud, labels, harmful, information, config, device, held)
+            (loss * len(group) / len(batch)).backward()
+            total += loss.item() * len(group) / len(batch)
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         decay.step()
-        losses.append(loss.item())
+        losses.append(total)
         if logger is not None and (step + 1) % 10 == 0:
             logger.record("warm_start/loss", float(np.mean(losses[-10:])))
             logger.dump(step + 1)
     net.eval()
     return losses
+
+
+def _rounds_loss(
+    net: torch.nn.Module,
+    core: TokenKeepCore,
+    idx: list[int],
+    budgets: list[Any],
+    labels: dict[int, np.ndarray],
+    harmful: dict[int, np.ndarray],
+    information: dict[int, np.ndarray],
+    config: WarmStartConfig,
+    device: torch.device,
+    calibrate: list[bool] | None = None,
+) -> torch.Tensor:
+    """The clone loss of pool examples ``idx`` under ``budgets``, averaged over every selection round.
+
+    ``calibrate`` (per row, or None): rows that only train STOP, in the last round (see :func:`_clone_loss`).
+
+    Round 1 sees the plain observation; round k+1 the example conditioned on the probe the network's own ranking
+    keeps in round k (its deterministic ranking, as the reducer does).
+    """
+    loss = torch.zeros((), device=device)
+    inputs = None
+    rounds = core.processor.rounds
+    for r in range(rounds):
+        final = r == rounds - 1
+        raw = core.observe(idx, budgets, inputs, final=final)
+        obs = {k: torch.as_tensor(v, device=device) for k, v in raw.items()}
+        scores, stop, _ = net(obs)
+        avoid = [harmful.get(i) for i in idx]
+        info = [information.get(i) for i in idx]
+        labs = [labels[i] for i in idx]
+        step = _clone_loss(
+            scores, stop, obs, labs, avoid, info, config.filler_weight, config.stop_recall, calibrate, final
+        )
+        loss = loss + step / rounds
+        if not final:
+            ranked = scores.detach().cpu().numpy()
+            inputs = [
+                core.condition(i, core.probe_mask(i, b, rank_priorities(ranked[row][: core.inputs[i].n_units])))
+                for row, (i, b) in enumerate(zip(idx, budgets, strict=True))
+            ]
+    return loss
 
 
 def _clone_loss(
@@ -173,12 +219,18 @@ def _clone_loss(
     information: list[np.ndarray | None],
     filler: float,
     stop_recall: float = 1.0,
+    calibrate: list[bool] | None = None,
+    final: bool = True,
 ) -> torch.Tensor:
     """Listwise cross-entropy towards the evidence units (plus ``filler`` share of harmless ones) and STOP's BCE.
 
     The filler share goes to units that are neither informative (``information``, per row) nor related to the
     question; units in ``avoid`` (per row, or None) never get any. In STOP's binary cross-entropy (evidence units
     above STOP, the others below) an evidence unit weighs ``stop_recall`` times a non-evidence unit.
+
+    Without ``calibrate`` every row trains both, in every round. With it (a bool per row), the rows marked True
+    train only STOP, against the scores detached (STOP moves, the ranking does not), and only in the ``final``
+    round, whose STOP is the one that selects; the other rows train only the ranking.
     """
     target = torch.zeros_like(scores)
     allowed = torch.ones_like(scores)
@@ -195,7 +247,18 @@ def _clone_loss(
     if filler > 0 and "lexical" in obs:
         harmless = torch.exp(-4.0 * (unit_relevance(obs) + info)) * valid * (1 - evidence) * allowed
         listwise = (1 - filler) * listwise + filler * harmless / harmless.sum(1, keepdim=True).clamp(min=1e-9)
-    rank_loss = -(listwise * torch.log_softmax(scores, dim=1)).sum(1).mean()
-    weight = valid * (1.0 + (stop_recall - 1.0) * evidence)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(scores - stop[:, None], evidence, reduction="none")
-    return rank_loss + (bce * weight).sum() / weight.sum()
+    ranked = torch.ones(len(scores), device=scores.device)
+    held = torch.ones(len(scores), device=scores.device)
+    if calibrate is not None:
+        held = torch.as_tensor(calibrate, dtype=scores.dtype, device=scores.device)
+        ranked = 1.0 - held
+        held = held * float(final)
+        scores_for_stop = scores.detach()
+    else:
+        scores_for_stop = scores
+    row_loss = -(listwise * torch.log_softmax(scores, dim=1)).sum(1)
+    rank_loss = (row_loss * ranked).sum() / ranked.sum().clamp(min=1.0)
+    weight = valid * (1.0 + (stop_recall - 1.0) * evidence) * held[:, None]
+    logits = scores_for_stop - stop[:, None]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, evidence, reduction="none")
+    return rank_loss + (bce * weight).sum() / weight.sum().clamp(min=1e-9)

@@ -183,6 +183,10 @@ class TokenKeepCore:
             raise ValueError(f"every example is longer than max_len={self.max_len}")
         self.inputs: list[Encoded] = [prepare_example(self.processor, e) for e in self.pool]
         self.forced: list[np.ndarray | None] = [self._forced_units(i) for i in range(len(self.pool))]
+        by_family: dict[str, list[int]] = {}
+        for i, e in enumerate(self.pool):
+            by_family.setdefault(e.example.family, []).append(i)
+        self.families: list[list[int]] = list(by_family.values())  # pool indices by family, for sample()
         if skipped:
             warnings.warn(
                 f"skipped {skipped} of {len(examples)} examples longer than max_len={self.max_len}", stacklevel=2
@@ -233,10 +237,13 @@ class TokenKeepCore:
     def sample(self, rng: np.random.Generator) -> tuple[int, Budget]:
         """Draw an example index and a budget.
 
-        A drawn rate below the example's force-kept share of its context is raised to that share, so that the
-        forced units fit (the draws themselves, and so the random streams, are unchanged).
+        Examples are drawn family by family (a family uniformly, then one of its examples), so a family with more
+        examples in the pool is not played more often. A drawn rate below the example's force-kept share of its
+        context is raised to that share, so that the forced units fit (the draws themselves, and so the random
+        streams, are unchanged).
         """
-        index, budget = int(rng.integers(len(self.pool))), self.budget.sample(rng)
+        family = self.families[int(rng.integers(len(self.families)))]
+        index, budget = family[int(rng.integers(len(family)))], self.budget.sample(rng)
         n_forced = self.forced_tokens(index)
         if budget.rate is not None and n_forced > self.limits(index, budget).max_tokens:
             budget = Budget(rate=min(1.0, n_forced / len(self.pool[index].context)))

