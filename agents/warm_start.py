@@ -194,6 +194,7 @@ def _rounds_loss(
         raw = core.observe(idx, budgets, inputs, final=final)
         obs = {k: torch.as_tensor(v, device=device) for k, v in raw.items()}
         scores, stop, _ = net(obs)
+        stop = stop + net.config.stop_margin  # the loss fits the STOP head; the margin applies when deployed
         avoid = [harmful.get(i) for i in idx]
         info = [information.get(i) for i in idx]
         labs = [labels[i] for i in idx]

@@ -70,6 +70,11 @@ class NetworkConfig:
         prior_scale: Starting weight of the BM25 prior in every unit's score (the unit's sentence BM25 against the
             question, in [0, 1]; the weight is learned): the network scores a residual on top of it, so that an
             untrained network ranks as BM25 over sentences does (0: no prior; needs lexical channels).
+        stop_margin: The STOP score the network outputs is its STOP head's minus this margin. The warm start fits
+            the head as a classifier (evidence above it, the rest below); where the ranking of new text is
+            unsure, that keeps far less than a rate allows and loses evidence, so the deployed STOP sits lower:
+            a rate used as a ceiling (or the adaptive mode) keeps less only where the policy is sure (0: STOP as
+            fitted).
     """
 
     d_model: int = 128
@@ -82,6 +87,7 @@ class NetworkConfig:
     sentence_layers: int = 0
     token_window: int = 0
     prior_scale: float = 0.0
+    stop_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.conv_kernel % 2 != 1:
@@ -330,7 +336,8 @@ class TokenKeepNetwork(nn.Module):
             scores = torch.cat([scores, scores.new_full((b, length - n_units), NEG)], 1)
         mean_u = (u * unit_valid[..., None]).sum(1) / unit_valid.sum(1).clamp(min=1)[:, None]
         pooled_all = torch.cat([mean_u, budget], -1)
-        return scores, self.stop_head(pooled_all).squeeze(-1), self.value_head(pooled_all).squeeze(-1)
+        stop = self.stop_head(pooled_all).squeeze(-1) - self.config.stop_margin
+        return scores, stop, self.value_head(pooled_all).squeeze(-1)
 
     def _sentences(
         self,

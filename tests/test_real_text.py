@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.metadata
 
 import numpy as np
@@ -219,3 +221,29 @@ def test_passages_reduce_as_documents_and_as_one_context(tiny_lm):
         whole = reducer.reduce(ex.context, ex.question, rate=0.3)
         assert docs.reduction.kept_spans == whole.kept_spans and docs.reduction.kept_tokens == whole.kept_tokens
         assert 0 < whole.kept_tokens <= whole.max_tokens
+
+
+def test_stop_margin_lowers_the_deployed_stop_and_nothing_else(tiny_lm):
+    """The margin moves STOP down by exactly its value (unit scores unchanged), so a ceiling keeps at least as much."""
+    processor = ProcessorConfig(max_len=512, unit="sentence", paragraphs=True)
+    base = NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, prior_scale=4.0)
+    reducer = TokenReducer.from_base_model(
+        tiny_lm.model, tiny_lm.tokenizer, spec="tiny", processor=processor, network=base,
+        budget=BudgetConfig(ceiling=True),
+    )  # fmt: skip
+    with torch.no_grad():
+        reducer.network.stop_head[-1].bias.fill_(50.0)  # a STOP above every unit: the ceiling keeps one unit
+    shifted = copy.deepcopy(reducer)
+    shifted.network.config = dataclasses.replace(base, stop_margin=60.0)
+    encs = [encode_example(tiny_lm.tokenizer, ex) for ex in load_tasks("state:heldout:n=6")]
+    budgets = [Budget(rate=0.5)] * len(encs)
+    items = [encode(processor, tiny_lm.tokenizer, e.example.context, e.example.question) for e in encs]
+    for (s0, stop0, _, _), (s1, stop1, _, _) in zip(
+        reducer._unit_scores(items, budgets, 8, 8192), shifted._unit_scores(items, budgets, 8, 8192), strict=True
+    ):
+        assert np.array_equal(s0, s1)
+        assert np.allclose(stop0 - stop1, 60.0, atol=1e-4)
+    contexts, questions = [e.example.context for e in encs], [e.example.question for e in encs]
+    few = [r.kept_ratio for r in reducer.reduce_batch(contexts, questions, rate=0.5)]
+    more = [r.kept_ratio for r in shifted.reduce_batch(contexts, questions, rate=0.5)]
+    assert all(m >= f for f, m in zip(few, more, strict=True)) and sum(more) > sum(few)
