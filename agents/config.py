@@ -73,7 +73,10 @@ class TaskConfig:
 
 @dataclass
 class PPOConfig:
-    """PPO (stable-baselines3) settings. One episode is one step, so gamma and GAE lambda are fixed at 1.
+    """PPO (stable-baselines3) settings.
+
+    An episode is ``processor.rounds`` env steps with the reward at its last, so gamma and GAE lambda are fixed
+    at 1.
 
     Attributes:
         total_timesteps: Episodes to train for.
@@ -111,8 +114,6 @@ class PPOConfig:
                 raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
         if self.rollout_size % self.batch_size:
             raise ValueError(f"ppo.batch_size {self.batch_size} must divide n_envs * n_steps = {self.rollout_size}")
-        if self.total_timesteps < self.rollout_size:
-            raise ValueError(f"ppo.total_timesteps {self.total_timesteps} is below one rollout ({self.rollout_size})")
         if self.learning_rate <= 0:
             raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
         if self.n_envs % self.group_size:
@@ -120,7 +121,7 @@ class PPOConfig:
 
     @property
     def rollout_size(self) -> int:
-        """Episodes per PPO rollout."""
+        """Env steps per PPO rollout (``processor.rounds`` steps per episode)."""
         return self.n_envs * self.n_steps
 
 
@@ -233,6 +234,12 @@ class TrainConfig:
                 f"ppo.n_steps {self.ppo.n_steps} must be a multiple of processor.rounds {self.processor.rounds}: a "
                 "rollout (and a checkpoint) must end where episodes end"
             )
+        episodes = self.ppo.rollout_size // self.processor.rounds
+        if self.ppo.total_timesteps < episodes:
+            raise ValueError(
+                f"ppo.total_timesteps {self.ppo.total_timesteps} (episodes) is below one rollout: {episodes} episodes "
+                f"(ppo.n_envs * ppo.n_steps / processor.rounds)"
+            )
 
     def to_json(self) -> str:
         """Pretty JSON of every field."""
@@ -253,8 +260,8 @@ _CHEAP = ("random", "tail", "bm25")  # heuristics that need no frozen-model forw
 
 # The default recipe, shared by the default and long presets. Whole sentences are the units (kept text reads as
 # text); a rate is a ceiling (the policy's STOP keeps less where nothing more is relevant; STOP deployed 4 below
-# its fitted classifier, as a fitted STOP kept 9-15% of a 0.3 budget on real text and lost a quarter of the
-# evidence: README, "The rate as a ceiling"); the network scores a
+# its fitted classifier: a fitted STOP kept 10-15% of the context at rate 0.3 on real text and lost evidence
+# below BM25's recall, README "Real text and the new default"); the network scores a
 # residual on top of the sentences' BM25 (an untrained reducer ranks as BM25 does); the paragraph channel gives
 # a passage's relevance. max_len 1024 holds the real-text training examples (longer contexts are read in
 # windows). Three selection rounds, each conditioned on the words the one before kept: a chain's next fact is

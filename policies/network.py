@@ -10,7 +10,8 @@ sentence blocks) and ``budget [B, K]``. Positions past the longest row of a batc
 computed.
 
 Output: ``scores [B, L]`` (one ranking score per unit, at the unit's index; padding units get
-:data:`~policies.ranking.NEG`), ``stop [B]`` (the adaptive mode's STOP score) and ``value [B]``.
+:data:`~policies.ranking.NEG`), ``stop [B]`` (the STOP score of the adaptive mode and of a rate used as a
+ceiling: the STOP head's output minus ``stop_margin``) and ``value [B]``.
 
 Architecture:
 
@@ -28,8 +29,8 @@ Architecture:
 5. Heads: a per-unit score, and STOP and value heads on the mean unit state; all see the budget.
 6. Prior (``prior_scale`` > 0): each unit's score is a learned residual on top of ``scale * prior``, where the
    prior is the unit's sentence BM25 against the question (the ``sent_bm25`` lexical channel, in [0, 1]) and
-   ``scale`` is learned from ``prior_scale``. The residual head starts near 0 and the STOP head below every
-   score, so an untrained network ranks and keeps sentences exactly as BM25 does: training can only add to it.
+   ``scale`` is learned from ``prior_scale``. The residual heads start at 0 and the STOP head below every
+   score, so an untrained network ranks and keeps sentences as BM25 does, and training starts from there.
 
 No absolute positions anywhere, so a trained network applies to any length.
 """

@@ -84,3 +84,12 @@ def test_network_shape_is_defined_once():
     ppo_fields = set(PPOConfig.__dataclass_fields__)
     assert not ppo_fields & set(NetworkConfig.__dataclass_fields__)
     assert TrainConfig.__dataclass_fields__["network"].type in ("NetworkConfig", NetworkConfig)
+
+
+def test_total_episodes_are_checked_against_a_rollout_in_episodes():
+    """ppo.total_timesteps counts episodes; one rollout is n_envs * n_steps / rounds of them."""
+    default = PRESETS["default"]
+    episodes = default.ppo.rollout_size // default.processor.rounds
+    assert replace(default, ppo=replace(default.ppo, total_timesteps=episodes)).ppo.total_timesteps == episodes
+    with pytest.raises(ValueError, match=f"below one rollout: {episodes} episodes"):
+        replace(default, ppo=replace(default.ppo, total_timesteps=episodes - 1))
