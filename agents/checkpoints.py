@@ -1,9 +1,10 @@
 """Checkpoints that resume exactly: the SB3 model and every random state, saved at rollout boundaries.
 
-A checkpoint is a pair in ``checkpoints/``: ``ckpt_<episodes>.zip`` (SB3: weights, optimiser, counters) and
-``ckpt_<episodes>.rng.json`` (the torch, numpy and Python generators, and the vec env's episode generators as
-they were before it drew the episodes in flight). Both are written to temporary files and renamed, the random
-states first, so a kill at any moment leaves either the previous pair or the new one; never half a file.
+A checkpoint is a pair in ``checkpoints/``, named by SB3's env-step count (episodes x ``processor.rounds``):
+``ckpt_<steps>.zip`` (SB3: weights, optimiser, counters) and ``ckpt_<steps>.rng.json`` (the torch, numpy and
+Python generators, and the vec env's episode generators as they were before it drew the episodes in flight).
+Both are written to temporary files and renamed, the random states first, so a kill at any moment leaves
+either the previous pair or the new one; never half a file.
 
 Checkpoints are taken at the start of a rollout, after the previous PPO update: resuming from one replays
 exactly what the uninterrupted run would have done (``tests/test_train.py`` checks the final weights are

@@ -7,7 +7,7 @@ Layout of ``--out DIR``::
     .lock                held (flock) by the one train.py writing to DIR; the OS frees it when that process dies
     progress.json        episodes done, rewritten at every rollout end
     tb/                  tensorboard logs
-    checkpoints/         ckpt_<episodes>.zip + ckpt_<episodes>.rng.json (see agents/checkpoints.py)
+    checkpoints/         ckpt_<env steps>.zip + .rng.json, env steps = episodes x rounds (agents/checkpoints.py)
     eval_history.json    periodic held-out evaluations, rewritten after each one
     learning_curve.png   held-out score against episodes, drawn from eval_history.json by train.py at the end
     reducer/             the exported TokenReducer (written when training ends)

@@ -1,6 +1,6 @@
 """Task scores of (possibly reduced) prompts under a frozen model, batched.
 
-Every function takes a batch of :class:`~envs.tasks.EncodedExample` and, optionally, one replacement context
+Every function takes a batch of :class:`~envs.examples.EncodedExample` and, optionally, one replacement context
 (token ids) per example; ``contexts=None`` scores the full contexts. Each runs one
 :meth:`~envs.frozen_lm.FrozenLM.score_answers` call, i.e. one forward pass per micro-batch.
 

@@ -3,13 +3,14 @@
 ``DummyVecEnv`` of n :class:`~envs.token_keep_env.TokenKeepEnv` copies would score each env's prompt in its
 own forward pass; :class:`BatchedTokenKeepVecEnv` scores all n reduced prompts together (sorted by length into
 micro-batches, see :class:`~envs.frozen_lm.FrozenLM`) and computes features for all new episodes at once.
-Episodes are one step long, so every step ends every episode and auto-resets it, as SB3 expects
-(``info["terminal_observation"]`` holds the finished observation).
+With one selection round an episode is one step long, so every step ends every episode and auto-resets it, as
+SB3 expects (``info["terminal_observation"]`` holds the finished observation); with rounds, see below.
 
 Group-relative baseline (``group_size`` G > 1): the envs form groups of G that play the *same* example under
 the *same* budget, each with its own sampled action, and each env's reward is returned minus the mean reward of
-the other G - 1 in its group (the leave-one-out baseline of RLOO, as in GRPO). For one-step episodes this is an
-unbiased, low-variance advantage that needs no learned value: PPO still runs unchanged on top of it.
+the other G - 1 in its group (the leave-one-out baseline of RLOO, as in GRPO). With the reward only at an episode's
+last step and gamma = lambda = 1 this is an unbiased, low-variance advantage that needs no learned value: PPO
+still runs unchanged on top of it.
 ``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring. The full context's score
 cancels out of a centred reward, so with groups it is not computed (one forward per example saved):
 ``raw_reward`` is then the task score minus the token cost, not relative to the full context, and
