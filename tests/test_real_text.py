@@ -101,14 +101,22 @@ def test_ceiling_keeps_what_ranks_above_stop_never_above_the_budget():
         select_units(np.zeros(4), lengths, cfg.limits(Budget(rate=0.1), 14), np.array([True, False, False, False]))
 
 
-def test_untrained_reducer_ranks_sentences_as_bm25(tiny_lm):
-    """The floor: with its BM25 prior, an untrained network keeps what BM25 over sentences keeps."""
-    processor = ProcessorConfig(max_len=512, unit="sentence", paragraphs=True)
-    network = NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, prior_scale=4.0)
+def _sentence_reducer(tiny_lm, max_len: int = 512, prior_scale: float = 4.0) -> tuple[ProcessorConfig, TokenReducer]:
+    """An untrained reducer of the default recipe's shape (sentence units, paragraph channel, a ceiling), tiny."""
+    processor = ProcessorConfig(max_len=max_len, unit="sentence", paragraphs=True)
+    network = NetworkConfig(
+        d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, prior_scale=prior_scale
+    )
     reducer = TokenReducer.from_base_model(
         tiny_lm.model, tiny_lm.tokenizer, spec="tiny", processor=processor, network=network,
         budget=BudgetConfig(ceiling=True),
     )  # fmt: skip
+    return processor, reducer
+
+
+def test_untrained_reducer_ranks_sentences_as_bm25(tiny_lm):
+    """The floor: with its BM25 prior, an untrained network keeps what BM25 over sentences keeps."""
+    _, reducer = _sentence_reducer(tiny_lm)
     examples = load_tasks("qa:heldout:n=12,multihop:heldout:n=12,state:heldout:n=12")
     encs = [encode_example(tiny_lm.tokenizer, ex) for ex in examples]
     for rate in (0.2, 0.3, 0.5):
@@ -117,10 +125,7 @@ def test_untrained_reducer_ranks_sentences_as_bm25(tiny_lm):
         agree = [np.array_equal(w, g.keep_mask) for w, g in zip(want, got, strict=True)]
         assert all(agree), (rate, agree)
     # without the prior the same untrained network does not rank as BM25 does
-    random_net = TokenReducer.from_base_model(
-        tiny_lm.model, tiny_lm.tokenizer, spec="tiny", processor=processor, budget=BudgetConfig(ceiling=True),
-        network=NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1),
-    )  # fmt: skip
+    _, random_net = _sentence_reducer(tiny_lm, prior_scale=0.0)
     got = random_net.reduce_batch([e.example.context for e in encs], [e.example.question for e in encs], rate=0.3)
     want = BM25Sentences().keep(encs, Budget(rate=0.3))
     assert np.mean([np.array_equal(w, g.keep_mask) for w, g in zip(want, got, strict=True)]) < 0.5
@@ -211,10 +216,7 @@ def test_onnx_parity_of_the_default_network_shape(tiny_lm, tmp_path):
 
 def test_passages_reduce_as_documents_and_as_one_context(tiny_lm):
     """A passages example is the RAG case: reduce_documents on its passages keeps what reduce keeps of it."""
-    processor = ProcessorConfig(max_len=1024, unit="sentence", paragraphs=True)
-    network = NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, prior_scale=4.0)
-    reducer = TokenReducer.from_base_model(tiny_lm.model, tiny_lm.tokenizer, spec="t", processor=processor,
-                                           network=network, budget=BudgetConfig(ceiling=True))  # fmt: skip
+    _, reducer = _sentence_reducer(tiny_lm, max_len=1024)
     for ex in make_real_examples("passages", "heldout", 3, seed=1):
         passages = ex.context.split(DOCUMENT_SEPARATOR)
         docs = reducer.reduce_documents(ex.question, passages, rate=0.3)
@@ -225,16 +227,11 @@ def test_passages_reduce_as_documents_and_as_one_context(tiny_lm):
 
 def test_stop_margin_lowers_the_deployed_stop_and_nothing_else(tiny_lm):
     """The margin moves STOP down by exactly its value (unit scores unchanged), so a ceiling keeps at least as much."""
-    processor = ProcessorConfig(max_len=512, unit="sentence", paragraphs=True)
-    base = NetworkConfig(d_model=32, n_layers=1, n_unit_layers=1, n_heads=2, sentence_layers=1, prior_scale=4.0)
-    reducer = TokenReducer.from_base_model(
-        tiny_lm.model, tiny_lm.tokenizer, spec="tiny", processor=processor, network=base,
-        budget=BudgetConfig(ceiling=True),
-    )  # fmt: skip
+    processor, reducer = _sentence_reducer(tiny_lm)
     with torch.no_grad():
         reducer.network.stop_head[-1].bias.fill_(50.0)  # a STOP above every unit: the ceiling keeps one unit
     shifted = copy.deepcopy(reducer)
-    shifted.network.config = dataclasses.replace(base, stop_margin=60.0)
+    shifted.network.config = dataclasses.replace(reducer.network.config, stop_margin=60.0)
     encs = [encode_example(tiny_lm.tokenizer, ex) for ex in load_tasks("state:heldout:n=6")]
     budgets = [Budget(rate=0.5)] * len(encs)
     items = [encode(processor, tiny_lm.tokenizer, e.example.context, e.example.question) for e in encs]
