@@ -3,10 +3,10 @@
 The policy's reward is one number per episode; which kept units earned it is what a learner must find out by
 trial. This module asks the frozen model directly, once per training example, before PPO:
 
-1. **Candidates**: the context's sentences ranked by the best of their question-match lexical channels
-   (:data:`CANDIDATE_CHANNELS`: the question's words, the bridge words of iterated expansion and their BM25,
-   the latest mention of a question word), kept while they fit in ``rate`` of the context (the same fill rule as
-   every selection, :func:`policies.budget.fill_units`). At rate 0.3 this set holds a chain of facts that the
+1. **Candidates**: the best sentence of each question-match lexical channel (:data:`CANDIDATE_CHANNELS`: the
+   question's words, the bridge words of iterated expansion and their BM25, the latest mention of a question
+   word), then the rest by their best channel, while they fit in ``rate`` of the context
+   (:func:`candidate_sentences`). At rate 0.3 this set holds a chain of facts that the
    question's words alone would not find (the expansion channels reach the second and third link).
 2. **Leave one out**: the candidate set S and S minus each of its sentences are scored with the reward's task
    score (answer log-likelihood for ``loglik``), all prompts of a batch of examples in one batched frozen-model
@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from envs.core import TokenKeepCore
-from policies.budget import fill_units, rank_priorities
+from policies.budget import Budget
 from policies.lexical import CHANNELS
 from policies.processor import Encoded
 
@@ -61,15 +61,32 @@ class UnitCredit:
 
 
 def candidate_sentences(enc: Encoded, rate: float) -> np.ndarray:
-    """Bool per sentence of ``enc``: the candidates (best lexical match first, filled to ``rate`` of the context)."""
-    cols = [CHANNELS.index(c) for c in CANDIDATE_CHANNELS]
+    """Bool per sentence of ``enc``: the candidates, filled to ``rate`` of the context.
+
+    First the best sentence of each lexical channel of :data:`CANDIDATE_CHANNELS`, each channel ranked on its
+    own; then the rest by their best channel. Ties go to the later sentence (a later mention overrides an
+    earlier one). A maximum over the max-normalised channels alone let an expansion channel's 1.0 on an
+    unrelated sentence, or an earlier tie, push out the deciding one (measured on 64-example training pools:
+    the candidates held the whole evidence in 19% / 3% / 56% of state / multihop3 / multihop examples, with
+    each channel's best first 84% / 23% / 59%; README, "Chained evidence").
+    """
     n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
-    per_token = enc.lexical[:, cols].max(1) if enc.lexical.shape[1] else np.zeros(len(enc.context))
-    prior = np.zeros(n_sent)
-    np.maximum.at(prior, enc.sentence_index, per_token)
     lengths = np.bincount(enc.sentence_index, minlength=n_sent)
-    budget = max(1, int(np.floor(rate * len(enc.context) + 1e-9)))
-    return fill_units(rank_priorities(prior), lengths, budget)
+    budget = Budget(rate=rate).max_tokens(len(enc.context)) or 0
+    per_channel = np.zeros((len(CANDIDATE_CHANNELS), n_sent))
+    for row, c in zip(per_channel, CANDIDATE_CHANNELS, strict=True):
+        if enc.lexical.shape[1]:
+            np.maximum.at(row, enc.sentence_index, enc.lexical[:, CHANNELS.index(c)])
+    later_first = -np.arange(n_sent)
+    firsts = [int(np.lexsort((later_first, -row))[0]) for row in per_channel if row.max() > 0]
+    rest = np.lexsort((later_first, -per_channel.max(0))) if n_sent else np.zeros(0, dtype=np.int64)
+    chosen = np.zeros(n_sent, dtype=bool)
+    used = 0
+    for u in [*firsts, *rest.tolist()]:
+        if not chosen[u] and used + lengths[u] <= budget:
+            chosen[u] = True
+            used += lengths[u]
+    return chosen
 
 
 def unit_credit(
