@@ -280,7 +280,10 @@ class ReducerMethod(KeepMethod):
         return masks, [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
 
 
-BASELINES = ("full", "random", "head", "tail", "bm25", "selective_context", "llmlingua", "oracle")
+HEURISTICS = ("random", "head", "tail", "bm25", "selective_context", "llmlingua")
+"""The baselines that rank without the answer (what a reducer must beat)."""
+BASELINES = ("full", *HEURISTICS, "oracle")
+"""Every baseline ``eval.py --baselines`` knows: the full context, the heuristics and the evidence oracle."""
 
 
 def make_baselines(

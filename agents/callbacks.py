@@ -22,16 +22,13 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.baselines import KeepMethod, ReducerMethod, make_baselines
+from agents.baselines import HEURISTICS, KeepMethod, ReducerMethod, make_baselines
 from agents.checkpoints import write_atomic
 from agents.config import TrainConfig
 from agents.evaluate import evaluate, task_metric
 from agents.export import reducer_from_policy
 from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
-
-EVAL_HEURISTICS = ("random", "head", "tail", "bm25", "selective_context", "llmlingua")
-"""Heuristics the training-time evaluation compares the policy with (the best of them is logged)."""
 
 
 class ReductionStatsCallback(BaseCallback):
@@ -118,7 +115,7 @@ class HeldoutEvalCallback(BaseCallback):
         config: TrainConfig,
         tasks: dict[str, list[EncodedExample]],
         eval_freq: int,
-        heuristics: Sequence[str] = EVAL_HEURISTICS,
+        heuristics: Sequence[str] = HEURISTICS,
         n_text_examples: int = 3,
         history_path: Path | None = None,
         steps_per_episode: int = 1,

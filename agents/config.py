@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from agents.baselines import BASELINES, HEURISTICS
 from policies.budget import BudgetConfig
 from policies.config_io import from_dict, to_dict
 from policies.network import NetworkConfig
@@ -198,7 +199,7 @@ class RunConfig:
     seed: int = 0
     eval_freq: int = 1024
     eval_rates: tuple[float, ...] = (0.3, 0.5)
-    eval_heuristics: tuple[str, ...] = ("random", "head", "tail", "bm25", "selective_context", "llmlingua")
+    eval_heuristics: tuple[str, ...] = HEURISTICS
     checkpoint_freq: int = 1024
     keep_checkpoints: int = 3
     torch_threads: int = 0
@@ -209,7 +210,7 @@ class RunConfig:
             raise ValueError("run.eval_freq must be >= 0, run.checkpoint_freq and run.keep_checkpoints >= 1")
         if any(not 0 < r <= 1 for r in self.eval_rates):
             raise ValueError(f"run.eval_rates must lie in (0, 1], got {list(self.eval_rates)}")
-        known = ("random", "head", "tail", "bm25", "selective_context", "llmlingua", "oracle")
+        known = tuple(b for b in BASELINES if b != "full")
         unknown = [h for h in self.eval_heuristics if h not in known]
         if unknown:
             raise ValueError(f"run.eval_heuristics: unknown {unknown}; choose from {list(known)}")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.baselines import BASELINES  # noqa: E402
 from agents.evaluate import task_metric  # noqa: E402
 from agents.report import learning_curve_plot  # noqa: E402
 
@@ -62,7 +63,7 @@ def arm_command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
 
 def final_eval_command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
     """The eval.py command line of one finished arm."""
-    baselines = ["full", "random", "head", "tail", "bm25", "selective_context", "llmlingua", "oracle"]
+    baselines = list(BASELINES)
     if name != "default":
         baselines = ["full", "bm25"]
     return [

@@ -314,9 +314,9 @@ class TokenKeepCore:
             forced=[self.forced[i] for i in indices],
         )
 
-    def probe_mask(self, index: int, budget: Budget, action: np.ndarray, inputs: Encoded | None = None) -> np.ndarray:
+    def probe_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:
         """Bool mask over example ``index``'s context tokens: what a round before the last keeps for ``action``."""
-        enc = inputs if inputs is not None else self.inputs[index]
+        enc = self.inputs[index]
         probe = self.limits(index, budget, final=False).max_tokens
         return probe_units(action[: enc.n_units], enc.unit_lengths, probe, self.forced[index])[enc.unit_index]
 

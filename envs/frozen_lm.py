@@ -27,7 +27,7 @@ from torch import nn
 
 from envs.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec
 from envs.hf_backend import TransformersBackend
-from envs.model_cache import DEFAULT_MODEL_SPEC, load_model, tiny_random_model
+from envs.model_cache import DEFAULT_MODEL_SPEC, load_model
 from policies.features import FeatureModule, micro_batches, pad_right
 from policies.processor import pad_token_id
 
@@ -168,12 +168,6 @@ class FrozenLM:
                 remote, lm.tokenizer, vocab_size=lm.vocab_size, eos_ids=eos_ids, probe=lm.layout
             )
         return lm
-
-    @classmethod
-    def tiny_random(cls, seed: int = 0, max_batch_tokens: int = 16384) -> FrozenLM:
-        """A 2-layer, width-64 random Llama over the default tokenizer (spec ``tiny-random``), for smoke runs."""
-        m = tiny_random_model(seed)
-        return cls(m.model, m.tokenizer, m.spec, max_batch_tokens=max_batch_tokens)
 
     # ------------------------------------------------------------------ basic properties
     @property

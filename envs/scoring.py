@@ -125,20 +125,6 @@ def score_reduced(
     return reduced_scores(encs, res, priors)
 
 
-def choice_accuracy(
-    lm: FrozenLM, encs: Sequence[EncodedExample], contexts: Contexts = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw and calibrated multiple-choice accuracy (see :func:`score_reduced`), as two ``[B]`` bool tensors.
-
-    Raises:
-        ValueError: If an example has no choices.
-    """
-    if any(e.choices is None for e in encs):
-        raise ValueError("choice_accuracy needs examples with choices")
-    res = score_reduced(lm, encs, contexts)
-    return res.choice_raw, res.choice_calibrated
-
-
 @dataclass
 class ScoreResult:
     """Scores for a batch plus, for full-context calls, per-example reference data to cache.

@@ -28,6 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def tokens_at(rate: float, n: int) -> int:
+    """``floor(rate * n)``, with a tolerance so that e.g. ``0.29 * 100`` (28.999...) gives 29."""
+    return math.floor(rate * n + 1e-9)
+
+
 class BudgetError(ValueError):
     """A budget is malformed or out of range; the message names the field."""
 
@@ -73,7 +78,7 @@ class Budget:
         None in adaptive mode.
         """
         if self.rate is not None:
-            return min(n, max(1, math.floor(self.rate * n + 1e-9)))
+            return min(n, max(1, tokens_at(self.rate, n)))
         if self.target_tokens is not None:
             return min(n, int(self.target_tokens))
         return None
@@ -144,7 +149,7 @@ class BudgetConfig:
         """The token limits of ``budget`` on a context of ``n_tokens`` tokens."""
         if budget.adaptive:
             lo = math.ceil(self.adaptive_min_rate * n_tokens - 1e-9)
-            return TokenLimits(True, lo, math.floor(self.adaptive_max_rate * n_tokens + 1e-9))
+            return TokenLimits(True, lo, tokens_at(self.adaptive_max_rate, n_tokens))
         return TokenLimits(self.ceiling, 0, int(budget.max_tokens(n_tokens)), ceiling=self.ceiling)
 
     def observe(self, budget: Budget, n_tokens: int) -> np.ndarray:

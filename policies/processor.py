@@ -37,7 +37,6 @@ attend to it. Actions (one priority per unit) are aligned with unit indices.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies.budget import tokens_at
 from policies.lexical import (
     CHANNELS,
     KEPT_CHANNELS,
@@ -130,7 +130,7 @@ class ProcessorConfig:
 
     def probe_tokens(self, n_tokens: int, max_tokens: int) -> int:
         """Tokens a round before the last keeps: ``probe_rate`` of the context, at most ``max_tokens``, at least 1."""
-        return max(1, min(max_tokens, math.floor(self.probe_rate * n_tokens + 1e-9)))
+        return max(1, min(max_tokens, tokens_at(self.probe_rate, n_tokens)))
 
 
 @dataclass(frozen=True)
