@@ -187,11 +187,11 @@ def _rounds_loss(
     keeps in round k (its deterministic ranking, as the reducer does).
     """
     loss = torch.zeros((), device=device)
-    inputs = None
     rounds = core.processor.rounds
-    for r in range(rounds):
-        final = r == rounds - 1
-        raw = core.observe(idx, budgets, inputs, final=final)
+    selection = core.start(idx, budgets)
+    while True:
+        final = selection.final
+        raw = core.observe(idx, budgets, selection)
         obs = {k: torch.as_tensor(v, device=device) for k, v in raw.items()}
         scores, stop, _ = net(obs)
         stop = stop + net.config.stop_margin  # the loss fits the STOP head; the margin applies when deployed
@@ -202,12 +202,10 @@ def _rounds_loss(
             scores, stop, obs, labs, avoid, info, config.filler_weight, config.stop_recall, calibrate, final
         )
         loss = loss + step / rounds
-        if not final:
-            ranked = scores.detach().cpu().numpy()
-            inputs = [
-                core.condition(i, core.probe_mask(i, b, rank_priorities(ranked[row][: core.inputs[i].n_units])))
-                for row, (i, b) in enumerate(zip(idx, budgets, strict=True))
-            ]
+        if final:
+            break
+        ranked = scores.detach().cpu().numpy()
+        selection.advance([rank_priorities(ranked[row][: enc.n_units]) for row, enc in enumerate(selection.inputs)])
     return loss
 
 

@@ -11,11 +11,11 @@ same function the deployed reducer uses; the budget vector comes from :class:`po
 Action: one priority per selection unit (``Box(-1, 1, (max_len,))``, aligned with ``unit_index``); the kept
 units are :func:`policies.budget.select_units` of it under the episode's budget, the rule the reducer uses.
 
-Rounds (``processor.rounds`` R > 1): an episode is R steps. In a round before the last, the action's best units
-within :meth:`~policies.processor.ProcessorConfig.probe_tokens` are kept (:meth:`TokenKeepCore.probe_mask`),
-nothing is scored and the reward is 0; the next observation is the example conditioned on them
-(:func:`policies.processor.condition`, what the reducer does between its rounds). The last round's action is
-the reduction, scored as below.
+Rounds (``processor.rounds`` R > 1): an episode is R steps, played by the selection engine
+(:class:`policies.selection.Selection`, which the reducer and the warm start play too; :meth:`TokenKeepCore.start`
+opens one). In a round before the last, the action's best units within
+:meth:`~policies.processor.ProcessorConfig.probe_tokens` are kept, nothing is scored and the reward is 0; the
+next observation is the example conditioned on them. The last round's action is the reduction, scored as below.
 
 Force-keep: an example's ``force_keep`` spans (:class:`envs.examples.Example`) mark units every selection keeps,
 first and inside the budget, with the reducer's rule (:func:`policies.budget.select_units`; the probe of a
@@ -59,18 +59,16 @@ from policies.budget import (
     check_forced,
     forced_limits,
     forced_tokens,
-    probe_units,
-    select_units,
 )
 from policies.processor import (
     Encoded,
     ProcessorConfig,
-    condition,
     force_keep_mask,
     observation_layout,
     pack_observations,
     resolve_force_keep,
 )
+from policies.selection import Selection
 
 
 class LRUCache:
@@ -273,38 +271,37 @@ class TokenKeepCore:
 
         return self._cached("feat", indices, compute)
 
-    def limits(self, index: int, budget: Budget, final: bool = True) -> TokenLimits:
-        """Token limits of a round of example ``index``: the budget's in the last round, the probe's before it."""
-        n = len(self.pool[index].context)
-        limits = self.budget.limits(budget, n)
-        if final:
-            return limits
-        return TokenLimits(False, 0, self.processor.probe_tokens(n, limits.max_tokens))
+    def limits(self, index: int, budget: Budget) -> TokenLimits:
+        """Token limits of example ``index`` under ``budget`` (its last round's)."""
+        return self.budget.limits(budget, len(self.pool[index].context))
+
+    def start(self, indices: Sequence[int], budgets: Sequence[Budget], last_round: bool = False) -> Selection:
+        """A selection episode per example (the engine the reducer runs too), in its first round.
+
+        ``last_round``: open it in the last round instead (to apply a final keep decision on its own).
+        """
+        forced = [None if self.forced[i] is None else self.forced[i][self.inputs[i].unit_index] for i in indices]
+        sel = Selection.start(self.processor, self.budget, [self.inputs[i] for i in indices], budgets, forced)
+        if last_round:
+            sel.round = self.processor.rounds - 1
+        return sel
 
     def observe(
-        self,
-        indices: Sequence[int],
-        budgets: Sequence[Budget],
-        inputs: Sequence[Encoded] | None = None,
-        final: bool | None = None,
+        self, indices: Sequence[int], budgets: Sequence[Budget], selection: Selection | None = None
     ) -> dict[str, np.ndarray]:
         """Stacked observations ``[B, ...]`` for examples ``indices`` under ``budgets``.
 
         Args:
             indices: Example indices.
             budgets: Their budgets.
-            inputs: Conditioned views of the examples (:meth:`condition`) in a later round; None: the first round.
-            final: Whether this is the last round (its limits are the budget's); None: the first round's answer
-                (last only when there is one round).
+            selection: Their episode (:meth:`start`) in the round to observe; None: the first round.
         """
+        sel = selection if selection is not None else self.start(indices, budgets)
         sizes = [len(self.pool[i].context) for i in indices]
-        items = list(inputs) if inputs is not None else [self.inputs[i] for i in indices]
-        last = self.processor.rounds == 1 if final is None else final
         # force-kept units: not ranked (unit_lengths 0), and the limits are what they leave of the budget
-        pairs = zip(indices, budgets, strict=True)
-        limits = [forced_limits(self.limits(i, b, last), self.forced_tokens(i)) for i, b in pairs]
+        limits = [forced_limits(sel.round_limits(k), self.forced_tokens(i)) for k, i in enumerate(indices)]
         return pack_observations(
-            items,
+            sel.current,
             self._features(indices),
             [self.budget.observe(b, n) for b, n in zip(budgets, sizes, strict=True)],
             max_len=self.max_len,
@@ -314,26 +311,13 @@ class TokenKeepCore:
             forced=[self.forced[i] for i in indices],
         )
 
-    def probe_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:
-        """Bool mask over example ``index``'s context tokens: what a round before the last keeps for ``action``."""
-        enc = self.inputs[index]
-        probe = self.limits(index, budget, final=False).max_tokens
-        return probe_units(action[: enc.n_units], enc.unit_lengths, probe, self.forced[index])[enc.unit_index]
-
-    def condition(self, index: int, kept: np.ndarray) -> Encoded:
-        """Example ``index`` as the next round sees it after ``kept`` (bool per context token)."""
-        return condition(self.inputs[index], kept)
-
     def keep_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:
-        """Bool mask over example ``index``'s context tokens: the units :func:`select_units` keeps for ``action``.
+        """Bool mask over example ``index``'s context tokens: what the last round keeps for ``action``.
 
         Raises:
             BudgetError: If the example's force-kept units alone exceed the budget.
         """
-        enc = self.inputs[index]
-        lengths = enc.unit_lengths
-        limits = self.budget.limits(budget, len(enc.context))
-        return select_units(action[: len(lengths)], lengths, limits, self.forced[index])[enc.unit_index]
+        return self.start([index], [budget], last_round=True).keep([action])[0]
 
     def full_scores(self, indices: Sequence[int]) -> list[tuple[float, Any]]:
         """Cached ``(full-context score, reference)`` per example; misses are scored in one batch."""
@@ -404,6 +388,7 @@ class TokenKeepCore:
         budgets: Sequence[Budget],
         actions: Sequence[Any],
         full_context: bool = True,
+        selection: Selection | None = None,
     ) -> StepResult:
         """Score a batch of keep decisions with one frozen-model call.
 
@@ -418,13 +403,14 @@ class TokenKeepCore:
                 them. False skips that forward where the score needs no reference: the rewards are then the
                 task scores themselves and ``full_score`` is NaN (what a group baseline, which subtracts the mean
                 of the group, needs: the full context's score cancels there).
+            selection: The episodes (:meth:`start`) in their last round; None: the actions are applied as last-round
+                decisions.
 
         Returns:
             Rewards and infos.
         """
-        masks = [
-            self.keep_mask(i, b, self.check_action(a)) for i, b, a in zip(indices, budgets, actions, strict=True)
-        ]
+        actions = [self.check_action(a) for a in actions]
+        masks = (selection if selection is not None else self.start(indices, budgets, last_round=True)).keep(actions)
         need_full = full_context or self.score.needs_reference
         full = self.full_scores(indices) if need_full else [(float("nan"), None)] * len(indices)
         kept_ids: list[tuple[int, ...]] = []

@@ -20,6 +20,7 @@ import numpy as np
 
 from envs.core import TokenKeepCore
 from policies.budget import Budget
+from policies.selection import Selection
 
 
 class TokenKeepEnv(gym.Env):
@@ -49,7 +50,7 @@ class TokenKeepEnv(gym.Env):
         self.action_space = self.core.action_space
         self._current: tuple[int, Budget] | None = None
         self._obs: dict[str, np.ndarray] | None = None
-        self._round = 0
+        self._selection: Selection | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode on a random example and budget.
@@ -67,24 +68,22 @@ class TokenKeepEnv(gym.Env):
                 raise ValueError(f"options['budget'] must be a policies.budget.Budget, got {type(budget).__name__}")
             self.core.check_budget(idx, budget)  # an example's force-kept units must fit a pinned budget
         self._current = (idx, budget)
-        self._round = 0
-        obs = self.core.observe([idx], [budget])
+        self._selection = self.core.start([idx], [budget])
+        obs = self.core.observe([idx], [budget], self._selection)
         self._obs = {k: v[0] for k, v in obs.items()}
         return self._obs, {"example_index": idx, "token_cost": self.core.budget.token_cost(budget)}
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
         """Apply unit priorities; the episode ends after the last round's step."""
-        if self._current is None or self._obs is None:
+        if self._current is None or self._obs is None or self._selection is None:
             raise RuntimeError("call reset() before step()")
         idx, budget = self._current
-        if self._round < self.core.processor.rounds - 1:
-            kept = self.core.probe_mask(idx, budget, self.core.check_action(action))
-            self._round += 1
-            final = self._round == self.core.processor.rounds - 1
-            obs = self.core.observe([idx], [budget], [self.core.condition(idx, kept)], final=final)
+        if not self._selection.final:
+            self._selection.advance([self.core.check_action(action)])
+            obs = self.core.observe([idx], [budget], self._selection)
             self._obs = {k: v[0] for k, v in obs.items()}
-            return {k: v.copy() for k, v in self._obs.items()}, 0.0, False, False, {"round": self._round}
-        res = self.core.step_batch([idx], [budget], [action])
-        self._current = None
+            return {k: v.copy() for k, v in self._obs.items()}, 0.0, False, False, {"round": self._selection.round}
+        res = self.core.step_batch([idx], [budget], [action], selection=self._selection)
+        self._current, self._selection = None, None
         obs = {k: v.copy() for k, v in self._obs.items()}  # callers may keep what reset returned
         return obs, float(res.rewards[0]), True, False, res.infos[0]

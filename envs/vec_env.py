@@ -33,6 +33,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from envs.core import TokenKeepCore
 from policies.budget import Budget
+from policies.selection import Selection
 
 
 class BatchedTokenKeepVecEnv(VecEnv):
@@ -56,7 +57,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
         super().__init__(n_envs, core.observation_space, core.action_space)
         self.seed(seed)
         self._episodes: list[tuple[int, Budget]] = []
-        self._round = 0
+        self._selection: Selection | None = None
         self._obs: dict[str, np.ndarray] | None = None
         self._actions: np.ndarray | None = None
         self._draw_state: list[dict] = [rng.bit_generator.state for rng in self._rngs]
@@ -85,8 +86,9 @@ class BatchedTokenKeepVecEnv(VecEnv):
         self._draw_state = [rng.bit_generator.state for rng in self._rngs]
         groups = [self.core.sample(rng) for rng in self._rngs]
         self._episodes = [groups[r // self.group_size] for r in range(self.num_envs)]
-        self._round = 0
-        return self.core.observe([i for i, _ in self._episodes], [b for _, b in self._episodes])
+        indices, budgets = [i for i, _ in self._episodes], [b for _, b in self._episodes]
+        self._selection = self.core.start(indices, budgets)
+        return self.core.observe(indices, budgets, self._selection)
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env; returns the stacked observations."""
@@ -101,11 +103,11 @@ class BatchedTokenKeepVecEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Score all n actions in one batch, centre rewards within groups, then start n new episodes."""
-        if self._obs is None or self._actions is None:
+        if self._obs is None or self._actions is None or self._selection is None:
             raise RuntimeError("call reset() and step_async() before step_wait()")
         if self._actions.shape[0] != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {self._actions.shape}")
-        if self._round < self.core.processor.rounds - 1:
+        if not self._selection.final:
             return self._next_round()
         # With a group baseline the full context's score cancels out of every centred reward: skip its forward.
         res = self.core.step_batch(
@@ -113,6 +115,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
             [b for _, b in self._episodes],
             list(self._actions),
             full_context=self.group_size == 1,
+            selection=self._selection,
         )
         raw = res.rewards.astype(np.float32)
         rewards = raw.copy()
@@ -134,14 +137,10 @@ class BatchedTokenKeepVecEnv(VecEnv):
         """A round before the last: keep each action's probe, observe the examples conditioned on it."""
         indices = [i for i, _ in self._episodes]
         budgets = [b for _, b in self._episodes]
-        inputs = []
-        for i, b, a in zip(indices, budgets, self._actions, strict=True):
-            kept = self.core.probe_mask(i, b, self.core.check_action(a))
-            inputs.append(self.core.condition(i, kept))
-        self._round += 1
-        self._obs = self.core.observe(indices, budgets, inputs, final=self._round == self.core.processor.rounds - 1)
+        self._selection.advance([self.core.check_action(a) for a in self._actions])
+        self._obs = self.core.observe(indices, budgets, self._selection)
         self._actions = None
-        infos: list[dict[str, Any]] = [{"round": self._round} for _ in indices]
+        infos: list[dict[str, Any]] = [{"round": self._selection.round} for _ in indices]
         return self._obs, np.zeros(self.num_envs, np.float32), np.zeros(self.num_envs, dtype=bool), infos
 
     def close(self) -> None:  # noqa: D102

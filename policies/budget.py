@@ -206,15 +206,18 @@ def forced_limits(limits: TokenLimits, n_forced: int) -> TokenLimits:
     )
 
 
-def check_forced(n_forced: int, limits: TokenLimits) -> None:
+def check_forced(n_forced: int, limits: TokenLimits, unit: str = "") -> None:
     """Refuse force-kept tokens that alone exceed a rate's or target's budget (adaptive mode accepts any).
+
+    ``unit``: the selection unit's name, for the message.
 
     Raises:
         BudgetError: Naming the forced tokens and the budget in tokens.
     """
     if limits.budgeted and n_forced > limits.max_tokens:
+        whole = f"whole {unit} units" if unit else "whole units"
         raise BudgetError(
-            f"the force-kept text alone is {n_forced} tokens (whole units), more than the budget of "
+            f"the force-kept text alone is {n_forced} tokens ({whole}), more than the budget of "
             f"{limits.max_tokens} tokens; raise the rate or target_tokens, or force-keep less"
         )
 

@@ -48,14 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.budget import (
-    Budget,
-    BudgetConfig,
-    BudgetError,
-    probe_units,
-    rank_priorities,
-    select_units,
-)
+from policies.budget import Budget, BudgetConfig, BudgetError, check_forced, rank_priorities
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
 from policies.network import NetworkConfig, TokenKeepNetwork
@@ -63,7 +56,6 @@ from policies.processor import (
     Encoded,
     ForceKeep,
     ProcessorConfig,
-    condition,
     encode,
     encode_question,
     encode_text,
@@ -85,6 +77,7 @@ from policies.reducer_config import (
 )
 from policies.reducer_files import read_reducer_files, write_reducer_files
 from policies.retokenize import retokenize as retokenize_text
+from policies.selection import Selection
 
 
 @dataclass
@@ -318,32 +311,25 @@ class TokenReducer(nn.Module):
         Raises:
             ReducerError: If a context's forced tokens alone exceed its rate's or target's budget.
         """
-        limits = [self.config.budget.limits(b, len(enc.context)) for enc, b in zip(items, budgets, strict=True)]
         forced = list(forced) if forced is not None else [None] * len(items)
         if len(forced) != len(items):
             raise ReducerError(f"got {len(items)} contexts but {len(forced)} forced masks")
-        current = list(items)
-        for _ in range(self.config.processor.rounds - 1):
-            probes = []
-            for enc, (scores, _, token_unit, lengths), lim, f in zip(
-                items, self._unit_scores(current, budgets, window_batch, max_batch_tokens), limits, forced, strict=True
-            ):
-                probe = self.config.processor.probe_tokens(len(enc.context), lim.max_tokens)
-                units = probe_units(rank_priorities(scores), lengths, probe, _forced_units(f, token_unit, lengths))
-                probes.append(condition(enc, units[token_unit]))
-            current = probes
-        out = []
-        for (scores, stop, token_unit, lengths), lim, f in zip(
-            self._unit_scores(current, budgets, window_batch, max_batch_tokens), limits, forced, strict=True
-        ):
+        selection = Selection.start(self.config.processor, self.config.budget, items, budgets, forced)
+        while True:
+            scored = self._unit_scores(selection.current, budgets, window_batch, max_batch_tokens)
+            units = [(token_unit, lengths) for _, _, token_unit, lengths in scored]
+            if not selection.final:
+                selection.advance([rank_priorities(scores) for scores, *_ in scored], units)
+                continue
             # adaptive mode or a ceiling: above STOP is the policy's choice; below it, ranked, for the minimum
-            priority = scores - stop if lim.adaptive else rank_priorities(scores)
+            priorities = [
+                scores - stop if lim.adaptive else rank_priorities(scores)
+                for (scores, stop, _, _), lim in zip(scored, selection.limits, strict=True)
+            ]
             try:
-                keep = select_units(priority, lengths, lim, _forced_units(f, token_unit, lengths))
+                return selection.keep(priorities, units)
             except BudgetError as err:
                 raise ReducerError(str(err)) from err
-            out.append(keep[token_unit])
-        return out
 
     def _unit_scores(
         self, items: Sequence[Encoded], budgets: Sequence[Budget], window_batch: int, max_batch_tokens: int
@@ -486,18 +472,12 @@ class TokenReducer(nn.Module):
         except ValueError as err:
             raise ReducerError(f"{label}: {err}") from err
         forced = force_keep_mask(enc, spans)
-        n, n_forced = len(enc.context), int(forced.sum())
-        limits = self.config.budget.limits(budget, n)
-        if limits.budgeted and n_forced > limits.max_tokens:
-            asked = (
-                f"rate {budget.rate} of {n} tokens"
-                if budget.rate is not None
-                else f"target_tokens={budget.target_tokens}"
-            )
-            raise ReducerError(
-                f"{label}: the force-kept text alone is {n_forced} tokens (whole {self.config.processor.unit} units), "
-                f"more than the budget of {limits.max_tokens} tokens ({asked}); raise the budget or force-keep less"
-            )
+        n = len(enc.context)
+        try:
+            check_forced(int(forced.sum()), self.config.budget.limits(budget, n), self.config.processor.unit)
+        except BudgetError as err:
+            asked = f"rate {budget.rate} of {n} tokens" if budget.rate is not None else f"{budget.target_tokens} tokens"
+            raise ReducerError(f"{label}: {err} (asked: {asked})") from err
         return enc, forced
 
     def _reduction(self, enc: Encoded, keep: np.ndarray, budget: Budget, forced: np.ndarray | None = None) -> Reduction:
@@ -675,13 +655,6 @@ class TokenReducer(nn.Module):
         kept = red.kept_ids if same else retokenize_text(red.text, lm.tokenizer)
         prompt, _ = lm.build_prompt(kept, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
-
-
-def _forced_units(forced: np.ndarray | None, token_unit: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
-    """Bool per (window) unit: the units holding a forced token; None without forced tokens."""
-    if forced is None or not forced.any():
-        return None
-    return np.bincount(token_unit, weights=forced.astype(np.float64), minlength=len(lengths)) > 0
 
 
 def _document_spans(

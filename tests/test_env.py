@@ -334,7 +334,7 @@ def test_rounds_episode_conditions_on_what_the_first_round_kept(tiny_lm):
     reducible = obs2["reducible_mask"].astype(bool)
     assert obs2["lexical"][reducible, later].all() and obs2["limits"][2] == int(0.5 * n)
     # what the probe kept is marked, and it is what the action's best units fit in the probe
-    kept = env.core.probe_mask(env._current[0], Budget(rate=0.5), action.astype(np.float64))
+    kept = env.core.start([env._current[0]], [Budget(rate=0.5)]).advance([action.astype(np.float64)])[0]
     assert np.array_equal(obs2["lexical"][reducible, kept_col] > 0, kept) and 0 < kept.sum() <= obs["limits"][2]
     _, reward, terminated, _, info = env.step(action)
     assert terminated and np.isfinite(reward) and info["kept_ratio"] <= 0.5

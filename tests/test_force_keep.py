@@ -242,8 +242,9 @@ def test_env_ranking_cut_is_exactly_what_the_env_keeps_and_the_reducer_agrees(ti
         sampled = dist.sample().numpy()
         for r, i in enumerate(idx):
             enc, forced = core.inputs[i], core.forced[i]
-            rule = core.keep_mask if rounds == 1 else core.probe_mask  # the first of two rounds keeps a probe
-            keep = rule(i, budget, np.pad(sampled[r], (0, 96 - sampled.shape[1])))
+            episode = core.start([i], [budget])  # with two rounds, the first keeps a probe
+            rule = episode.keep if episode.final else episode.advance
+            keep = rule([np.pad(sampled[r], (0, 96 - sampled.shape[1]))])[0]
             kept_units = np.bincount(enc.unit_index[keep], minlength=enc.n_units) > 0
             # what the distribution's cut keeps, from the observation alone (forced units are not its to rank)
             lim = TokenLimits(bool(obs["limits"][r, 0]), int(obs["limits"][r, 1]), int(obs["limits"][r, 2]))
@@ -253,8 +254,9 @@ def test_env_ranking_cut_is_exactly_what_the_env_keeps_and_the_reducer_agrees(ti
                 assert (sampled[r, : enc.n_units][cut] > 0).all()
         actions, _ = model.predict(obs, deterministic=True)
         if rounds == 2:
-            inputs = [core.condition(i, core.probe_mask(i, budget, actions[r])) for r, i in enumerate(idx)]
-            actions, _ = model.predict(core.observe(idx, budgets, inputs, final=True), deterministic=True)
+            episode = core.start(idx, budgets)
+            episode.advance(list(actions))
+            actions, _ = model.predict(core.observe(idx, budgets, episode), deterministic=True)
         kw = {"rate": budget.rate} if budget.rate else {"token_cost": budget.token_cost}
         reds = reducer.reduce_batch(
             [core.pool[i].example.context for i in idx],

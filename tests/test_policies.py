@@ -342,3 +342,21 @@ def test_condition_changes_only_the_kept_channels(tiny_tokenizer):
     assert len(parts) > 1 and all(w.sentence_index[0] == 0 and w.text_index is None for w in parts)
     assert sum(len(w.sentence_index) for w in parts) == len(enc.context)
     assert config.probe_tokens(100, 40) == 15 and config.probe_tokens(100, 5) == 5 and config.probe_tokens(3, 9) == 1
+
+
+def test_one_selection_engine():
+    """A selection episode's rounds are played in policies/selection.py only: the env, the warm start and the
+    reducer call it, so a second copy of the probe / condition / final-keep loop fails here."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    call = re.compile(r"(?<![\w.])(probe_units|select_units|condition|probe_tokens)\(|\.probe_tokens\(")
+    found = []
+    for py in sorted(p for d in ("agents", "envs", "policies") for p in (root / d).rglob("*.py")):
+        for n, line in enumerate(py.read_text(encoding="utf-8").splitlines(), 1):
+            if call.search(line) and not line.lstrip().startswith("def "):
+                found.append(f"{py.relative_to(root)}:{n}")
+    # budget.py: select_units applies itself to the units left beside the forced ones
+    assert all(f.startswith(("policies/selection.py:", "policies/budget.py:")) for f in found), found
+    assert any(f.startswith("policies/selection.py:") for f in found)

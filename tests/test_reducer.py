@@ -98,10 +98,11 @@ def test_rounds_parity_with_the_env(tiny_lm, tmp_path, unit):
     idx = list(range(len(core.pool)))
     for budget in (Budget(rate=0.3), Budget(rate=0.6), Budget(token_cost=0.5)):
         budgets = [budget] * len(idx)
-        first, _ = model.predict(core.observe(idx, budgets), deterministic=True)
-        inputs = [core.condition(i, core.probe_mask(i, budget, first[r])) for r, i in enumerate(idx)]
-        final, _ = model.predict(core.observe(idx, budgets, inputs, final=True), deterministic=True)
-        env_masks = [core.keep_mask(i, budget, final[r]) for r, i in enumerate(idx)]
+        episode = core.start(idx, budgets)  # the selection engine, as the env plays it
+        first, _ = model.predict(core.observe(idx, budgets, episode), deterministic=True)
+        episode.advance(list(first))
+        final, _ = model.predict(core.observe(idx, budgets, episode), deterministic=True)
+        env_masks = episode.keep(list(final))
         kw = {"rate": budget.rate} if budget.rate else {"token_cost": budget.token_cost}
         reductions = reducer.reduce_batch(
             [core.pool[i].example.context for i in idx], [core.pool[i].example.question for i in idx], **kw
