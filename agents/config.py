@@ -55,7 +55,8 @@ class TaskConfig:
         num_examples: Examples per synthetic training spec (the pool episodes are drawn from).
         eval_examples: Examples per synthetic held-out spec in the periodic evaluation.
         too_long: Contexts longer than max_len: error, or skip them.
-        reward: Task score in the reward: loglik (relative to the full context), em or kl.
+        reward: Task score in the reward: loglik (relative to the full context), choice (the calibrated
+            contrastive choice score where an example has choices, loglik elsewhere; relative), em or kl.
     """
 
     train: str = "passkey:train,kv:train,qa:train"
@@ -63,7 +64,7 @@ class TaskConfig:
     num_examples: int = 256
     eval_examples: int = 16
     too_long: Literal["error", "skip"] = "error"
-    reward: Literal["loglik", "em", "kl"] = "loglik"
+    reward: Literal["loglik", "choice", "em", "kl"] = "loglik"
 
     def __post_init__(self) -> None:
         if not self.train.strip():

@@ -16,6 +16,7 @@ is below what n groups can resolve (the SNR is then reported as < the bound from
 
 Usage:
     python bench/gradient_snr.py --checkpoint runs/default/checkpoints/ckpt_000000000.zip [--rollouts 5]
+        [--reward choice] [--tasks multihop3:train,before:train]
 
 The checkpoint's run directory gives the config (its ``config.json``); the step-0 checkpoint is the warm-started
 policy PPO starts from.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,9 +68,14 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True, help="a ckpt_*.zip of a run directory")
     ap.add_argument("--rollouts", type=int, default=5, help="rollouts to collect (each one PPO update's data)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the episodes drawn")
+    ap.add_argument("--reward", default=None, help="task score of the reward (default: the run's own)")
+    ap.add_argument("--tasks", default=None, help="training task spec (default: the run's own)")
     args = ap.parse_args()
     ckpt = Path(args.checkpoint)
     config = load_config(ckpt.parent.parent / "config.json")
+    if args.reward or args.tasks:
+        tasks = replace(config.tasks, reward=args.reward or config.tasks.reward, train=args.tasks or config.tasks.train)
+        config = replace(config, tasks=tasks)
     rounds, group = config.processor.rounds, config.ppo.group_size
     t0 = time.perf_counter()
     core = make_core(config)
@@ -92,6 +99,7 @@ def main() -> None:
     loo = [float(((total - g[j]) @ (total - g[j]) - (sq.sum() - sq[j])) / ((n - 1) * (n - 2))) for j in range(n)]
     spread = float(np.sqrt((n - 1) / n * np.sum((np.asarray(loo) - np.mean(loo)) ** 2)))
     snr = signal / (noise / per_update)
+    print(f"reward {config.tasks.reward}, tasks {config.tasks.train}")
     print(f"checkpoint {ckpt}: {n} groups of {group} episodes ({rounds} rounds each); one update = {per_update} groups")
     print(f"signal |E g|^2 = {signal:.3e} +- {spread:.1e}; noise per group E|g - E g|^2 = {noise:.3e}")
     if signal > 2 * spread:

@@ -8,6 +8,8 @@ Reward scores (higher is better) used by the environment:
 
 * ``loglik``: mean log p(answer token | prompt), per answer token. Relative: the reward uses
   ``score - full_context_score``, so keeping everything scores 0.
+* ``choice``: where an example has choices, the log-softmax over the choices of their calibrated
+  log-probabilities (empty-context prior subtracted) at the gold choice; ``loglik`` elsewhere. Relative.
 * ``em``: 1.0 when greedy decoding emits the answer tokens first, else 0.0 (computed by teacher forcing:
   greedy decoding emits the answer iff each answer token is the argmax given the ones before it).
 * ``kl``: minus the mean KL divergence, per answer position, from the full-context next-token distribution
@@ -185,6 +187,43 @@ class LogLikScore(TaskScore):
         return ScoreResult(s, [None] * len(encs))
 
 
+class ChoiceScore(TaskScore):
+    """The calibrated contrastive choice score where an example has choices, the answer log-likelihood elsewhere.
+
+    With choices: the log-softmax, over the choices, of each choice's log-probability minus its log-probability
+    with an empty context (the model's prior, computed once per example and cached), at the gold choice. That is
+    the metric's own quantity (calibrated choice accuracy takes its argmax), where the gold answer's raw
+    log-likelihood moves little when a deciding fact is lost. Without choices: the mean log-probability per
+    answer token, as ``loglik``. Relative to the full context, as ``loglik``; one forward per prompt (the gold
+    answer and every choice are continuations of it).
+    """
+
+    name = "choice"
+    relative = True
+
+    def __init__(self) -> None:
+        self._priors: dict[tuple, torch.Tensor] = {}
+
+    def _prior_key(self, lm: FrozenLM, e: EncodedExample) -> tuple:
+        return tuple(build_prompts(lm, [e], [()])[0]), e.choices
+
+    def __call__(self, lm, encs, contexts=None, references=None) -> ScoreResult:  # noqa: D102
+        missing = {self._prior_key(lm, e): e for e in encs if e.choices is not None}
+        missing = {k: e for k, e in missing.items() if k not in self._priors}
+        if missing:
+            self._priors.update(zip(missing, choice_priors(lm, list(missing.values())), strict=True))
+        conts = [[e.answer, *(e.choices or ())] for e in encs]
+        res = lm.score_continuations(build_prompts(lm, encs, contexts), conts)
+        out = []
+        for (lp, _), e in zip(res, encs, strict=True):
+            if e.choices is None:
+                out.append(lp[0] / len(e.answer))
+            else:
+                calibrated = lp[1:] - self._priors[self._prior_key(lm, e)]
+                out.append(torch.log_softmax(calibrated.double(), 0)[e.answer_index].float())
+        return ScoreResult(torch.stack(out).float(), [None] * len(encs))
+
+
 class ExactMatchScore(TaskScore):
     """1.0 when greedy decoding emits the answer tokens first, else 0.0."""
 
@@ -237,7 +276,12 @@ class CallableScore(TaskScore):
         return ScoreResult(out, [None] * len(encs))
 
 
-SCORES: dict[str, type[TaskScore]] = {"loglik": LogLikScore, "em": ExactMatchScore, "kl": KLScore}
+SCORES: dict[str, type[TaskScore]] = {
+    "loglik": LogLikScore,
+    "choice": ChoiceScore,
+    "em": ExactMatchScore,
+    "kl": KLScore,
+}
 
 
 def make_score(score: str | TaskScore | Callable[..., Sequence[float]]) -> TaskScore:

@@ -7,7 +7,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs  # noqa: F401  (registers the env)
 from envs.core import LRUCache, TokenKeepCore
+from envs.examples import encode_example
+from envs.scoring import build_prompts, choice_priors, make_score, score_reduced
 from envs.task_families import make_examples
+from envs.task_specs import load_tasks
 from envs.token_keep_env import TokenKeepEnv
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
@@ -75,15 +78,35 @@ def test_same_seed_same_episodes(tiny_lm):
 
 
 def test_keep_everything_costs_exactly_token_cost(tiny_lm):
-    for reward in ("loglik", "em", "kl"):
+    for reward in ("loglik", "choice", "em", "kl"):
         env = TokenKeepEnv(tiny_lm, reward=reward, **KW)
         env.reset(seed=1)
         _, r, term, trunc, info = env.step(_keep_all(env))
         assert term and not trunc
         assert info["kept_ratio"] == 1.0
         assert info["task_score"] == info["full_score"]
-        expected = -0.3 if reward in ("loglik", "kl") else info["full_score"] - 0.3
+        expected = -0.3 if reward in ("loglik", "choice", "kl") else info["full_score"] - 0.3
         assert r == pytest.approx(expected, abs=1e-6)
+
+
+def test_choice_score_is_the_calibrated_log_softmax_at_the_gold_choice(tiny_lm):
+    """The ``choice`` reward's quantity is the one calibrated choice accuracy takes the argmax of."""
+    encs = [encode_example(tiny_lm.tokenizer, ex) for ex in load_tasks("state:train:n=4,kv:train:n=2")]
+    encs.sort(key=lambda e: e.choices is None)  # the four with choices first
+    assert [e.choices is not None for e in encs] == [True] * 4 + [False] * 2
+    contexts = [e.context[: len(e.context) // 2] for e in encs]
+    got = make_score("choice")(tiny_lm, encs, contexts).scores
+    res = score_reduced(tiny_lm, encs[:4], contexts[:4])
+    priors = choice_priors(tiny_lm, encs[:4])
+    prompts = build_prompts(tiny_lm, encs[:4], contexts[:4])
+    for r, (e, prior) in enumerate(zip(encs[:4], priors, strict=True)):
+        lp, _ = tiny_lm.score_continuations([prompts[r]], [list(e.choices)])[0]
+        want = torch.log_softmax((lp - prior).double(), 0)[e.answer_index]
+        assert float(got[r]) == pytest.approx(float(want), abs=1e-4)
+        best = float(torch.log_softmax((lp - prior).double(), 0).max())
+        assert (abs(float(got[r]) - best) < 1e-4) == bool(res.choice_calibrated[r])  # the gold choice wins
+    # examples without choices (kv) score as loglik
+    assert torch.allclose(got[4:], make_score("loglik")(tiny_lm, encs[4:], contexts[4:]).scores, atol=1e-4)
 
 
 def test_kept_units_and_ignored_positions(tiny_lm):
