@@ -109,7 +109,10 @@ def main() -> None:
         print(f"SNR 1 needs {need:.0f} groups ({need * group:.0f} episodes) per update")
     else:
         bound = (signal + 2 * spread) / (noise / per_update)
-        print(f"one update's gradient SNR < {bound:.3f} (the signal is within 2 spreads of 0 at {n} groups)")
+        print(
+            f"one update's gradient SNR = {snr:.3f}, < {bound:.3f} (the signal is within 2 spreads of 0 at {n} "
+            "groups: collect more rollouts to resolve it)"
+        )
     print(f"total {time.perf_counter() - t0:.0f}s")
 
 
