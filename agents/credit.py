@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from envs.core import TokenKeepCore
-from policies.budget import Budget
+from policies.budget import Budget, fill_units
 from policies.lexical import CHANNELS
 from policies.processor import Encoded
 
@@ -79,14 +79,11 @@ def candidate_sentences(enc: Encoded, rate: float) -> np.ndarray:
             np.maximum.at(row, enc.sentence_index, enc.lexical[:, CHANNELS.index(c)])
     later_first = -np.arange(n_sent)
     firsts = [int(np.lexsort((later_first, -row))[0]) for row in per_channel if row.max() > 0]
-    rest = np.lexsort((later_first, -per_channel.max(0))) if n_sent else np.zeros(0, dtype=np.int64)
-    chosen = np.zeros(n_sent, dtype=bool)
-    used = 0
-    for u in [*firsts, *rest.tolist()]:
-        if not chosen[u] and used + lengths[u] <= budget:
-            chosen[u] = True
-            used += lengths[u]
-    return chosen
+    rest = np.lexsort((later_first, -per_channel.max(0))).tolist() if n_sent else []
+    order = list(dict.fromkeys([*firsts, *rest]))
+    priority = np.zeros(n_sent)
+    priority[order] = (n_sent - np.arange(len(order))) / max(n_sent, 1)  # the order, as fill_units reads it
+    return fill_units(priority, lengths, budget)
 
 
 def unit_credit(

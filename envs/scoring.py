@@ -204,11 +204,13 @@ class ChoiceScore(TaskScore):
     def __init__(self) -> None:
         self._priors: dict[tuple, torch.Tensor] = {}
 
-    def _prior_key(self, lm: FrozenLM, e: EncodedExample) -> tuple:
-        return tuple(build_prompts(lm, [e], [()])[0]), e.choices
+    @staticmethod
+    def _prior_key(e: EncodedExample) -> tuple:
+        """What the empty-context prompt and its continuations depend on."""
+        return e.question, e.answer_prefix, e.choices
 
     def __call__(self, lm, encs, contexts=None, references=None) -> ScoreResult:  # noqa: D102
-        missing = {self._prior_key(lm, e): e for e in encs if e.choices is not None}
+        missing = {self._prior_key(e): e for e in encs if e.choices is not None}
         missing = {k: e for k, e in missing.items() if k not in self._priors}
         if missing:
             self._priors.update(zip(missing, choice_priors(lm, list(missing.values())), strict=True))
@@ -219,7 +221,7 @@ class ChoiceScore(TaskScore):
             if e.choices is None:
                 out.append(lp[0] / len(e.answer))
             else:
-                calibrated = lp[1:] - self._priors[self._prior_key(lm, e)]
+                calibrated = lp[1:] - self._priors[self._prior_key(e)]
                 out.append(torch.log_softmax(calibrated.double(), 0)[e.answer_index].float())
         return ScoreResult(torch.stack(out).float(), [None] * len(encs))
 

@@ -64,10 +64,15 @@ class Selection:
         inputs: Sequence[Encoded],
         budgets: Sequence[Budget],
         forced: Sequence[np.ndarray | None] | None = None,
+        last_round: bool = False,
     ) -> Selection:
-        """The first round of an episode per context, under ``budgets`` (one per context)."""
+        """An episode per context under ``budgets`` (one per context), in its first round.
+
+        ``last_round``: open it in its last round instead (to apply a final keep decision on its own).
+        """
         limits = [budget_config.limits(b, len(enc.context)) for enc, b in zip(inputs, budgets, strict=True)]
-        return cls(processor, list(inputs), limits, list(forced) if forced is not None else [None] * len(inputs))
+        forced = list(forced) if forced is not None else [None] * len(inputs)
+        return cls(processor, list(inputs), limits, forced, round=processor.rounds - 1 if last_round else 0)
 
     @property
     def final(self) -> bool:
