@@ -95,6 +95,13 @@ class PPOConfig:
         target_kl: Stop an update's epochs early above this approximate KL (None: off).
         group_size: Episodes per group that share one example and budget; each reward is returned minus the
             mean of the others in its group (RLOO / GRPO baseline). 1: off. Must divide n_envs.
+        credit: ``episode``: an episode's reward is its own reduced prompt's task score. ``counterfactual``: the
+            frozen model scores each unit the episodes of a group disagree on once, added to or taken out of the
+            group's majority selection, and an episode's reward is the sum of the credits of the units it keeps
+            (:meth:`envs.core.TokenKeepCore.credit_gains`; needs group_size >= 2).
+        exploration: What an episode samples: ``ranking``, a Plackett-Luce ranking of every unit; ``swap``, the
+            deterministic selection (what the reducer deploys) with one dropped unit exchanged for one kept unit
+            (:class:`policies.ranking.SwapDistribution`).
     """
 
     total_timesteps: int = 4096
@@ -109,6 +116,8 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     target_kl: float | None = None
     group_size: int = 4
+    credit: Literal["episode", "counterfactual"] = "episode"
+    exploration: Literal["ranking", "swap"] = "ranking"
 
     def __post_init__(self) -> None:
         for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "group_size"):
@@ -120,6 +129,8 @@ class PPOConfig:
             raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
         if self.n_envs % self.group_size:
             raise ValueError(f"ppo.group_size {self.group_size} must divide ppo.n_envs {self.n_envs}")
+        if self.credit == "counterfactual" and self.group_size < 2:
+            raise ValueError("ppo.credit 'counterfactual' compares a group's episodes: ppo.group_size must be >= 2")
 
     @property
     def rollout_size(self) -> int:

@@ -82,7 +82,7 @@ def build_ppo(config: TrainConfig, venv: BatchedTokenKeepVecEnv, tensorboard_log
         target_kl=p.target_kl,
         normalize_advantage=True,
         tensorboard_log=tensorboard_log,
-        policy_kwargs=dict(network=config.network),
+        policy_kwargs=dict(network=config.network, exploration=p.exploration),
         seed=config.run.seed,
         device=config.model.device,
         verbose=0,
@@ -144,7 +144,13 @@ def _train(
     core = make_core(config, lm)
     lm = core.lm
     rounds = config.processor.rounds  # env steps per episode; SB3 counts steps, the config episodes
-    venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=run.seed, group_size=config.ppo.group_size)
+    venv = BatchedTokenKeepVecEnv(
+        core,
+        n_envs=config.ppo.n_envs,
+        seed=run.seed,
+        group_size=config.ppo.group_size,
+        credit=config.ppo.credit == "counterfactual",
+    )
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is not None:
         model = PPO.load(ckpt, env=venv, device=config.model.device, tensorboard_log=str(out / "tb"))

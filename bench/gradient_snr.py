@@ -16,7 +16,7 @@ is below what n groups can resolve (the SNR is then reported as < the bound from
 
 Usage:
     python bench/gradient_snr.py --checkpoint runs/default/checkpoints/ckpt_000000000.zip [--rollouts 5]
-        [--reward choice] [--tasks multihop3:train,before:train]
+        [--reward choice] [--credit counterfactual] [--exploration swap] [--tasks multihop3:train,before:train]
 
 The checkpoint's run directory gives the config (its ``config.json``); the step-0 checkpoint is the warm-started
 policy PPO starts from.
@@ -70,17 +70,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="seed of the episodes drawn")
     ap.add_argument("--reward", default=None, help="task score of the reward (default: the run's own)")
     ap.add_argument("--tasks", default=None, help="training task spec (default: the run's own)")
+    ap.add_argument(
+        "--credit", choices=("episode", "counterfactual"), default=None, help="episode credit (default: the run's own)"
+    )
+    ap.add_argument(
+        "--exploration", choices=("ranking", "swap"), default=None, help="action distribution (default: the run's own)"
+    )
     args = ap.parse_args()
     ckpt = Path(args.checkpoint)
     config = load_config(ckpt.parent.parent / "config.json")
     if args.reward or args.tasks:
         tasks = replace(config.tasks, reward=args.reward or config.tasks.reward, train=args.tasks or config.tasks.train)
         config = replace(config, tasks=tasks)
+    if args.credit or args.exploration:
+        ppo = replace(config.ppo, credit=args.credit or config.ppo.credit)
+        config = replace(config, ppo=replace(ppo, exploration=args.exploration or ppo.exploration))
     rounds, group = config.processor.rounds, config.ppo.group_size
     t0 = time.perf_counter()
     core = make_core(config)
-    venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=args.seed, group_size=group)
-    model = PPO.load(ckpt, env=venv, device="cpu")
+    credit = config.ppo.credit == "counterfactual"
+    venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=args.seed, group_size=group, credit=credit)
+    # the checkpoint's network under this run's action distribution
+    kwargs = {"network": config.network, "exploration": config.ppo.exploration}
+    model = PPO.load(ckpt, env=venv, device="cpu", custom_objects={"policy_kwargs": kwargs})
     _, callback = model._setup_learn(model.n_steps * args.rollouts, None, reset_num_timesteps=True)
     callback.on_training_start(locals(), globals())
     grads: list[torch.Tensor] = []
@@ -99,7 +111,16 @@ def main() -> None:
     loo = [float(((total - g[j]) @ (total - g[j]) - (sq.sum() - sq[j])) / ((n - 1) * (n - 2))) for j in range(n)]
     spread = float(np.sqrt((n - 1) / n * np.sum((np.asarray(loo) - np.mean(loo)) ** 2)))
     snr = signal / (noise / per_update)
-    print(f"reward {config.tasks.reward}, tasks {config.tasks.train}")
+    print(
+        f"reward {config.tasks.reward}, credit {config.ppo.credit}, exploration {config.ppo.exploration}, "
+        f"tasks {config.tasks.train}"
+    )
+    if credit:
+        c = core.credit_stats
+        print(
+            f"credit cost: {c['prompts'] / max(c['groups'], 1):.2f} prompts per group of {group} "
+            f"({c['context_tokens'] / max(c['prompts'], 1):.0f} context tokens each; episode credit: {group} prompts)"
+        )
     print(f"checkpoint {ckpt}: {n} groups of {group} episodes ({rounds} rounds each); one update = {per_update} groups")
     print(f"signal |E g|^2 = {signal:.3e} +- {spread:.1e}; noise per group E|g - E g|^2 = {noise:.3e}")
     if signal > 2 * spread:

@@ -190,6 +190,7 @@ class TokenKeepCore:
                 f"skipped {skipped} of {len(examples)} examples longer than max_len={self.max_len}", stacklevel=2
             )
         self.skipped = skipped
+        self.credit_stats = {"groups": 0, "prompts": 0, "context_tokens": 0}  # what credit_gains has cost
         self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
         layout = observation_layout(
             self.max_len,
@@ -387,6 +388,7 @@ class TokenKeepCore:
         actions: Sequence[Any],
         full_context: bool = True,
         selection: Selection | None = None,
+        credit_group: int = 0,
     ) -> StepResult:
         """Score a batch of keep decisions with one frozen-model call.
 
@@ -403,12 +405,18 @@ class TokenKeepCore:
                 of the group, needs: the full context's score cancels there).
             selection: The episodes (:meth:`start`) in their last round; None: the actions are applied as last-round
                 decisions.
+            credit_group: Groups of this many consecutive episodes play one example (> 1): each episode's task
+                score is its counterfactual credit within the group (:meth:`credit_gains`), not its own prompt's
+                score; ``task_score`` is then NaN in the infos.
 
         Returns:
             Rewards and infos.
         """
         actions = [self.check_action(a) for a in actions]
         masks = (selection if selection is not None else self.start(indices, budgets, last_round=True)).keep(actions)
+        if credit_group > 1:
+            gains = self.credit_gains(indices, masks, credit_group)
+            return self._results(indices, budgets, masks, gains, [float("nan")] * len(indices))
         need_full = full_context or self.score.needs_reference
         full = self.full_scores(indices) if need_full else [(float("nan"), None)] * len(indices)
         kept_ids: list[tuple[int, ...]] = []
@@ -428,27 +436,98 @@ class TokenKeepCore:
             value = dict(zip(unique, res.scores.tolist(), strict=True))
             for r in todo:
                 scores[r] = float(value[(indices[r], kept_ids[r])])
+        gains = [s - f[0] if self.score.relative and need_full else s for s, f in zip(scores, full, strict=True)]
+        return self._results(indices, budgets, masks, gains, scores, [f[0] for f in full])
+
+    def _results(
+        self,
+        indices: Sequence[int],
+        budgets: Sequence[Budget],
+        masks: Sequence[np.ndarray],
+        gains: Sequence[float],
+        scores: Sequence[float],
+        full: Sequence[float] | None = None,
+    ) -> StepResult:
+        """Rewards (task gain minus token cost) and infos of scored keep decisions."""
+        full = full if full is not None else [float("nan")] * len(indices)
         rewards = np.zeros(len(indices), np.float32)
         costs = [self.budget.token_cost(b) for b in budgets]
         infos = []
         for r, i in enumerate(indices):
             e = self.pool[i]
-            ratio = len(kept_ids[r]) / len(e.context)
-            gain = scores[r] - full[r][0] if self.score.relative and need_full else scores[r]
-            rewards[r] = gain - costs[r] * ratio
+            kept_ids = [t for t, k in zip(e.context, masks[r], strict=True) if k]
+            ratio = len(kept_ids) / len(e.context)
+            rewards[r] = gains[r] - costs[r] * ratio
             infos.append(
                 {
                     "kept_ratio": ratio,
-                    "kept_tokens": len(kept_ids[r]),
+                    "kept_tokens": len(kept_ids),
                     "context_tokens": len(e.context),
                     "task_score": scores[r],
-                    "full_score": full[r][0],
+                    "full_score": full[r],
                     "token_cost": float(costs[r]),
                     "rate": budgets[r].rate,
                     "adaptive": budgets[r].adaptive,
                     "example_index": int(i),
                     "family": e.example.family,
-                    "reduced_text": self.lm.decode(kept_ids[r]),
+                    "reduced_text": self.lm.decode(kept_ids),
                 }
             )
         return StepResult(rewards, infos)
+
+    def credit_gains(self, indices: Sequence[int], masks: Sequence[np.ndarray], group_size: int) -> np.ndarray:
+        """Each episode's summed counterfactual credit for the units its group does not agree on (issue 25).
+
+        Consecutive groups of ``group_size`` episodes play one example. In a group, the *reference* keeps the
+        units most of its episodes keep; every unit some but not all episodes keep is scored by the frozen model
+        once against it: added to the reference when the reference lacks it, taken out when it holds it. The
+        unit's credit is the score with it minus the score without it, and an episode's gain is the sum of the
+        credits of those units it keeps. Units every episode keeps (or none does) would add the same amount to
+        every gain of the group, which the group baseline cancels, so they cost no forward.
+
+        Against each episode's own prompt score this measures one unit's effect in one context the group shares,
+        instead of a whole selection's score, where every other kept unit adds its own noise: a group of G whose
+        episodes differ in d units costs 1 + d prompts (d is small once the policy is confident) instead of G.
+        ``credit_stats`` counts the prompts and their context tokens.
+
+        Returns:
+            ``[B]`` gains (task-score units; 0 for a group whose episodes all keep the same units).
+        """
+        if len(indices) % group_size:
+            raise ValueError(f"{len(indices)} episodes do not form groups of {group_size}")
+        gains = np.zeros(len(indices), np.float64)
+        rows, contexts, plans = [], [], []
+        for g0 in range(0, len(indices), group_size):
+            group = range(g0, g0 + group_size)
+            i = indices[g0]
+            if any(indices[r] != i for r in group):
+                raise ValueError(f"episodes {g0}..{g0 + group_size - 1} of a credit group play different examples")
+            unit = self.inputs[i].unit_index
+            n_units = len(self.inputs[i].unit_lengths)
+            kept = np.stack([np.bincount(unit[masks[r]], minlength=n_units) > 0 for r in group])
+            count = kept.sum(0)
+            differ = np.flatnonzero((count > 0) & (count < group_size))
+            if not len(differ):
+                continue
+            reference = count * 2 > group_size
+            context = np.asarray(self.pool[i].context)
+            for u in (None, *differ):
+                units = reference.copy()
+                if u is not None:
+                    units[u] = not units[u]
+                contexts.append(context[units[unit]].tolist())
+                rows.append(i)
+            plans.append((group, kept[:, differ], reference[differ], len(differ) + 1))
+        if not plans:
+            return gains
+        scores = self.score_contexts(rows, contexts)
+        self.credit_stats["groups"] += len(indices) // group_size
+        self.credit_stats["prompts"] += len(contexts)
+        self.credit_stats["context_tokens"] += sum(len(c) for c in contexts)
+        at = 0
+        for group, kept, in_reference, n in plans:
+            base, variants = scores[at], scores[at + 1 : at + n]
+            at += n
+            credit = np.where(in_reference, base - variants, variants - base)
+            gains[list(group)] = kept @ credit
+        return gains

@@ -143,3 +143,74 @@ class RankingDistribution:
         ent = -(logp.exp() * logp).sum(1)  # padding: exp(NEG) = 0 exactly, so it adds nothing
         n = self.valid.sum(1) + self.adaptive.long()
         return ent / torch.log(n.clamp(min=2).float())
+
+
+class SwapDistribution(RankingDistribution):
+    """Exploration by one swap at the edge of the deterministic selection (issue 25).
+
+    A sampled action is the deterministic one (:meth:`mode`, what the reducer deploys) with one kept unit
+    exchanged for one dropped unit: the unit added is drawn from the dropped units by ``softmax(score)`` (the
+    best-scored dropped units most often), the unit taken out from the kept units by ``softmax(-score)``. An
+    episode then differs from the deployed selection in one whole fact, and its log-probability is those two
+    picks, not a ranking of every unit, whose ~45 picks and their order inside the kept set are what buried
+    the reward's gradient in noise (bench/gradient_snr.py). Where the mode keeps every unit (or none) only the
+    possible half of the swap is drawn.
+
+    The action's priorities mark the swap: the unit added has priority exactly 1 (it is ranked first, so it is
+    kept if it fits), the unit taken out exactly -1; every other unit keeps the mode's order, encoded strictly
+    inside (-1, 1). :meth:`log_prob` reads the swap, and the selection it was made from, off the action alone,
+    so PPO's ratios compare the same two picks under new scores.
+    """
+
+    def _swap_action(self, base: torch.Tensor, add: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        b, u = base.shape
+        rank = torch.empty_like(base, dtype=torch.long)
+        order = torch.sort(base, dim=1, descending=True, stable=True).indices
+        rank.scatter_(1, order, torch.arange(u, device=base.device).expand(b, u))
+        # the mode's order squeezed inside (-1, 1); its sign (kept or not) is unchanged
+        inner = torch.where(base > 0, (u - rank).float() / (u + 1), -(rank + 1).float() / (u + 1))
+        rows = torch.arange(b, device=base.device)
+        has_add, has_drop = add >= 0, drop >= 0
+        inner[rows[has_add], add[has_add]] = 1.0
+        inner[rows[has_drop], drop[has_drop]] = -1.0
+        return inner
+
+    def sample(self) -> torch.Tensor:
+        """The mode's action with one dropped unit added first and one kept unit taken out."""
+        base = self.mode()
+        kept = (base > 0) & self.valid
+        dropped = ~kept & self.valid
+
+        def draw(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+            g = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-20, 1.0)))
+            pick = torch.where(allowed, logits + g, torch.full_like(logits, -torch.inf)).argmax(1)
+            return torch.where(allowed.any(1), pick, torch.full_like(pick, -1))
+
+        return self._swap_action(base, draw(self.scores, dropped), draw(-self.scores, kept))
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[B]`` log-probability of each action's swap, given the selection it was made from."""
+        added = (actions >= 1.0) & self.valid
+        dropped_out = (actions <= -1.0) & self.valid
+        reference = ((actions > 0) & self.valid & ~added) | dropped_out  # the mode's kept units when sampled
+        outside = self.valid & ~reference
+
+        def pick(logits: torch.Tensor, allowed: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+            masked = torch.where(allowed, logits, torch.full_like(logits, NEG))
+            logp = masked - torch.logsumexp(masked, dim=1, keepdim=True)
+            return torch.where(chosen & allowed, logp, torch.zeros_like(logp)).sum(1)
+
+        return pick(self.scores, outside, added) + pick(-self.scores, reference, dropped_out)
+
+    def entropy(self) -> torch.Tensor:
+        """``[B]`` entropy of the unit added (over the mode's dropped units), divided by log(choices)."""
+        kept = (self.mode() > 0) & self.valid
+        outside = self.valid & ~kept
+        masked = torch.where(outside, self.scores, torch.full_like(self.scores, NEG))
+        logp = torch.log_softmax(masked, dim=1)
+        ent = -(logp.exp() * torch.where(outside, logp, torch.zeros_like(logp))).sum(1)
+        return ent / torch.log(outside.sum(1).clamp(min=2).float())
+
+
+DISTRIBUTIONS = {"ranking": RankingDistribution, "swap": SwapDistribution}
+"""The action distributions by name (``ppo.exploration``)."""

@@ -21,7 +21,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 
 from policies.features import micro_batches
 from policies.network import NetworkConfig, TokenKeepNetwork
-from policies.ranking import RankingDistribution
+from policies.ranking import DISTRIBUTIONS, RankingDistribution
 
 GROUP_TOKENS = 16384
 """Padded tokens per network forward: a batch's rows are grouped by length up to this (see ``_run``)."""
@@ -45,6 +45,9 @@ class TokenKeepPolicy(ActorCriticPolicy):
         action_space: ``Box(-1, 1, (max_len,))``: one priority per unit.
         lr_schedule: Learning-rate schedule (from PPO).
         network: The keep network's shape (input widths are read off the observation space).
+        exploration: The action distribution: ``ranking`` samples a Plackett-Luce ranking of all units
+            (:class:`~policies.ranking.RankingDistribution`), ``swap`` the deterministic selection with one unit
+            exchanged (:class:`~policies.ranking.SwapDistribution`). Both share :meth:`mode`.
         **kwargs: Passed to :class:`~stable_baselines3.common.policies.ActorCriticPolicy`.
     """
 
@@ -54,8 +57,13 @@ class TokenKeepPolicy(ActorCriticPolicy):
         action_space: spaces.Box,
         lr_schedule: Any,
         network: NetworkConfig | None = None,
+        exploration: str = "ranking",
         **kwargs: Any,
     ) -> None:
+        if exploration not in DISTRIBUTIONS:
+            raise ValueError(f"exploration must be one of {sorted(DISTRIBUTIONS)}, got {exploration!r}")
+        self.distribution = DISTRIBUTIONS[exploration]
+        self.exploration = exploration
         if not isinstance(observation_space, spaces.Dict) or "features" not in observation_space.spaces:
             raise ValueError("TokenKeepPolicy needs the TokenKeep Dict observation space")
         self.net_config = network if network is not None else NetworkConfig()
@@ -76,7 +84,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(network=self.net_config)
+        data.update(network=self.net_config, exploration=self.exploration)
         return data
 
     def _run(self, obs: PyTorchObs) -> tuple[RankingDistribution, torch.Tensor]:
@@ -93,7 +101,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(len(order), device=order.device)
             scores, stop, values = (torch.cat([out[j] for _, out in parts])[inverse] for j in range(3))
-        return RankingDistribution(scores, stop, o["unit_lengths"], o["limits"]), values
+        return self.distribution(scores, stop, o["unit_lengths"], o["limits"]), values
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[torch.Tensor, ...]:
         """Actions, values ``[B, 1]`` and log-probabilities ``[B]``."""

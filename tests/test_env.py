@@ -408,3 +408,58 @@ def test_group_baseline_skips_the_full_context_and_scores_duplicates_once(tiny_l
     without = core2.step_batch(idx, budgets, acts, full_context=False).rewards
     centre = lambda r: (r.reshape(2, 2) - r.reshape(2, 2).mean(1, keepdims=True)).ravel()  # noqa: E731
     assert centre(with_full) == pytest.approx(centre(without), abs=1e-5)
+
+
+def test_counterfactual_credit_scores_each_disputed_unit_once_against_the_majority(tiny_lm, monkeypatch):
+    core = TokenKeepCore(tiny_lm, **KW_RANGE)
+    i = 0
+    unit = core.inputs[i].unit_index
+    assert unit.min() >= 0
+    n = len(core.inputs[i].unit_lengths)
+    assert n >= 3
+    ctx = np.asarray(core.pool[i].context)
+    base = np.zeros(n, bool)
+    base[: n // 2] = True
+    u = n - 1
+    with_u = base.copy()
+    with_u[u] = True
+    s_with, s_without = core.score_contexts([i, i], [ctx[with_u[unit]], ctx[base[unit]]])
+    assert s_with != pytest.approx(s_without)
+
+    calls = []
+    real = core.score_contexts
+
+    def counting(indices, contexts):
+        calls.append([len(c) for c in contexts])
+        return real(indices, contexts)
+
+    monkeypatch.setattr(core, "score_contexts", counting)
+    # two of three keep u: the reference holds it, and u is scored taken out of it (1 + 1 prompts)
+    gains = core.credit_gains([i] * 3, [with_u[unit], with_u[unit], base[unit]], 3)
+    assert calls == [[int(with_u[unit].sum()), int(base[unit].sum())]]
+    assert gains == pytest.approx([s_with - s_without] * 2 + [0.0], abs=1e-5)
+    # one of two keeps u: the reference lacks it, and u is scored added to it; the group's centred credit is then
+    # exactly the centred difference of the two episodes' own scores
+    calls.clear()
+    gains = core.credit_gains([i] * 2, [base[unit], with_u[unit]], 2)
+    assert calls == [[int(base[unit].sum()), int(with_u[unit].sum())]]
+    assert gains - gains.mean() == pytest.approx(np.array([s_without, s_with]) - (s_with + s_without) / 2, abs=1e-5)
+    # a group that agrees costs no forward and gets no credit
+    calls.clear()
+    assert core.credit_gains([i] * 2, [base[unit], base[unit]], 2) == pytest.approx([0.0, 0.0])
+    assert calls == []
+    with pytest.raises(ValueError, match="different examples"):
+        core.credit_gains([0, 1], [base[unit], base[unit]], 2)
+
+
+def test_vec_env_with_counterfactual_credit_centres_the_credit(tiny_lm):
+    core = TokenKeepCore(tiny_lm, **KW_RANGE)
+    venv = BatchedTokenKeepVecEnv(core, n_envs=8, seed=3, group_size=4, credit=True)
+    venv.reset()
+    _, rewards, _, infos = venv.step(np.random.default_rng(0).uniform(-1, 1, (8, 96)))
+    raw = np.array([i["raw_reward"] for i in infos]).reshape(2, 4)
+    assert rewards.reshape(2, 4) == pytest.approx(raw - (raw.sum(1, keepdims=True) - raw) / 3, abs=1e-5)
+    assert all(np.isnan(i["task_score"]) for i in infos)  # no episode's own prompt was scored
+    assert core.credit_stats["prompts"] > 0
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        BatchedTokenKeepVecEnv(core, n_envs=4, group_size=1, credit=True)

@@ -28,7 +28,7 @@ from policies.lexical import (
     words,
 )
 from policies.processor import ProcessorConfig, condition, encode, windows
-from policies.ranking import NEG, RankingDistribution
+from policies.ranking import NEG, RankingDistribution, SwapDistribution
 from policies.units import segment, unit_lengths
 
 MIXED = "Café 😀 naïve — 東京 は 大きい。 The code for otter is 1234. Hi!  Next line\nnew one"
@@ -234,6 +234,40 @@ def test_ranking_sampling_matches_log_prob_and_mode_sorts():
     free = torch.tensor([[1.0, 0.0, 3.0]])
     adaptive = RankingDistribution(scores, torch.tensor([0.25]), lengths, free).mode()
     assert (adaptive[0] > 0).tolist() == [True, True, False, False]  # the units scored above STOP
+
+
+@pytest.mark.parametrize("limits", [(0, 0, 4), (0, 0, 5, 1), (1, 0, 8)])
+def test_swap_exploration_is_one_exchange_at_the_mode_and_its_probabilities_sum_to_one(limits):
+    torch.manual_seed(0)
+    lengths = torch.tensor([[3.0, 1.0, 2.0, 2.0, 1.0, 0.0]])  # five units and one padding unit
+    scores, stop = torch.randn(1, 6), torch.randn(1)
+    limits_t = torch.tensor([limits], dtype=torch.float32)
+    dist = SwapDistribution(scores, stop, lengths, limits_t)
+    mode = dist.mode()
+    kept = [u for u in range(5) if mode[0, u] > 0]
+    dropped = [u for u in range(5) if mode[0, u] <= 0]
+    assert kept and dropped
+    total = 0.0
+    for add in dropped:
+        for out in kept:
+            action = dist._swap_action(mode, torch.tensor([add]), torch.tensor([out]))
+            assert set(np.flatnonzero(action[0].numpy() > 0).tolist()) == (set(kept) - {out}) | {add}
+            total += float(dist.log_prob(action).exp())
+    assert total == pytest.approx(1.0, abs=1e-5)
+    # samples are swaps of the mode, drawn as log_prob says; the mode's own order is kept for the rest
+    n = 4000
+    many = SwapDistribution(scores.expand(n, 6), stop.expand(n), lengths.expand(n, 6), limits_t.expand(n, -1))
+    acts = many.sample()
+    assert ((acts == 1.0).sum(1) == 1).all() and ((acts == -1.0).sum(1) == 1).all()
+    added = acts.argmax(1)
+    freq = torch.bincount(added, minlength=6).float()[dropped] / n
+    want = torch.softmax(scores[0, dropped], 0)
+    assert torch.allclose(freq, want, atol=0.03)
+    out = acts[0].argmin().item()
+    p_out = torch.softmax(-scores[0, kept], 0)[kept.index(out)]
+    first = SwapDistribution(scores, stop, lengths, limits_t).log_prob(acts[:1]).item()
+    assert first == pytest.approx((want[dropped.index(added[0].item())] * p_out).log().item(), abs=1e-5)
+    assert (acts[:, 5] > -1.0).all() and (acts[:, 5] < 1.0).all()  # padding is never swapped
 
 
 def test_ranking_gradients_are_finite_with_padding():
