@@ -7,7 +7,9 @@ A unit is a run of consecutive context tokens. Three kinds, all built from the t
 * ``word``: the tokens of one whitespace-delimited word (a token made only of whitespace joins the word after
   it);
 * ``sentence``: the tokens of one sentence; sentences end after ``. ! ? 。 ！ ？`` (and closing quotes or
-  brackets) followed by whitespace, or at a line break.
+  brackets) followed by whitespace, or at a line break. A period is no end before a lowercase letter ("e.g. the",
+  "approx. five"), after an initial or a title before a capital ("J. K. Rowling", "Dr. Smith"), or after a
+  numbering word before a digit ("No. 3 in the charts", "Fig. 2"): a kept sentence is then never half of one.
 
 Every kind is a coarsening of the one before, so a sentence never splits a word and a word never splits a
 character.
@@ -25,6 +27,32 @@ Unit = Literal["token", "word", "sentence"]
 UNITS: tuple[str, ...] = ("token", "word", "sentence")
 
 _SENTENCE_END = re.compile(r"[.!?。！？][\"'”’)\]]*(?=\s|$)|\n")
+_WORD_BEFORE = re.compile(r"(\w+)$")
+# before a capital ("Dr. Smith", "St. Louis"); "Inc." or "Jr." often end a sentence too, so they are not listed
+_TITLES = frozenset("mr mrs ms dr prof st mt gen col capt lt sgt rev hon gov sen rep".split())
+# before a digit ("No. 3", "Vol. 2", "Jan. 5")
+_NUMBERING = frozenset(
+    "no nos vol vols pp p ch fig figs art sec jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+
+
+def _sentence_ends(text: str) -> list[int]:
+    """Character offsets where sentences end (see the module docstring)."""
+    ends = []
+    for m in _SENTENCE_END.finditer(text):
+        if text[m.start()] == ".":
+            rest = text[m.end() :].lstrip(" \t")
+            nxt = rest[:1]
+            word = _WORD_BEFORE.search(text[max(0, m.start() - 24) : m.start()])
+            w = word.group(1) if word else ""
+            if nxt.islower():
+                continue
+            if nxt.isupper() and ((len(w) == 1 and w.isupper()) or w.lower() in _TITLES):
+                continue
+            if nxt.isdigit() and w.lower() in _NUMBERING:
+                continue
+        ends.append(m.end())
+    return ends
 
 
 def _char_groups(offsets: Sequence[tuple[int, int]]) -> list[int]:
@@ -102,7 +130,7 @@ def segment(text: str, offsets: Sequence[tuple[int, int]], unit: Unit) -> np.nda
     if unit == "word":
         cuts = [m.start() for m in re.finditer(r"\S+", text)]
     else:
-        cuts = [0] + [m.end() for m in _SENTENCE_END.finditer(text)]
+        cuts = [0, *_sentence_ends(text)]
     group_unit = np.searchsorted(np.asarray(cuts, dtype=np.int64), anchors, side="right").tolist()
     for g in range(n_groups - 2, -1, -1):  # whitespace-only pieces belong to what follows them
         if blank[g]:

@@ -75,6 +75,24 @@ def test_units_nest_and_follow_words_and_sentences(tiny_tokenizer):
         segment(MIXED, offsets, "paragraph")
 
 
+def test_sentences_do_not_end_at_abbreviations_initials_or_numbering(tiny_tokenizer):
+    text = (
+        "It reached No. 3 in the UK Singles Chart. J. K. Rowling met Dr. Smith, e.g. the editor. "
+        "The pass key is 71432. 71432 is the pass key. It rained."
+    )
+    ids, offsets = _offsets(tiny_tokenizer, text)
+    sent = segment(text, offsets, "sentence")
+    got = [tiny_tokenizer.decode([t for t, i in zip(ids, sent, strict=True) if i == u]) for u in range(sent[-1] + 1)]
+    got = [g.strip() for g in got]
+    assert got == [
+        "It reached No. 3 in the UK Singles Chart.",
+        "J. K. Rowling met Dr. Smith, e.g. the editor.",
+        "The pass key is 71432.",
+        "71432 is the pass key.",
+        "It rained.",
+    ]
+
+
 def test_lexical_channels_mark_question_and_bridge(tiny_tokenizer):
     text = "Bob grabbed the red cup. Alice took the red key. Alice went to the garden. Bob went to the kitchen."
     ids, offsets = _offsets(tiny_tokenizer, text)
