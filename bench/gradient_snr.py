@@ -16,7 +16,8 @@ is below what n groups can resolve (the SNR is then reported as < the bound from
 
 Usage:
     python bench/gradient_snr.py --checkpoint runs/default/checkpoints/ckpt_000000000.zip [--rollouts 5]
-        [--reward choice] [--credit counterfactual] [--exploration swap] [--tasks multihop3:train,before:train]
+        [--reward choice] [--credit counterfactual] [--exploration swap] [--last-round]
+        [--tasks multihop3:train,before:train]
 
 The checkpoint's run directory gives the config (its ``config.json``); the step-0 checkpoint is the warm-started
 policy PPO starts from.
@@ -41,15 +42,18 @@ from agents.ppo import make_core  # noqa: E402
 from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
 
 
-def group_gradients(model: PPO, rounds: int, group_size: int) -> list[torch.Tensor]:
-    """One flattened policy-gradient vector per episode group of the model's filled rollout buffer."""
+def group_gradients(model: PPO, rounds: int, group_size: int, last_round: bool = False) -> list[torch.Tensor]:
+    """One flattened policy-gradient vector per episode group of the model's filled rollout buffer.
+
+    ``last_round``: only the last round's terms (what deterministic probe rounds would leave of the gradient).
+    """
     buf = model.rollout_buffer
     n_steps, n_envs = buf.advantages.shape
     params = [p for p in model.policy.parameters() if p.requires_grad]
     out = []
     for slot in range(n_steps // rounds):
         for g in range(n_envs // group_size):
-            steps = np.arange(slot * rounds, (slot + 1) * rounds)
+            steps = np.arange(slot * rounds + (rounds - 1 if last_round else 0), (slot + 1) * rounds)
             envs = np.arange(g * group_size, (g + 1) * group_size)
             t, e = np.meshgrid(steps, envs, indexing="ij")
             obs = {k: torch.as_tensor(v[t.ravel(), e.ravel()]) for k, v in buf.observations.items()}
@@ -76,6 +80,7 @@ def main() -> None:
     ap.add_argument(
         "--exploration", choices=("ranking", "swap"), default=None, help="action distribution (default: the run's own)"
     )
+    ap.add_argument("--last-round", action="store_true", help="the gradient of the last round's picks only")
     args = ap.parse_args()
     ckpt = Path(args.checkpoint)
     config = load_config(ckpt.parent.parent / "config.json")
@@ -98,7 +103,7 @@ def main() -> None:
     grads: list[torch.Tensor] = []
     for r in range(args.rollouts):
         model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
-        grads += group_gradients(model, rounds, group)
+        grads += group_gradients(model, rounds, group, args.last_round)
         print(f"rollout {r + 1}/{args.rollouts}: {len(grads)} groups, {time.perf_counter() - t0:.0f}s", flush=True)
     g = torch.stack(grads).double()
     n = len(g)
@@ -121,7 +126,9 @@ def main() -> None:
             f"credit cost: {c['prompts'] / max(c['groups'], 1):.2f} prompts per group of {group} "
             f"({c['context_tokens'] / max(c['prompts'], 1):.0f} context tokens each; episode credit: {group} prompts)"
         )
-    print(f"checkpoint {ckpt}: {n} groups of {group} episodes ({rounds} rounds each); one update = {per_update} groups")
+    terms = "the last round's picks" if args.last_round else "every round's picks"
+    print(f"checkpoint {ckpt}: {n} groups of {group} episodes ({rounds} rounds each, gradient of {terms});")
+    print(f"one update = {per_update} groups")
     print(f"signal |E g|^2 = {signal:.3e} +- {spread:.1e}; noise per group E|g - E g|^2 = {noise:.3e}")
     if signal > 2 * spread:
         cos = np.sqrt(snr / (1 + snr))
