@@ -98,10 +98,14 @@ class PPOConfig:
         credit: ``episode``: an episode's reward is its own reduced prompt's task score. ``counterfactual``: the
             frozen model scores each unit the episodes of a group disagree on once, added to or taken out of the
             group's majority selection, and an episode's reward is the sum of the credits of the units it keeps
-            (:meth:`envs.core.TokenKeepCore.credit_gains`; needs group_size >= 2).
+            (:meth:`envs.core.TokenKeepCore.credit_gains`; needs group_size >= 2). ``dense``: the frozen model
+            scores every kept unit taken out and the ``credit_candidates`` best dropped units added, at the
+            deterministic selection, and :class:`agents.credit_ppo.CreditPPO` maximises the expected credit of
+            one swap with every unit's ratio clipped (needs exploration ``none``).
+        credit_candidates: Dropped units scored per episode with ``dense`` credit (the rest count as neutral).
         exploration: What an episode samples: ``ranking``, a Plackett-Luce ranking of every unit; ``swap``, the
             deterministic selection (what the reducer deploys) with one dropped unit exchanged for one kept unit
-            (:class:`policies.ranking.SwapDistribution`).
+            (:class:`policies.ranking.SwapDistribution`); ``none``, the deterministic selection itself.
     """
 
     total_timesteps: int = 4096
@@ -116,8 +120,9 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     target_kl: float | None = None
     group_size: int = 4
-    credit: Literal["episode", "counterfactual"] = "episode"
-    exploration: Literal["ranking", "swap"] = "ranking"
+    credit: Literal["episode", "counterfactual", "dense"] = "episode"
+    credit_candidates: int = 8
+    exploration: Literal["ranking", "swap", "none"] = "ranking"
 
     def __post_init__(self) -> None:
         for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "group_size"):
@@ -129,6 +134,11 @@ class PPOConfig:
             raise ValueError(f"ppo.learning_rate must be > 0, got {self.learning_rate}")
         if self.n_envs % self.group_size:
             raise ValueError(f"ppo.group_size {self.group_size} must divide ppo.n_envs {self.n_envs}")
+        if (self.credit == "dense") != (self.exploration == "none"):
+            raise ValueError(
+                "ppo.credit 'dense' learns from every unit's credit at the deterministic selection and ppo.exploration "
+                "'none' plays that selection: set both or neither"
+            )
         if self.credit == "counterfactual" and self.group_size < 2:
             raise ValueError("ppo.credit 'counterfactual' compares a group's episodes: ppo.group_size must be >= 2")
 

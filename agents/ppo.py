@@ -28,6 +28,7 @@ from agents.checkpoints import (
     write_progress,
 )
 from agents.config import TrainConfig
+from agents.credit_ppo import CreditPPO
 from agents.evaluate import load_eval_tasks
 from agents.export import export_reducer
 from agents.run_dir import RunLock, prepare_run_dir
@@ -63,10 +64,15 @@ def make_core(config: TrainConfig, lm: FrozenLM | None = None) -> TokenKeepCore:
     )
 
 
+def algorithm(config: TrainConfig) -> type[PPO]:
+    """SB3's PPO, or :class:`~agents.credit_ppo.CreditPPO` with ``ppo.credit`` ``dense``."""
+    return CreditPPO if config.ppo.credit == "dense" else PPO
+
+
 def build_ppo(config: TrainConfig, venv: BatchedTokenKeepVecEnv, tensorboard_log: str | None) -> PPO:
     """PPO with :class:`TokenKeepPolicy`; every hyperparameter comes from ``config``."""
     p = config.ppo
-    return PPO(
+    return algorithm(config)(
         TokenKeepPolicy,
         venv,
         learning_rate=linear_schedule(p.learning_rate),
@@ -149,11 +155,12 @@ def _train(
         n_envs=config.ppo.n_envs,
         seed=run.seed,
         group_size=config.ppo.group_size,
-        credit=config.ppo.credit == "counterfactual",
+        credit=config.ppo.credit,
+        credit_candidates=config.ppo.credit_candidates,
     )
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is not None:
-        model = PPO.load(ckpt, env=venv, device=config.model.device, tensorboard_log=str(out / "tb"))
+        model = algorithm(config).load(ckpt, env=venv, device=config.model.device, tensorboard_log=str(out / "tb"))
         state = load_rng(ckpt)
         if state is None:
             print(f"{ckpt} has no saved random state: the run continues, but not exactly as it would have")

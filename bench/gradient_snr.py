@@ -14,9 +14,14 @@ and prints the SNR, the cosine an update's gradient is expected to have with the
 (sqrt(SNR / (1 + SNR))) and how many groups would give an SNR of 1. A negative signal estimate means the signal
 is below what n groups can resolve (the SNR is then reported as < the bound from the estimate's spread).
 
+With ``--credit dense`` (:class:`agents.credit_ppo.CreditPPO`) episodes play the deterministic selection and each
+scored episode's gradient is that of its expected swap credit in the first epoch; a "group" is then one episode
+and one update averages a rollout's episodes. ``credit cost`` prints the frozen-model prompts per group or
+episode, against 1 per episode for the episode's own score.
+
 Usage:
     python bench/gradient_snr.py --checkpoint runs/default/checkpoints/ckpt_000000000.zip [--rollouts 5]
-        [--reward choice] [--credit counterfactual] [--exploration swap] [--last-round]
+        [--reward choice] [--credit counterfactual|dense] [--exploration swap] [--last-round]
         [--tasks multihop3:train,before:train]
 
 The checkpoint's run directory gives the config (its ``config.json``); the step-0 checkpoint is the warm-started
@@ -38,8 +43,10 @@ import torch  # noqa: E402
 from stable_baselines3 import PPO  # noqa: E402
 
 from agents.config import load_config  # noqa: E402
-from agents.ppo import make_core  # noqa: E402
+from agents.credit_ppo import CreditPPO, swap_objective  # noqa: E402
+from agents.ppo import algorithm, make_core  # noqa: E402
 from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
+from policies.ranking import swap_probabilities  # noqa: E402
 
 
 def group_gradients(model: PPO, rounds: int, group_size: int, last_round: bool = False) -> list[torch.Tensor]:
@@ -66,6 +73,24 @@ def group_gradients(model: PPO, rounds: int, group_size: int, last_round: bool =
     return out
 
 
+def dense_gradients(model: CreditPPO) -> list[torch.Tensor]:
+    """One flattened gradient per scored episode of :class:`CreditPPO`'s objective in its first epoch (ratio 1)."""
+    data = model.rollout_credit()
+    params = [p for p in model.policy.parameters() if p.requires_grad]
+    out = []
+    for r in range(len(data["kept"])):
+        scores, valid = model._scores(data["obs"], np.array([r]))
+        kept = torch.as_tensor(data["kept"][r : r + 1]) & valid
+        credit = torch.as_tensor(data["credit"][r : r + 1])
+        old = tuple(p.detach() for p in swap_probabilities(scores, valid, kept))
+        adv = model.advantages(kept, credit, old)
+        obj, _ = swap_objective(scores, valid, kept, adv, old, clip_range=0.2)
+        grads = torch.autograd.grad(obj.sum(), params, allow_unused=True)
+        flat = [(d if d is not None else torch.zeros_like(p)).ravel() for d, p in zip(grads, params, strict=True)]
+        out.append(torch.cat(flat))
+    return out
+
+
 def main() -> None:
     """Collect, compute and print the ratio."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,10 +100,16 @@ def main() -> None:
     ap.add_argument("--reward", default=None, help="task score of the reward (default: the run's own)")
     ap.add_argument("--tasks", default=None, help="training task spec (default: the run's own)")
     ap.add_argument(
-        "--credit", choices=("episode", "counterfactual"), default=None, help="episode credit (default: the run's own)"
+        "--credit",
+        choices=("episode", "counterfactual", "dense"),
+        default=None,
+        help="credit (default: the run's own; dense implies --exploration none)",
     )
     ap.add_argument(
-        "--exploration", choices=("ranking", "swap"), default=None, help="action distribution (default: the run's own)"
+        "--exploration",
+        choices=("ranking", "swap", "none"),
+        default=None,
+        help="action distribution (default: the run's own)",
     )
     ap.add_argument("--last-round", action="store_true", help="the gradient of the last round's picks only")
     args = ap.parse_args()
@@ -88,22 +119,33 @@ def main() -> None:
         tasks = replace(config.tasks, reward=args.reward or config.tasks.reward, train=args.tasks or config.tasks.train)
         config = replace(config, tasks=tasks)
     if args.credit or args.exploration:
-        ppo = replace(config.ppo, credit=args.credit or config.ppo.credit)
-        config = replace(config, ppo=replace(ppo, exploration=args.exploration or ppo.exploration))
+        exploration = "none" if args.credit == "dense" else args.exploration or config.ppo.exploration
+        ppo = replace(config.ppo, credit=args.credit or config.ppo.credit, exploration=exploration)
+        config = replace(config, ppo=ppo)
     rounds, group = config.processor.rounds, config.ppo.group_size
     t0 = time.perf_counter()
     core = make_core(config)
-    credit = config.ppo.credit == "counterfactual"
-    venv = BatchedTokenKeepVecEnv(core, n_envs=config.ppo.n_envs, seed=args.seed, group_size=group, credit=credit)
+    dense = config.ppo.credit == "dense"
+    if dense:
+        group = 1  # deterministic episodes: a group would play one selection G times
+        config = replace(config, ppo=replace(config.ppo, group_size=1))
+    venv = BatchedTokenKeepVecEnv(
+        core,
+        n_envs=config.ppo.n_envs,
+        seed=args.seed,
+        group_size=group,
+        credit=config.ppo.credit,
+        credit_candidates=config.ppo.credit_candidates,
+    )
     # the checkpoint's network under this run's action distribution
     kwargs = {"network": config.network, "exploration": config.ppo.exploration}
-    model = PPO.load(ckpt, env=venv, device="cpu", custom_objects={"policy_kwargs": kwargs})
+    model = algorithm(config).load(ckpt, env=venv, device="cpu", custom_objects={"policy_kwargs": kwargs})
     _, callback = model._setup_learn(model.n_steps * args.rollouts, None, reset_num_timesteps=True)
     callback.on_training_start(locals(), globals())
     grads: list[torch.Tensor] = []
     for r in range(args.rollouts):
         model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
-        grads += group_gradients(model, rounds, group, args.last_round)
+        grads += dense_gradients(model) if dense else group_gradients(model, rounds, group, args.last_round)
         print(f"rollout {r + 1}/{args.rollouts}: {len(grads)} groups, {time.perf_counter() - t0:.0f}s", flush=True)
     g = torch.stack(grads).double()
     n = len(g)
@@ -120,11 +162,12 @@ def main() -> None:
         f"reward {config.tasks.reward}, credit {config.ppo.credit}, exploration {config.ppo.exploration}, "
         f"tasks {config.tasks.train}"
     )
-    if credit:
-        c = core.credit_stats
+    c = core.credit_stats
+    if c["prompts"]:
+        unit = "episode" if dense else f"group of {group}"
         print(
-            f"credit cost: {c['prompts'] / max(c['groups'], 1):.2f} prompts per group of {group} "
-            f"({c['context_tokens'] / max(c['prompts'], 1):.0f} context tokens each; episode credit: {group} prompts)"
+            f"credit cost: {c['prompts'] / max(c['episodes'] if dense else c['groups'], 1):.2f} prompts per {unit} "
+            f"({c['context_tokens'] / max(c['prompts'], 1):.0f} context tokens each; episode credit: 1 per episode)"
         )
     terms = "the last round's picks" if args.last_round else "every round's picks"
     print(f"checkpoint {ckpt}: {n} groups of {group} episodes ({rounds} rounds each, gradient of {terms});")

@@ -190,7 +190,8 @@ class TokenKeepCore:
                 f"skipped {skipped} of {len(examples)} examples longer than max_len={self.max_len}", stacklevel=2
             )
         self.skipped = skipped
-        self.credit_stats = {"groups": 0, "prompts": 0, "context_tokens": 0}  # what credit_gains has cost
+        # what counterfactual credit has cost: groups (credit_gains) or episodes (unit_credits) scored
+        self.credit_stats = {"groups": 0, "episodes": 0, "prompts": 0, "context_tokens": 0}
         self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
         layout = observation_layout(
             self.max_len,
@@ -389,6 +390,7 @@ class TokenKeepCore:
         full_context: bool = True,
         selection: Selection | None = None,
         credit_group: int = 0,
+        credit_candidates: int = 0,
     ) -> StepResult:
         """Score a batch of keep decisions with one frozen-model call.
 
@@ -408,6 +410,9 @@ class TokenKeepCore:
             credit_group: Groups of this many consecutive episodes play one example (> 1): each episode's task
                 score is its counterfactual credit within the group (:meth:`credit_gains`), not its own prompt's
                 score; ``task_score`` is then NaN in the infos.
+            credit_candidates: > 0: each episode's units get their dense counterfactual credit at its own selection
+                (:meth:`unit_credits` with this many dropped candidates), in ``info["unit_credit"]``; the reward
+                is the selection's own task score (not relative to the full context).
 
         Returns:
             Rewards and infos.
@@ -417,6 +422,12 @@ class TokenKeepCore:
         if credit_group > 1:
             gains = self.credit_gains(indices, masks, credit_group)
             return self._results(indices, budgets, masks, gains, [float("nan")] * len(indices))
+        if credit_candidates > 0:
+            credit, kept, scores = self.unit_credits(indices, masks, actions, credit_candidates)
+            res = self._results(indices, budgets, masks, scores.tolist(), scores.tolist())
+            for r, info in enumerate(res.infos):
+                info["unit_credit"], info["unit_kept"] = credit[r], kept[r]
+            return res
         need_full = full_context or self.score.needs_reference
         full = self.full_scores(indices) if need_full else [(float("nan"), None)] * len(indices)
         kept_ids: list[tuple[int, ...]] = []
@@ -474,6 +485,60 @@ class TokenKeepCore:
                 }
             )
         return StepResult(rewards, infos)
+
+    def unit_credits(
+        self, indices: Sequence[int], masks: Sequence[np.ndarray], priorities: Sequence[np.ndarray], candidates: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Dense counterfactual credit of every unit at each episode's own selection (issue 25).
+
+        For each episode, the frozen model scores its kept units once (the reference), each kept unit taken out
+        (leave-one-out) and each of the ``candidates`` dropped units it ranks highest added (add-one-in), all
+        in one batched call. A unit's credit is the score with it minus the score without it; dropped units
+        beyond the candidates are presumed neutral (credit 0): one swap of a deterministic ranking rarely
+        reaches them.
+
+        Args:
+            indices: Pool example per episode.
+            masks: What each episode keeps, bool per context token (whole units).
+            priorities: Each episode's unit priorities (higher first); they rank the dropped units.
+            candidates: Dropped units scored per episode.
+
+        Returns:
+            ``(credit, kept, scores)``: credits ``[B, max_len]`` per unit (0 for padding and unscored units), the
+            kept units ``[B, max_len]`` (bool), and each episode's own task score ``[B]``.
+        """
+        credit = np.zeros((len(indices), self.max_len), np.float32)
+        kept_units = np.zeros((len(indices), self.max_len), bool)
+        rows, contexts, plans = [], [], []
+        for r, i in enumerate(indices):
+            unit = self.inputs[i].unit_index
+            n_units = len(self.inputs[i].unit_lengths)
+            kept = np.bincount(unit[masks[r]], minlength=n_units) > 0
+            kept_units[r, :n_units] = kept
+            prio = np.asarray(priorities[r], np.float64)[:n_units]
+            dropped = np.flatnonzero(~kept)
+            dropped = dropped[np.lexsort((dropped, -prio[dropped]))][:candidates]
+            changed = [*np.flatnonzero(kept), *dropped]
+            context = np.asarray(self.pool[i].context)
+            for u in (None, *changed):
+                units = kept.copy()
+                if u is not None:
+                    units[u] = not units[u]
+                contexts.append(context[units[unit]].tolist())
+                rows.append(i)
+            plans.append((np.asarray(changed, dtype=np.int64), kept))
+        scores = self.score_contexts(rows, contexts)
+        self.credit_stats["episodes"] += len(indices)
+        self.credit_stats["prompts"] += len(contexts)
+        self.credit_stats["context_tokens"] += sum(len(c) for c in contexts)
+        reference = np.zeros(len(indices))
+        at = 0
+        for r, (changed, kept) in enumerate(plans):
+            base, variants = scores[at], scores[at + 1 : at + 1 + len(changed)]
+            at += 1 + len(changed)
+            reference[r] = base
+            credit[r, changed] = np.where(kept[changed], base - variants, variants - base)
+        return credit, kept_units, reference
 
     def credit_gains(self, indices: Sequence[int], masks: Sequence[np.ndarray], group_size: int) -> np.ndarray:
         """Each episode's summed counterfactual credit for the units its group does not agree on (issue 25).

@@ -11,10 +11,13 @@ the *same* budget, each with its own sampled action, and each env's reward is re
 the other G - 1 in its group (the leave-one-out baseline of RLOO, as in GRPO). With the reward only at an episode's
 last step and gamma = lambda = 1 this is an unbiased, low-variance advantage that needs no learned value: PPO
 still runs unchanged on top of it.
-Counterfactual credit (``credit=True``, groups needed): an episode's task score is replaced by the frozen model's
-credit for the units it keeps that its group disagrees on, each scored once against the group's majority
-selection (:meth:`~envs.core.TokenKeepCore.credit_gains`); centred the same way. The reward then carries each
-differing unit's own effect instead of a whole prompt's score, where every other kept unit adds noise.
+Counterfactual credit (``credit="counterfactual"``, groups needed): an episode's task score is replaced by the
+frozen model's credit for the units it keeps that its group disagrees on, each scored once against the group's
+majority selection (:meth:`~envs.core.TokenKeepCore.credit_gains`); centred the same way. The reward then carries
+each differing unit's own effect instead of a whole prompt's score, where every other kept unit adds noise.
+Dense credit (``credit="dense"``): the last round also scores every kept unit taken out and the best-ranked
+dropped units added, at each episode's own selection, into ``info["unit_credit"]`` (per unit) for
+:class:`agents.credit_ppo.CreditPPO`.
 ``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring. The full context's score
 cancels out of a centred reward, so with groups it is not computed (one forward per example saved):
 ``raw_reward`` is then the task score minus the token cost, not relative to the full context, and
@@ -48,7 +51,9 @@ class BatchedTokenKeepVecEnv(VecEnv):
         n_envs: Number of parallel episodes; a multiple of ``group_size``.
         seed: Base seed; group g draws its episodes from ``seed + g``.
         group_size: Episodes per group that share an example and a budget (1: no group baseline).
-        credit: Score episodes by counterfactual credit within their group (needs ``group_size`` > 1).
+        credit: ``episode`` (each episode's own prompt), ``counterfactual`` (credit within the group; needs
+            ``group_size`` > 1) or ``dense`` (per-unit credit in the infos).
+        credit_candidates: Dropped units scored per episode with dense credit.
     """
 
     def __init__(
@@ -57,17 +62,21 @@ class BatchedTokenKeepVecEnv(VecEnv):
         n_envs: int = 8,
         seed: int | None = None,
         group_size: int = 1,
-        credit: bool = False,
+        credit: str = "episode",
+        credit_candidates: int = 8,
     ) -> None:
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         if group_size < 1 or n_envs % group_size:
             raise ValueError(f"group_size must be >= 1 and divide n_envs={n_envs}, got {group_size}")
-        if credit and group_size < 2:
+        if credit not in ("episode", "counterfactual", "dense"):
+            raise ValueError(f"credit must be 'episode', 'counterfactual' or 'dense', got {credit!r}")
+        if credit == "counterfactual" and group_size < 2:
             raise ValueError("counterfactual credit compares the episodes of a group: it needs group_size >= 2")
         self.core = core
         self.group_size = group_size
         self.credit = credit
+        self.credit_candidates = credit_candidates
         self.n_groups = n_envs // group_size
         super().__init__(n_envs, core.observation_space, core.action_space)
         self.seed(seed)
@@ -131,7 +140,8 @@ class BatchedTokenKeepVecEnv(VecEnv):
             list(self._actions),
             full_context=self.group_size == 1,
             selection=self._selection,
-            credit_group=self.group_size if self.credit else 0,
+            credit_group=self.group_size if self.credit == "counterfactual" else 0,
+            credit_candidates=self.credit_candidates if self.credit == "dense" else 0,
         )
         raw = res.rewards.astype(np.float32)
         rewards = raw.copy()

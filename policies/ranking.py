@@ -212,5 +212,40 @@ class SwapDistribution(RankingDistribution):
         return ent / torch.log(outside.sum(1).clamp(min=2).float())
 
 
-DISTRIBUTIONS = {"ranking": RankingDistribution, "swap": SwapDistribution}
+def swap_probabilities(
+    scores: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p_add, p_out)`` ``[B, U]``: :class:`SwapDistribution`'s two picks at a selection ``kept`` ``[B, U]``.
+
+    ``p_add`` is over the valid units outside ``kept`` (``softmax(score)``), ``p_out`` over the kept units
+    (``softmax(-score)``); each is 0 elsewhere, and all 0 in a row where its set is empty.
+    """
+    out = []
+    for logits, allowed in ((scores, valid & ~kept), (-scores, valid & kept)):
+        masked = torch.where(allowed, logits, torch.full_like(logits, NEG))
+        out.append(torch.softmax(masked, dim=1) * allowed)
+    return out[0], out[1]
+
+
+class ModeDistribution(RankingDistribution):
+    """Acts deterministically: every sample is :meth:`mode`, the reducer's own selection.
+
+    For :class:`agents.credit_ppo.CreditPPO`, which learns from every unit's counterfactual credit at that selection
+    instead of from the log-probability of a sampled action (``log_prob`` and ``entropy`` are 0).
+    """
+
+    def sample(self) -> torch.Tensor:
+        """The mode."""
+        return self.mode()
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[B]`` zeros: the action is not a draw."""
+        return torch.zeros(actions.shape[0], device=actions.device)
+
+    def entropy(self) -> torch.Tensor:
+        """``[B]`` zeros."""
+        return torch.zeros(self.scores.shape[0], device=self.scores.device)
+
+
+DISTRIBUTIONS = {"ranking": RankingDistribution, "swap": SwapDistribution, "none": ModeDistribution}
 """The action distributions by name (``ppo.exploration``)."""

@@ -454,7 +454,7 @@ def test_counterfactual_credit_scores_each_disputed_unit_once_against_the_majori
 
 def test_vec_env_with_counterfactual_credit_centres_the_credit(tiny_lm):
     core = TokenKeepCore(tiny_lm, **KW_RANGE)
-    venv = BatchedTokenKeepVecEnv(core, n_envs=8, seed=3, group_size=4, credit=True)
+    venv = BatchedTokenKeepVecEnv(core, n_envs=8, seed=3, group_size=4, credit="counterfactual")
     venv.reset()
     _, rewards, _, infos = venv.step(np.random.default_rng(0).uniform(-1, 1, (8, 96)))
     raw = np.array([i["raw_reward"] for i in infos]).reshape(2, 4)
@@ -462,4 +462,4 @@ def test_vec_env_with_counterfactual_credit_centres_the_credit(tiny_lm):
     assert all(np.isnan(i["task_score"]) for i in infos)  # no episode's own prompt was scored
     assert core.credit_stats["prompts"] > 0
     with pytest.raises(ValueError, match="group_size >= 2"):
-        BatchedTokenKeepVecEnv(core, n_envs=4, group_size=1, credit=True)
+        BatchedTokenKeepVecEnv(core, n_envs=4, group_size=1, credit="counterfactual")

@@ -298,3 +298,55 @@ def test_warm_start_learns_from_credit_without_evidence_marks(tiny_lm, tmp_path)
     config = WarmStartConfig(steps=30, batch_size=4, credit_examples=8, learning_rate=3e-3)
     losses = behaviour_cloning(net, core, config)
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_swap_exploration_with_counterfactual_credit_trains_and_loads(tiny_lm, tmp_path):
+    cfg = smoke_config(total=32, eval_freq=0, exploration="swap", credit="counterfactual")
+    final = train(cfg, tmp_path / "run", lm=tiny_lm, export=False)
+    model = PPO.load(final)
+    assert model.policy.exploration == "swap"
+    core = TokenKeepCore(tiny_lm, cfg.tasks.train, processor=cfg.processor)
+    obs = {k: torch.as_tensor(v) for k, v in core.observe([0, 1], [Budget(rate=0.5)] * 2).items()}
+    actions = model.policy.get_distribution(obs).sample()
+    added, taken_out = (actions == 1.0).sum(1), (actions == -1.0).sum(1)
+    assert (added <= 1).all() and (taken_out <= 1).all() and (added + taken_out >= 1).all()  # one swap of the mode
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        smoke_config(credit="counterfactual", group_size=1)
+
+
+def test_dense_credit_objective_raises_a_helpful_dropped_unit_and_lowers_a_harmful_kept_one():
+    from agents.credit_ppo import CreditPPO, swap_objective
+    from policies.ranking import swap_probabilities
+
+    scores = torch.zeros(1, 6, requires_grad=True)
+    valid = torch.tensor([[True] * 5 + [False]])
+    kept = torch.tensor([[True, True, False, False, False, False]])
+    credit = torch.tensor([[0.5, -1.0, 0.0, 2.0, 0.0, 0.0]])  # unit 1 hurts where kept, unit 3 helps if added
+    opt = torch.optim.SGD([scores], lr=1.0)
+    for _ in range(20):
+        with torch.no_grad():
+            old = swap_probabilities(scores, valid, kept)
+        adv = CreditPPO.advantages(kept, credit, old)
+        obj, _ = swap_objective(scores, valid, kept, adv, old, clip_range=0.2)
+        opt.zero_grad()
+        (-obj.sum()).backward()
+        opt.step()
+    s = scores.detach()[0]
+    assert s[3] > s[2] and s[3] > s[4]  # the helpful dropped unit rises above the other dropped ones
+    assert s[1] < s[0]  # the harmful kept unit falls below the useful kept one
+    assert s[5] == 0  # padding is never touched
+
+
+def test_dense_credit_training_runs_and_scores_every_kept_unit(tiny_lm, tmp_path):
+    cfg = smoke_config(total=32, eval_freq=0, credit="dense", exploration="none", group_size=1)
+    final = train(cfg, tmp_path / "run", lm=tiny_lm, export=False)
+    model = PPO.load(final)
+    assert model.policy.exploration == "none"
+    with pytest.raises(ValueError, match="set both or neither"):
+        smoke_config(credit="dense")
+    core = TokenKeepCore(tiny_lm, cfg.tasks.train, processor=cfg.processor)
+    masks = core.start([0], [Budget(rate=0.5)], last_round=True).keep([np.linspace(1, -1, 96)])
+    credit, kept, own = core.unit_credits([0], masks, [np.linspace(1, -1, 96)], candidates=2)
+    n_kept = int(kept[0].sum())
+    assert core.credit_stats["prompts"] == 1 + n_kept + 2  # the selection, each kept unit out, two added
+    assert own[0] == pytest.approx(core.score_contexts([0], [np.asarray(core.pool[0].context)[masks[0]]])[0], abs=1e-5)

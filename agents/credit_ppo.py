@@ -1,0 +1,151 @@
+"""PPO on dense counterfactual credit (issue 25): each unit's measured effect is the advantage of picking it.
+
+Rollouts play the deterministic selection (``ppo.exploration none``: what the reducer deploys). At each episode's
+last round the env scores every kept unit taken out and the best-ranked dropped units added, all at that
+selection (:meth:`envs.core.TokenKeepCore.unit_credits`): a unit's credit ``c_u`` is the task score with it
+minus the score without it. The update maximises the expected credit of one swap of
+:class:`policies.ranking.SwapDistribution` at the selection (add a dropped unit ``u`` with ``p_add(u)``, take a
+kept unit ``v`` out with ``p_out(v)``), summed over every possible pick instead of estimated from a sampled one:
+
+    J = sum_u p_add(u) A_add(u) + sum_v p_out(v) A_out(v)
+    A_add(u) = c_u - sum_w p_add_old(w) c_w        A_out(v) = -c_v + sum_w p_out_old(w) c_w
+
+with PPO's clipped ratio per pick, ``sum_u p_old(u) min(r_u A_u, clip(r_u, 1 - e, 1 + e) A_u)``,
+``r_u = p(u) / p_old(u)``. No sampled action enters the gradient: its noise is the frozen model's, not the
+policy's (``bench/gradient_snr.py --credit dense`` measures the ratio). Raising a dropped unit with positive
+credit until it crosses the cut, or lowering a kept one whose removal helps, changes what the reducer keeps.
+Probe rounds earn no credit here; the warm start trains them.
+
+This is stable-baselines3's PPO (rollouts, buffer, schedules, checkpoints, logging) with :meth:`CreditPPO.train`
+replaced; the value head is not trained (the expectation over picks needs no baseline from it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+
+from policies.ranking import swap_probabilities
+
+
+def swap_objective(
+    scores: torch.Tensor,
+    valid: torch.Tensor,
+    kept: torch.Tensor,
+    advantage: torch.Tensor,
+    old: tuple[torch.Tensor, torch.Tensor],
+    clip_range: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row clipped expected advantage of one swap, and the share of clipped pick mass (for logging).
+
+    Args:
+        scores: ``[B, U]`` unit scores of the current policy.
+        valid: ``[B, U]`` real units.
+        kept: ``[B, U]`` the selection the credits were measured at.
+        advantage: ``[B, U]`` advantage of adding each dropped unit and of taking out each kept one.
+        old: ``(p_add, p_out)`` of the policy that played the rollout.
+        clip_range: PPO's ``e``.
+    """
+    new_add, new_out = swap_probabilities(scores, valid, kept)
+    new = torch.where(kept, new_out, new_add)
+    old_p = torch.where(kept, old[1], old[0])
+    ratio = new / old_p.clamp(min=1e-12)
+    clipped = ratio.clamp(1 - clip_range, 1 + clip_range)
+    per_pick = old_p * torch.minimum(ratio * advantage, clipped * advantage)
+    clip_mass = (old_p * ((ratio - 1).abs() > clip_range)).sum(1)
+    return per_pick.sum(1), clip_mass
+
+
+class CreditPPO(PPO):
+    """PPO whose update maximises the expected counterfactual credit of one swap (see the module docstring)."""
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        shape = (self.n_steps, self.n_envs, int(self.action_space.shape[0]))
+        self._credit = np.zeros(shape, np.float32)
+        self._kept = np.zeros(shape, bool)
+        self._scored = np.zeros(shape[:2], bool)
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:  # noqa: D102
+        self._scored[:] = False
+        return super().collect_rollouts(*args, **kwargs)
+
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        # Called once per env step, before the step is added to the buffer: pos is the step's row.
+        super()._update_info_buffer(infos, dones)
+        pos = self.rollout_buffer.pos
+        for e, info in enumerate(infos):
+            if "unit_credit" in info:
+                self._credit[pos, e] = info["unit_credit"]
+                self._kept[pos, e] = info["unit_kept"]
+                self._scored[pos, e] = True
+
+    def _scores(self, obs: Mapping[str, np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = {k: torch.as_tensor(v[rows], device=self.device) for k, v in obs.items()}
+        dist = self.policy.get_distribution(batch)
+        return dist.scores, dist.valid
+
+    def rollout_credit(self) -> dict[str, np.ndarray]:
+        """The scored last-round steps of the rollout: observations, kept units and credits."""
+        steps, envs = np.nonzero(self._scored)
+        obs = {k: np.asarray(v)[steps, envs] for k, v in self.rollout_buffer.observations.items()}
+        return {"obs": obs, "kept": self._kept[steps, envs], "credit": self._credit[steps, envs]}
+
+    @staticmethod
+    def advantages(kept: torch.Tensor, credit: torch.Tensor, old: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``[B, U]`` advantages of each pick (see the module docstring), before scaling."""
+        base_add = (old[0] * credit).sum(1, keepdim=True)
+        base_out = (old[1] * credit).sum(1, keepdim=True)
+        return torch.where(kept, base_out - credit, credit - base_add)
+
+    def train(self) -> None:
+        """Epochs of minibatch updates on the rollout's scored steps (no value loss)."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = float(self.clip_range(self._current_progress_remaining))  # type: ignore[operator]
+        data = self.rollout_credit()
+        n = len(data["kept"])
+        if n == 0:  # every rollout holds whole episodes, so their last rounds were scored unless the env is wrong
+            raise RuntimeError("the rollout holds no unit credits: CreditPPO needs a vec env with credit='dense'")
+        kept = torch.as_tensor(data["kept"], device=self.device)
+        credit = torch.as_tensor(data["credit"], device=self.device)
+        with torch.no_grad():
+            parts = [
+                self._scores(data["obs"], np.arange(n)[i : i + self.batch_size]) for i in range(0, n, self.batch_size)
+            ]
+            scores = torch.cat([p[0] for p in parts])
+            valid = torch.cat([p[1] for p in parts])
+            kept = kept & valid
+            old = swap_probabilities(scores, valid, kept)
+            adv = self.advantages(kept, credit, old)
+            # one scale for the rollout: the credits' spread over the picks that have mass
+            mass = torch.where(kept, old[1], old[0]) > 0
+            adv = adv / (adv[mass].std() + 1e-8) if mass.sum() > 1 else adv
+        losses, clip_fractions = [], []
+        for _ in range(self.n_epochs):
+            for rows in np.array_split(np.random.permutation(n), max(1, round(n / self.batch_size))):
+                r = torch.as_tensor(rows, device=self.device)
+                new_scores, _ = self._scores(data["obs"], rows)
+                obj, clip_mass = swap_objective(
+                    new_scores, valid[r], kept[r], adv[r], (old[0][r], old[1][r]), clip_range
+                )
+                loss = -obj.mean()
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+                losses.append(loss.item())
+                clip_fractions.append(clip_mass.mean().item() / 2)  # two picks' mass per row
+        self._n_updates += self.n_epochs
+        self.logger.record("train/policy_gradient_loss", float(np.mean(losses)))
+        self.logger.record("train/clip_fraction", float(np.mean(clip_fractions)))
+        self.logger.record(
+            "train/credit_abs_mean", float(credit.abs()[credit != 0].mean()) if (credit != 0).any() else 0.0
+        )
+        self.logger.record("train/scored_steps", n)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
