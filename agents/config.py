@@ -99,10 +99,11 @@ class PPOConfig:
             frozen model scores each unit the episodes of a group disagree on once, added to or taken out of the
             group's majority selection, and an episode's reward is the sum of the credits of the units it keeps
             (:meth:`envs.core.TokenKeepCore.credit_gains`; needs group_size >= 2). ``dense``: the frozen model
-            scores every kept unit taken out and the ``credit_candidates`` best dropped units added, at the
+            scores the lowest-ranked kept units taken out and the best-ranked dropped units added, at the
             deterministic selection, and :class:`agents.credit_ppo.CreditPPO` maximises the expected credit of
             one swap with every unit's ratio clipped (needs exploration ``none``).
-        credit_candidates: Dropped units scored per episode with ``dense`` credit (the rest count as neutral).
+        credit_candidates: Units scored on each side of the selection's edge per episode with ``dense`` credit
+            (the rest count as neutral): ``1 + 2 * credit_candidates`` prompts per episode at most.
         exploration: What an episode samples: ``ranking``, a Plackett-Luce ranking of every unit; ``swap``, the
             deterministic selection (what the reducer deploys) with one dropped unit exchanged for one kept unit
             (:class:`policies.ranking.SwapDistribution`); ``none``, the deterministic selection itself.

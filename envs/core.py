@@ -491,17 +491,18 @@ class TokenKeepCore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Dense counterfactual credit of every unit at each episode's own selection (issue 25).
 
-        For each episode, the frozen model scores its kept units once (the reference), each kept unit taken out
-        (leave-one-out) and each of the ``candidates`` dropped units it ranks highest added (add-one-in), all
-        in one batched call. A unit's credit is the score with it minus the score without it; dropped units
-        beyond the candidates are presumed neutral (credit 0): one swap of a deterministic ranking rarely
-        reaches them.
+        For each episode, the frozen model scores its kept units once (the reference), each of the ``candidates``
+        kept units it ranks lowest taken out (leave-one-out) and each of the ``candidates`` dropped units it ranks
+        highest added (add-one-in), all in one batched call: the units at the edge of the selection, where a
+        change of score changes what is kept. A unit's credit is the score with it minus the score without it;
+        the units further from the edge are presumed neutral (credit 0).
 
         Args:
             indices: Pool example per episode.
             masks: What each episode keeps, bool per context token (whole units).
             priorities: Each episode's unit priorities (higher first); they rank the dropped units.
-            candidates: Dropped units scored per episode.
+            candidates: Units scored on each side of the edge per episode (so up to ``1 + 2 * candidates``
+                prompts).
 
         Returns:
             ``(credit, kept, scores)``: credits ``[B, max_len]`` per unit (0 for padding and unscored units), the
@@ -516,9 +517,10 @@ class TokenKeepCore:
             kept = np.bincount(unit[masks[r]], minlength=n_units) > 0
             kept_units[r, :n_units] = kept
             prio = np.asarray(priorities[r], np.float64)[:n_units]
-            dropped = np.flatnonzero(~kept)
-            dropped = dropped[np.lexsort((dropped, -prio[dropped]))][:candidates]
-            changed = [*np.flatnonzero(kept), *dropped]
+            inside, outside = np.flatnonzero(kept), np.flatnonzero(~kept)
+            inside = inside[np.lexsort((inside, prio[inside]))][:candidates]
+            outside = outside[np.lexsort((outside, -prio[outside]))][:candidates]
+            changed = [*inside, *outside]
             context = np.asarray(self.pool[i].context)
             for u in (None, *changed):
                 units = kept.copy()

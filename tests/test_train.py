@@ -347,6 +347,10 @@ def test_dense_credit_training_runs_and_scores_every_kept_unit(tiny_lm, tmp_path
     core = TokenKeepCore(tiny_lm, cfg.tasks.train, processor=cfg.processor)
     masks = core.start([0], [Budget(rate=0.5)], last_round=True).keep([np.linspace(1, -1, 96)])
     credit, kept, own = core.unit_credits([0], masks, [np.linspace(1, -1, 96)], candidates=2)
-    n_kept = int(kept[0].sum())
-    assert core.credit_stats["prompts"] == 1 + n_kept + 2  # the selection, each kept unit out, two added
+    assert kept[0].sum() > 2 and (~kept[0][: core.inputs[0].n_units]).sum() > 2
+    assert core.credit_stats["prompts"] == 1 + 2 + 2  # the selection, its two last units out, the next two in
+    # priorities fall with the position: the edge is the last two kept units and the first two dropped ones
+    n = core.inputs[0].n_units
+    edge = {*np.flatnonzero(kept[0][:n])[-2:], *np.flatnonzero(~kept[0][:n])[:2]}
+    assert set(np.flatnonzero(credit[0])) <= edge and np.count_nonzero(credit[0]) >= 1
     assert own[0] == pytest.approx(core.score_contexts([0], [np.asarray(core.pool[0].context)[masks[0]]])[0], abs=1e-5)
