@@ -98,7 +98,7 @@ class PPOConfig:
         credit: ``episode``: an episode's reward is its own reduced prompt's task score. ``counterfactual``: the
             frozen model scores each unit the episodes of a group disagree on once, added to or taken out of the
             group's majority selection, and an episode's reward is the sum of the credits of the units it keeps
-            (:meth:`envs.core.TokenKeepCore.credit_gains`; needs group_size >= 2). ``dense``: the frozen model
+            (:func:`envs.credit.credit_gains`; needs group_size >= 2). ``dense``: the frozen model
             scores the lowest-ranked kept units taken out and the best-ranked dropped units added, at the
             deterministic selection, and :class:`agents.credit_ppo.CreditPPO` maximises the expected credit of
             one swap with every unit's ratio clipped (needs exploration ``none``).

@@ -2,7 +2,7 @@
 
 Rollouts play the deterministic selection (``ppo.exploration none``: what the reducer deploys). At each episode's
 last round the env scores every kept unit taken out and the best-ranked dropped units added, all at that
-selection (:meth:`envs.core.TokenKeepCore.unit_credits`): a unit's credit ``c_u`` is the task score with it
+selection (:func:`envs.credit.unit_credits`): a unit's credit ``c_u`` is the task score with it
 minus the score without it. The update maximises the expected credit of one swap of
 :class:`policies.ranking.SwapDistribution` at the selection (add a dropped unit ``u`` with ``p_add(u)``, take a
 kept unit ``v`` out with ``p_out(v)``), summed over every possible pick instead of estimated from a sampled one:
@@ -17,7 +17,9 @@ credit until it crosses the cut, or lowering a kept one whose removal helps, cha
 Probe rounds earn no credit here; the warm start trains them.
 
 This is stable-baselines3's PPO (rollouts, buffer, schedules, checkpoints, logging) with :meth:`CreditPPO.train`
-replaced; the value head is not trained (the expectation over picks needs no baseline from it).
+replaced; the value head is not trained (the expectation over picks needs no baseline from it), and
+``ppo.ent_coef``, ``ppo.vf_coef`` and ``ppo.target_kl`` are not used. ``ppo.batch_size`` counts scored episodes
+(last rounds) per minibatch here.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ import torch
 from gymnasium import spaces
 
 from envs.backends import BackendError
+from envs.credit import credit_gains, unit_credits
 from envs.examples import EncodedExample, Example, encode_example, prepare_example
 from envs.frozen_lm import FrozenLM
 from envs.scoring import TaskScore, make_score
@@ -190,7 +191,7 @@ class TokenKeepCore:
                 f"skipped {skipped} of {len(examples)} examples longer than max_len={self.max_len}", stacklevel=2
             )
         self.skipped = skipped
-        # what counterfactual credit has cost: groups (credit_gains) or episodes (unit_credits) scored
+        # what counterfactual credit (envs.credit) has cost: groups or episodes credited, prompts, context tokens
         self.credit_stats = {"groups": 0, "episodes": 0, "prompts": 0, "context_tokens": 0}
         self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
         layout = observation_layout(
@@ -408,10 +409,10 @@ class TokenKeepCore:
             selection: The episodes (:meth:`start`) in their last round; None: the actions are applied as last-round
                 decisions.
             credit_group: Groups of this many consecutive episodes play one example (> 1): each episode's task
-                score is its counterfactual credit within the group (:meth:`credit_gains`), not its own prompt's
-                score; ``task_score`` is then NaN in the infos.
+                score is its counterfactual credit within the group (:func:`envs.credit.credit_gains`), not its
+                own prompt's score; ``task_score`` is then NaN in the infos.
             credit_candidates: > 0: each episode's units get their dense counterfactual credit at its own selection
-                (:meth:`unit_credits` with this many dropped candidates), in ``info["unit_credit"]``; the reward
+                (:func:`envs.credit.unit_credits` with this many candidates), in ``info["unit_credit"]``; the reward
                 is the selection's own task score (not relative to the full context).
 
         Returns:
@@ -420,10 +421,10 @@ class TokenKeepCore:
         actions = [self.check_action(a) for a in actions]
         masks = (selection if selection is not None else self.start(indices, budgets, last_round=True)).keep(actions)
         if credit_group > 1:
-            gains = self.credit_gains(indices, masks, credit_group)
+            gains = credit_gains(self, indices, masks, credit_group)
             return self._results(indices, budgets, masks, gains, [float("nan")] * len(indices))
         if credit_candidates > 0:
-            credit, kept, scores = self.unit_credits(indices, masks, actions, credit_candidates)
+            credit, kept, scores = unit_credits(self, indices, masks, actions, credit_candidates)
             res = self._results(indices, budgets, masks, scores.tolist(), scores.tolist())
             for r, info in enumerate(res.infos):
                 info["unit_credit"], info["unit_kept"] = credit[r], kept[r]
@@ -485,116 +486,3 @@ class TokenKeepCore:
                 }
             )
         return StepResult(rewards, infos)
-
-    def unit_credits(
-        self, indices: Sequence[int], masks: Sequence[np.ndarray], priorities: Sequence[np.ndarray], candidates: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Dense counterfactual credit of every unit at each episode's own selection (issue 25).
-
-        For each episode, the frozen model scores its kept units once (the reference), each of the ``candidates``
-        kept units it ranks lowest taken out (leave-one-out) and each of the ``candidates`` dropped units it ranks
-        highest added (add-one-in), all in one batched call: the units at the edge of the selection, where a
-        change of score changes what is kept. A unit's credit is the score with it minus the score without it;
-        the units further from the edge are presumed neutral (credit 0).
-
-        Args:
-            indices: Pool example per episode.
-            masks: What each episode keeps, bool per context token (whole units).
-            priorities: Each episode's unit priorities (higher first); they rank the dropped units.
-            candidates: Units scored on each side of the edge per episode (so up to ``1 + 2 * candidates``
-                prompts).
-
-        Returns:
-            ``(credit, kept, scores)``: credits ``[B, max_len]`` per unit (0 for padding and unscored units), the
-            kept units ``[B, max_len]`` (bool), and each episode's own task score ``[B]``.
-        """
-        credit = np.zeros((len(indices), self.max_len), np.float32)
-        kept_units = np.zeros((len(indices), self.max_len), bool)
-        rows, contexts, plans = [], [], []
-        for r, i in enumerate(indices):
-            unit = self.inputs[i].unit_index
-            n_units = len(self.inputs[i].unit_lengths)
-            kept = np.bincount(unit[masks[r]], minlength=n_units) > 0
-            kept_units[r, :n_units] = kept
-            prio = np.asarray(priorities[r], np.float64)[:n_units]
-            inside, outside = np.flatnonzero(kept), np.flatnonzero(~kept)
-            inside = inside[np.lexsort((inside, prio[inside]))][:candidates]
-            outside = outside[np.lexsort((outside, -prio[outside]))][:candidates]
-            changed = [*inside, *outside]
-            context = np.asarray(self.pool[i].context)
-            for u in (None, *changed):
-                units = kept.copy()
-                if u is not None:
-                    units[u] = not units[u]
-                contexts.append(context[units[unit]].tolist())
-                rows.append(i)
-            plans.append((np.asarray(changed, dtype=np.int64), kept))
-        scores = self.score_contexts(rows, contexts)
-        self.credit_stats["episodes"] += len(indices)
-        self.credit_stats["prompts"] += len(contexts)
-        self.credit_stats["context_tokens"] += sum(len(c) for c in contexts)
-        reference = np.zeros(len(indices))
-        at = 0
-        for r, (changed, kept) in enumerate(plans):
-            base, variants = scores[at], scores[at + 1 : at + 1 + len(changed)]
-            at += 1 + len(changed)
-            reference[r] = base
-            credit[r, changed] = np.where(kept[changed], base - variants, variants - base)
-        return credit, kept_units, reference
-
-    def credit_gains(self, indices: Sequence[int], masks: Sequence[np.ndarray], group_size: int) -> np.ndarray:
-        """Each episode's summed counterfactual credit for the units its group does not agree on (issue 25).
-
-        Consecutive groups of ``group_size`` episodes play one example. In a group, the *reference* keeps the
-        units most of its episodes keep; every unit some but not all episodes keep is scored by the frozen model
-        once against it: added to the reference when the reference lacks it, taken out when it holds it. The
-        unit's credit is the score with it minus the score without it, and an episode's gain is the sum of the
-        credits of those units it keeps. Units every episode keeps (or none does) would add the same amount to
-        every gain of the group, which the group baseline cancels, so they cost no forward.
-
-        Against each episode's own prompt score this measures one unit's effect in one context the group shares,
-        instead of a whole selection's score, where every other kept unit adds its own noise: a group of G whose
-        episodes differ in d units costs 1 + d prompts (d is small once the policy is confident) instead of G.
-        ``credit_stats`` counts the prompts and their context tokens.
-
-        Returns:
-            ``[B]`` gains (task-score units; 0 for a group whose episodes all keep the same units).
-        """
-        if len(indices) % group_size:
-            raise ValueError(f"{len(indices)} episodes do not form groups of {group_size}")
-        gains = np.zeros(len(indices), np.float64)
-        rows, contexts, plans = [], [], []
-        for g0 in range(0, len(indices), group_size):
-            group = range(g0, g0 + group_size)
-            i = indices[g0]
-            if any(indices[r] != i for r in group):
-                raise ValueError(f"episodes {g0}..{g0 + group_size - 1} of a credit group play different examples")
-            unit = self.inputs[i].unit_index
-            n_units = len(self.inputs[i].unit_lengths)
-            kept = np.stack([np.bincount(unit[masks[r]], minlength=n_units) > 0 for r in group])
-            count = kept.sum(0)
-            differ = np.flatnonzero((count > 0) & (count < group_size))
-            if not len(differ):
-                continue
-            reference = count * 2 > group_size
-            context = np.asarray(self.pool[i].context)
-            for u in (None, *differ):
-                units = reference.copy()
-                if u is not None:
-                    units[u] = not units[u]
-                contexts.append(context[units[unit]].tolist())
-                rows.append(i)
-            plans.append((group, kept[:, differ], reference[differ], len(differ) + 1))
-        if not plans:
-            return gains
-        scores = self.score_contexts(rows, contexts)
-        self.credit_stats["groups"] += len(indices) // group_size
-        self.credit_stats["prompts"] += len(contexts)
-        self.credit_stats["context_tokens"] += sum(len(c) for c in contexts)
-        at = 0
-        for group, kept, in_reference, n in plans:
-            base, variants = scores[at], scores[at + 1 : at + n]
-            at += n
-            credit = np.where(in_reference, base - variants, variants - base)
-            gains[list(group)] = kept @ credit
-        return gains

@@ -13,7 +13,7 @@ last step and gamma = lambda = 1 this is an unbiased, low-variance advantage tha
 still runs unchanged on top of it.
 Counterfactual credit (``credit="counterfactual"``, groups needed): an episode's task score is replaced by the
 frozen model's credit for the units it keeps that its group disagrees on, each scored once against the group's
-majority selection (:meth:`~envs.core.TokenKeepCore.credit_gains`); centred the same way. The reward then carries
+majority selection (:func:`~envs.credit.credit_gains`); centred the same way. The reward then carries
 each differing unit's own effect instead of a whole prompt's score, where every other kept unit adds noise.
 Dense credit (``credit="dense"``): the last round also scores every kept unit taken out and the best-ranked
 dropped units added, at each episode's own selection, into ``info["unit_credit"]`` (per unit) for

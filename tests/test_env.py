@@ -7,6 +7,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs  # noqa: F401  (registers the env)
 from envs.core import LRUCache, TokenKeepCore
+from envs.credit import credit_gains
 from envs.examples import encode_example
 from envs.scoring import build_prompts, choice_priors, make_score, score_reduced
 from envs.task_families import make_examples
@@ -435,21 +436,21 @@ def test_counterfactual_credit_scores_each_disputed_unit_once_against_the_majori
 
     monkeypatch.setattr(core, "score_contexts", counting)
     # two of three keep u: the reference holds it, and u is scored taken out of it (1 + 1 prompts)
-    gains = core.credit_gains([i] * 3, [with_u[unit], with_u[unit], base[unit]], 3)
+    gains = credit_gains(core, [i] * 3, [with_u[unit], with_u[unit], base[unit]], 3)
     assert calls == [[int(with_u[unit].sum()), int(base[unit].sum())]]
     assert gains == pytest.approx([s_with - s_without] * 2 + [0.0], abs=1e-5)
     # one of two keeps u: the reference lacks it, and u is scored added to it; the group's centred credit is then
     # exactly the centred difference of the two episodes' own scores
     calls.clear()
-    gains = core.credit_gains([i] * 2, [base[unit], with_u[unit]], 2)
+    gains = credit_gains(core, [i] * 2, [base[unit], with_u[unit]], 2)
     assert calls == [[int(base[unit].sum()), int(with_u[unit].sum())]]
     assert gains - gains.mean() == pytest.approx(np.array([s_without, s_with]) - (s_with + s_without) / 2, abs=1e-5)
     # a group that agrees costs no forward and gets no credit
     calls.clear()
-    assert core.credit_gains([i] * 2, [base[unit], base[unit]], 2) == pytest.approx([0.0, 0.0])
+    assert credit_gains(core, [i] * 2, [base[unit], base[unit]], 2) == pytest.approx([0.0, 0.0])
     assert calls == []
     with pytest.raises(ValueError, match="different examples"):
-        core.credit_gains([0, 1], [base[unit], base[unit]], 2)
+        credit_gains(core, [0, 1], [base[unit], base[unit]], 2)
 
 
 def test_vec_env_with_counterfactual_credit_centres_the_credit(tiny_lm):

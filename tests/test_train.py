@@ -13,6 +13,7 @@ from agents.ppo import build_ppo, train
 from agents.run_dir import RunDirectoryError, RunLock
 from agents.warm_start import behaviour_cloning, evidence_units
 from envs.core import TokenKeepCore
+from envs.credit import unit_credits
 from envs.examples import encode_example
 from envs.task_specs import load_tasks
 from envs.vec_env import BatchedTokenKeepVecEnv
@@ -346,7 +347,7 @@ def test_dense_credit_training_runs_and_scores_every_kept_unit(tiny_lm, tmp_path
         smoke_config(credit="dense")
     core = TokenKeepCore(tiny_lm, cfg.tasks.train, processor=cfg.processor)
     masks = core.start([0], [Budget(rate=0.5)], last_round=True).keep([np.linspace(1, -1, 96)])
-    credit, kept, own = core.unit_credits([0], masks, [np.linspace(1, -1, 96)], candidates=2)
+    credit, kept, own = unit_credits(core, [0], masks, [np.linspace(1, -1, 96)], candidates=2)
     assert kept[0].sum() > 2 and (~kept[0][: core.inputs[0].n_units]).sum() > 2
     assert core.credit_stats["prompts"] == 1 + 2 + 2  # the selection, its two last units out, the next two in
     # priorities fall with the position: the edge is the last two kept units and the first two dropped ones
