@@ -106,7 +106,7 @@ class _BM25:
     def top(self, query: Sequence[str], k: int, exclude: set[int]) -> list[int]:
         """The ``k`` best documents for ``query`` (ties to the earlier document), leaving out ``exclude``."""
         scores: dict[int, float] = {}
-        for w in set(query):
+        for w in sorted(set(query)):  # a fixed order: float sums in hash order differ between processes
             for i in self.index.get(w, ()):
                 tf = self.tf[i][w]
                 scores[i] = scores.get(i, 0.0) + self.idf[w] * tf * (self.k1 + 1) / (tf + self.norm[i])

@@ -147,10 +147,11 @@ def bm25_scores(
     inv = idf(docs)
     avg = max(float(np.mean([len(d) for d in docs])) if docs else 1.0, 1e-9)
     out = np.zeros(len(docs))
+    terms = sorted(weights.items())  # in word order: a float sum in set order differs between processes
     for i, d in enumerate(docs):
         tf = Counter(d)
         norm = k1 * (1 - b + b * len(d) / avg)
-        out[i] = sum(wq * inv.get(w, 0.0) * tf[w] * (k1 + 1) / (tf[w] + norm) for w, wq in weights.items() if tf[w])
+        out[i] = sum(wq * inv.get(w, 0.0) * tf[w] * (k1 + 1) / (tf[w] + norm) for w, wq in terms if tf[w])
     return out
 
 
