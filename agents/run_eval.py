@@ -56,6 +56,20 @@ class EvalArgs:
     progress: bool = True
 
 
+def reducer_name(path: Path) -> str:
+    """A reducer's method name in reports: ``tokenkeep:<run>`` for ``<run>/reducer``, else its directory's name."""
+    path = Path(path)
+    return f"tokenkeep:{path.parent.name if path.name == 'reducer' else path.name}"
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, primed until it is not in ``taken`` (which it is then added to)."""
+    while name in taken:
+        name += "'"
+    taken.add(name)
+    return name
+
+
 def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     """Evaluate and write the report; returns the markdown table.
 
@@ -94,11 +108,7 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
             local = not (lm.remote or is_remote_spec(reducer.config.base_model.spec))
             reducer.check_compatible(lm.tokenizer, lm.spec if local else None, lm.file_hash if local else None)
         same = tokenizer_fingerprint(lm.tokenizer) == reducer.config.tokenizer.fingerprint
-        name = f"tokenkeep:{path.parent.name if path.name == 'reducer' else path.name}"
-        name += "" if same else " (re-tokenized)"
-        while name in names:
-            name += "'"
-        names.add(name)
+        name = unique_name(reducer_name(path) + ("" if same else " (re-tokenized)"), names)
         if not same:
             print(f"{name}: the reducer's tokenizer differs from the frozen model's; its kept text is re-tokenized")
         methods.append(ReducerMethod(reducer, name, args.token_cost, retokenize_with=None if same else lm.tokenizer))

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from agents.baselines import KeepMethod, ReducerMethod, make_baselines  # noqa: E402
 from agents.evaluate import load_eval_tasks, readability  # noqa: E402
+from agents.run_eval import reducer_name, unique_name  # noqa: E402
 from envs.model_cache import load_model  # noqa: E402
 from policies.budget import Budget  # noqa: E402
 from policies.reducer import TokenReducer  # noqa: E402
@@ -43,8 +44,9 @@ def main() -> None:
     args = ap.parse_args()
     loaded = load_model("smollm2-135m")
     methods: list[KeepMethod] = make_baselines(["bm25", "random"], lm=None, seed=args.seed)  # type: ignore[arg-type]
+    names: set[str] = set()
     for d in args.reducer:
-        methods.append(ReducerMethod(TokenReducer.from_pretrained(d), f"tokenkeep:{Path(d).parent.name}"))
+        methods.append(ReducerMethod(TokenReducer.from_pretrained(d), unique_name(reducer_name(Path(d)), names)))
     if args.untrained:
         from agents.config import PRESETS
 

@@ -307,3 +307,14 @@ def test_learning_curve_png_from_eval_history(tmp_path):
     assert not list(tmp_path.glob(".*"))  # the temporary file was renamed
     with pytest.raises(ValueError, match="no evaluation at rate 0.3"):
         write_learning_curve(tmp_path, rate=0.3)
+
+
+def test_reducer_method_names_follow_the_run_or_the_directory():
+    from pathlib import Path
+
+    from agents.run_eval import reducer_name, unique_name
+
+    assert reducer_name(Path("runs/d7/reducer")) == "tokenkeep:d7"
+    assert reducer_name(Path("runs/d7_step0")) == "tokenkeep:d7_step0"  # not "runs"
+    taken: set[str] = set()
+    assert [unique_name("tokenkeep:a", taken) for _ in range(3)] == ["tokenkeep:a", "tokenkeep:a'", "tokenkeep:a''"]
