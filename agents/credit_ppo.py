@@ -72,6 +72,10 @@ class CreditPPO(PPO):
         self._kept = np.zeros(shape, bool)
         self._scored = np.zeros(shape[:2], bool)
 
+    def _excluded_save_params(self) -> list[str]:
+        # the rollout's credits are rebuilt by the next rollout, like SB3's own rollout buffer
+        return [*super()._excluded_save_params(), "_credit", "_kept", "_scored"]
+
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:  # noqa: D102
         self._scored[:] = False
         return super().collect_rollouts(*args, **kwargs)
