@@ -1,9 +1,9 @@
 """PPO on dense counterfactual credit (issue 25): each unit's measured effect is the advantage of picking it.
 
 Rollouts play the deterministic selection (``ppo.exploration none``: what the reducer deploys). At each episode's
-last round the env scores every kept unit taken out and the best-ranked dropped units added, all at that
-selection (:func:`envs.credit.unit_credits`): a unit's credit ``c_u`` is the task score with it
-minus the score without it. The update maximises the expected credit of one swap of
+last round the env scores the units at the selection's edge, its lowest-ranked kept units taken out and its
+best-ranked dropped units added (:func:`envs.credit.unit_credits`): a unit's credit ``c_u`` is the task score
+with it minus the score without it (0 for the units not scored). The update maximises the expected credit of one swap of
 :class:`policies.ranking.SwapDistribution` at the selection (add a dropped unit ``u`` with ``p_add(u)``, take a
 kept unit ``v`` out with ``p_out(v)``), summed over every possible pick instead of estimated from a sampled one:
 
@@ -14,7 +14,9 @@ with PPO's clipped ratio per pick, ``sum_u p_old(u) min(r_u A_u, clip(r_u, 1 - e
 ``r_u = p(u) / p_old(u)``. No sampled action enters the gradient: its noise is the frozen model's, not the
 policy's (``bench/gradient_snr.py --credit dense`` measures the ratio). Raising a dropped unit with positive
 credit until it crosses the cut, or lowering a kept one whose removal helps, changes what the reducer keeps.
-Probe rounds earn no credit here; the warm start trains them.
+Probe rounds earn no credit here; the warm start trains them. Known limit (README, "Does PPO now learn?"): under
+a ceiling budget the selection is what scores above STOP, and lowering kept units whose removal helps the frozen
+model's likelihood, with no replacement raised above STOP, shrinks it (one of two seeds lost recall so).
 
 This is stable-baselines3's PPO (rollouts, buffer, schedules, checkpoints, logging) with :meth:`CreditPPO.train`
 replaced; the value head is not trained (the expectation over picks needs no baseline from it), and

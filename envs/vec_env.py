@@ -15,9 +15,9 @@ Counterfactual credit (``credit="counterfactual"``, groups needed): an episode's
 frozen model's credit for the units it keeps that its group disagrees on, each scored once against the group's
 majority selection (:func:`~envs.credit.credit_gains`); centred the same way. The reward then carries
 each differing unit's own effect instead of a whole prompt's score, where every other kept unit adds noise.
-Dense credit (``credit="dense"``): the last round also scores every kept unit taken out and the best-ranked
-dropped units added, at each episode's own selection, into ``info["unit_credit"]`` (per unit) for
-:class:`agents.credit_ppo.CreditPPO`.
+Dense credit (``credit="dense"``): the last round scores each episode's own selection and the units at its edge
+(its lowest-ranked kept units taken out, its best-ranked dropped units added), the credits per unit going into
+``info["unit_credit"]`` for :class:`agents.credit_ppo.CreditPPO`.
 ``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring. The full context's score
 cancels out of a centred reward, so with groups it is not computed (one forward per example saved):
 ``raw_reward`` is then the task score minus the token cost, not relative to the full context, and
