@@ -1,4 +1,8 @@
-"""The policy's action distribution: a Plackett-Luce ranking of units, cut by the budget (pure torch).
+"""The policy's action distributions: a Plackett-Luce ranking of units, cut by the budget (pure torch).
+
+:class:`RankingDistribution` is the default (below); :class:`SwapDistribution` samples the deterministic
+selection with one unit exchanged, and :class:`ModeDistribution` the deterministic selection itself
+(``ppo.exploration``). All three share :meth:`RankingDistribution.mode`, what the reducer deploys.
 
 The network scores every unit. A sampled action is an ordering of the units (Gumbel-perturbed scores, sorted),
 which is how a ranking policy samples without replacement. The budget decides where the ordering stops:

@@ -4,7 +4,8 @@ The only module of :mod:`policies` that imports stable-baselines3 and gymnasium;
 
 :class:`TokenKeepPolicy` replaces SB3's flatten-then-MLP pipeline with :class:`~policies.network.TokenKeepNetwork`
 (a token encoder pooled into units, then a unit encoder, conditioned on the budget). Its action distribution is
-:class:`~policies.ranking.RankingDistribution`: a Plackett-Luce ranking of the units, cut by each episode's
+by default :class:`~policies.ranking.RankingDistribution` (``exploration`` picks another of
+:data:`~policies.ranking.DISTRIBUTIONS`): a Plackett-Luce ranking of the units, cut by each episode's
 budget; an action is one priority per unit in [-1, 1] (a ``Box`` space), which the environment turns into a
 keep mask with :func:`policies.budget.fill_units`. Works with ``PPO.save`` / ``PPO.load``.
 """
