@@ -420,20 +420,21 @@ class TokenKeepCore:
         """
         actions = [self.check_action(a) for a in actions]
         masks = (selection if selection is not None else self.start(indices, budgets, last_round=True)).keep(actions)
+        kept_ids = [
+            tuple(t for t, k in zip(self.pool[i].context, keep, strict=True) if k)
+            for i, keep in zip(indices, masks, strict=True)
+        ]
         if credit_group > 1:
             gains = credit_gains(self, indices, masks, credit_group)
-            return self._results(indices, budgets, masks, gains, [float("nan")] * len(indices))
+            return self._results(indices, budgets, kept_ids, gains, [float("nan")] * len(indices))
         if credit_candidates > 0:
             credit, kept, scores = unit_credits(self, indices, masks, actions, credit_candidates)
-            res = self._results(indices, budgets, masks, scores.tolist(), scores.tolist())
+            res = self._results(indices, budgets, kept_ids, scores.tolist(), scores.tolist())
             for r, info in enumerate(res.infos):
                 info["unit_credit"], info["unit_kept"] = credit[r], kept[r]
             return res
         need_full = full_context or self.score.needs_reference
         full = self.full_scores(indices) if need_full else [(float("nan"), None)] * len(indices)
-        kept_ids: list[tuple[int, ...]] = []
-        for i, keep in zip(indices, masks, strict=True):
-            kept_ids.append(tuple(t for t, k in zip(self.pool[i].context, keep, strict=True) if k))
         # Episodes that keep everything reuse the cached full-context score: exact, and no forward needed.
         todo = [
             r
@@ -449,31 +450,30 @@ class TokenKeepCore:
             for r in todo:
                 scores[r] = float(value[(indices[r], kept_ids[r])])
         gains = [s - f[0] if self.score.relative and need_full else s for s, f in zip(scores, full, strict=True)]
-        return self._results(indices, budgets, masks, gains, scores, [f[0] for f in full])
+        return self._results(indices, budgets, kept_ids, gains, scores, [f[0] for f in full])
 
     def _results(
         self,
         indices: Sequence[int],
         budgets: Sequence[Budget],
-        masks: Sequence[np.ndarray],
+        kept_ids: Sequence[Sequence[int]],
         gains: Sequence[float],
         scores: Sequence[float],
         full: Sequence[float] | None = None,
     ) -> StepResult:
-        """Rewards (task gain minus token cost) and infos of scored keep decisions."""
+        """Rewards (task gain minus token cost) and infos of scored keep decisions (``kept_ids``: the kept tokens)."""
         full = full if full is not None else [float("nan")] * len(indices)
         rewards = np.zeros(len(indices), np.float32)
         costs = [self.budget.token_cost(b) for b in budgets]
         infos = []
         for r, i in enumerate(indices):
             e = self.pool[i]
-            kept_ids = [t for t, k in zip(e.context, masks[r], strict=True) if k]
-            ratio = len(kept_ids) / len(e.context)
+            ratio = len(kept_ids[r]) / len(e.context)
             rewards[r] = gains[r] - costs[r] * ratio
             infos.append(
                 {
                     "kept_ratio": ratio,
-                    "kept_tokens": len(kept_ids),
+                    "kept_tokens": len(kept_ids[r]),
                     "context_tokens": len(e.context),
                     "task_score": scores[r],
                     "full_score": full[r],
@@ -482,7 +482,7 @@ class TokenKeepCore:
                     "adaptive": budgets[r].adaptive,
                     "example_index": int(i),
                     "family": e.example.family,
-                    "reduced_text": self.lm.decode(kept_ids),
+                    "reduced_text": self.lm.decode(kept_ids[r]),
                 }
             )
         return StepResult(rewards, infos)

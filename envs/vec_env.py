@@ -53,7 +53,7 @@ class BatchedTokenKeepVecEnv(VecEnv):
         group_size: Episodes per group that share an example and a budget (1: no group baseline).
         credit: ``episode`` (each episode's own prompt), ``counterfactual`` (credit within the group; needs
             ``group_size`` > 1) or ``dense`` (per-unit credit in the infos).
-        credit_candidates: Dropped units scored per episode with dense credit.
+        credit_candidates: Units scored on each side of the selection's edge per episode with dense credit.
     """
 
     def __init__(
