@@ -35,6 +35,11 @@ NEG = -1e9
 """Score of padding units: never picked."""
 
 
+def masked_log_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``[B, U]`` log-softmax of ``logits`` over each row's ``allowed`` entries (the others hold about ``NEG``)."""
+    return torch.log_softmax(torch.where(allowed, logits, torch.full_like(logits, NEG)), dim=1)
+
+
 def _encode(order: torch.Tensor, prefix_len: torch.Tensor, n_units: int) -> torch.Tensor:
     """Priorities ``[B, U]`` from orderings ``[B, U]`` and prefix lengths ``[B]``."""
     b, u = order.shape
@@ -200,8 +205,7 @@ class SwapDistribution(RankingDistribution):
         outside = self.valid & ~reference
 
         def pick(logits: torch.Tensor, allowed: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-            masked = torch.where(allowed, logits, torch.full_like(logits, NEG))
-            logp = masked - torch.logsumexp(masked, dim=1, keepdim=True)
+            logp = masked_log_softmax(logits, allowed)
             return torch.where(chosen & allowed, logp, torch.zeros_like(logp)).sum(1)
 
         return pick(self.scores, outside, added) + pick(-self.scores, reference, dropped_out)
@@ -210,8 +214,7 @@ class SwapDistribution(RankingDistribution):
         """``[B]`` entropy of the unit added (over the mode's dropped units), divided by log(choices)."""
         kept = (self.mode() > 0) & self.valid
         outside = self.valid & ~kept
-        masked = torch.where(outside, self.scores, torch.full_like(self.scores, NEG))
-        logp = torch.log_softmax(masked, dim=1)
+        logp = masked_log_softmax(self.scores, outside)
         ent = -(logp.exp() * torch.where(outside, logp, torch.zeros_like(logp))).sum(1)
         return ent / torch.log(outside.sum(1).clamp(min=2).float())
 
@@ -226,8 +229,7 @@ def swap_probabilities(
     """
     out = []
     for logits, allowed in ((scores, valid & ~kept), (-scores, valid & kept)):
-        masked = torch.where(allowed, logits, torch.full_like(logits, NEG))
-        out.append(torch.softmax(masked, dim=1) * allowed)
+        out.append(masked_log_softmax(logits, allowed).exp() * allowed)
     return out[0], out[1]
 
 
