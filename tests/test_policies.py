@@ -39,6 +39,11 @@ def _offsets(tokenizer, text):
     return b["input_ids"], b["offset_mapping"]
 
 
+def _unit_texts(tokenizer, ids, index):
+    """The decoded text of each unit, in order."""
+    return [tokenizer.decode([t for t, i in zip(ids, index, strict=True) if i == u]) for u in range(index[-1] + 1)]
+
+
 @pytest.mark.parametrize("unit", ["token", "word", "sentence"])
 def test_units_never_split_a_character(tiny_tokenizer, unit):
     ids, offsets = _offsets(tiny_tokenizer, MIXED)
@@ -62,13 +67,10 @@ def test_units_nest_and_follow_words_and_sentences(tiny_tokenizer):
     for fine, coarse in ((tok, word), (word, sent)):  # a coarser unit never splits a finer one
         for u in range(fine[-1] + 1):
             assert len(set(coarse[fine == u])) == 1
-    def text_of(index, u):
-        return tiny_tokenizer.decode([t for t, i in zip(ids, index, strict=True) if i == u])
-
-    sentences = [text_of(sent, u) for u in range(sent[-1] + 1)]
+    sentences = _unit_texts(tiny_tokenizer, ids, sent)
     assert sentences[1].strip() == "The code for otter is 1234."
     assert sentences[2].strip() == "Hi!"
-    words_ = [text_of(word, u).strip() for u in range(word[-1] + 1)]
+    words_ = [w.strip() for w in _unit_texts(tiny_tokenizer, ids, word)]
     assert "otter" in words_ and "1234." in words_ and "naïve" in words_
     assert unit_lengths(sent).sum() == len(ids)
     with pytest.raises(ValueError, match="unknown unit"):
@@ -82,9 +84,7 @@ def test_sentences_do_not_end_at_abbreviations_initials_or_numbering(tiny_tokeni
     )
     ids, offsets = _offsets(tiny_tokenizer, text)
     sent = segment(text, offsets, "sentence")
-    got = [tiny_tokenizer.decode([t for t, i in zip(ids, sent, strict=True) if i == u]) for u in range(sent[-1] + 1)]
-    got = [g.strip() for g in got]
-    assert got == [
+    assert [g.strip() for g in _unit_texts(tiny_tokenizer, ids, sent)] == [
         "It reached No. 3 in the UK Singles Chart.",
         "J. K. Rowling met Dr. Smith, e.g. the editor.",
         "The pass key is 71432.",
