@@ -107,6 +107,10 @@ class PPOConfig:
         exploration: What an episode samples: ``ranking``, a Plackett-Luce ranking of every unit; ``swap``, the
             deterministic selection (what the reducer deploys) with one dropped unit exchanged for one kept unit
             (:class:`policies.ranking.SwapDistribution`); ``none``, the deterministic selection itself.
+        anchor: With ``dense`` credit, weight of a clone term to the policy PPO started from (the warm start): the
+            squared change of each unit's margin over STOP, summed over a row's units. The credit moves the units
+            at the selection's edge; the anchor holds the rest where the warm start put them, so that a shift of
+            every score relative to STOP cannot shrink or grow what the reducer keeps (0: off).
     """
 
     total_timesteps: int = 4096
@@ -124,6 +128,7 @@ class PPOConfig:
     credit: Literal["episode", "counterfactual", "dense"] = "episode"
     credit_candidates: int = 8
     exploration: Literal["ranking", "swap", "none"] = "ranking"
+    anchor: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "group_size"):
@@ -140,6 +145,8 @@ class PPOConfig:
                 "ppo.credit 'dense' learns from every unit's credit at the deterministic selection and ppo.exploration "
                 "'none' plays that selection: set both or neither"
             )
+        if self.anchor < 0 or (self.anchor > 0 and self.credit != "dense"):
+            raise ValueError(f"ppo.anchor must be >= 0, and above 0 only with ppo.credit 'dense', got {self.anchor}")
         if self.credit == "counterfactual" and self.group_size < 2:
             raise ValueError("ppo.credit 'counterfactual' compares a group's episodes: ppo.group_size must be >= 2")
 
@@ -176,6 +183,9 @@ class WarmStartConfig:
         stop_holdout: Share of each family's examples held out of the ranking loss to calibrate STOP alone, on
             the network's scores of examples it was not fitted on (0: STOP learns on every example, against
             scores the ranking has fitted, and so sits where memorised evidence scores, above new text's).
+        init_from: A checkpoint (``.zip``) whose policy starts PPO instead of a new warm start, e.g. another run's
+            ``checkpoints/ckpt_000000000.zip`` (its warm start): ablations of the RL stage then share one warm start
+            and cost no warm-start time; ``steps`` is not used. The network config must match the checkpoint's.
     """
 
     steps: int = 0
@@ -187,6 +197,7 @@ class WarmStartConfig:
     credit_rate: float = 0.3
     stop_recall: float = 1.0
     stop_holdout: float = 0.0
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -198,9 +209,7 @@ class WarmStartConfig:
         if self.stop_recall <= 0:
             raise ValueError(f"warm_start.stop_recall must be > 0, got {self.stop_recall}")
         if self.credit_examples < 0 or self.credit_threshold <= 0 or not 0 < self.credit_rate <= 1:
-            raise ValueError(
-                "warm_start.credit_examples must be >= 0, credit_threshold > 0 and credit_rate in (0, 1]"
-            )
+            raise ValueError("warm_start.credit_examples must be >= 0, credit_threshold > 0 and credit_rate in (0, 1]")
 
 
 @dataclass

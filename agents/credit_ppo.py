@@ -14,9 +14,13 @@ with PPO's clipped ratio per pick, ``sum_u p_old(u) min(r_u A_u, clip(r_u, 1 - e
 ``r_u = p(u) / p_old(u)``. No sampled action enters the gradient: its noise is the frozen model's, not the
 policy's (``bench/gradient_snr.py --credit dense`` measures the ratio). Raising a dropped unit with positive
 credit until it crosses the cut, or lowering a kept one whose removal helps, changes what the reducer keeps.
-Probe rounds earn no credit here; the warm start trains them. Known limit (README, "Does PPO now learn?"): under
-a ceiling budget the selection is what scores above STOP, and lowering kept units whose removal helps the frozen
-model's likelihood, with no replacement raised above STOP, shrinks it (one of two seeds lost recall so).
+Probe rounds earn no credit here; the warm start trains them.
+
+Both picks' probabilities are unchanged by a shift of every score, so the objective says nothing about where
+units sit relative to STOP; under a ceiling budget the selection is what scores above STOP, and without an anchor
+the shared trunk's moves shrank it (README, "Does PPO now learn?": one of two seeds lost recall so).
+``ppo.anchor`` adds ``anchor * sum_u (m_u - m0_u)^2`` to each row's loss, ``m_u`` a unit's score minus STOP and
+``m0_u`` the same under the policy PPO started from (kept frozen here, saved with the checkpoints).
 
 This is stable-baselines3's PPO (rollouts, buffer, schedules, checkpoints, logging) with :meth:`CreditPPO.train`
 replaced; the value head is not trained (the expectation over picks needs no baseline from it), and
@@ -26,6 +30,7 @@ replaced; the value head is not trained (the expectation over picks needs no bas
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,8 +72,15 @@ def swap_objective(
 class CreditPPO(PPO):
     """PPO whose update maximises the expected counterfactual credit of one swap (see the module docstring)."""
 
+    def __init__(self, *args: Any, anchor: float = 0.0, **kwargs: Any) -> None:
+        self.anchor = anchor
+        super().__init__(*args, **kwargs)
+
     def _setup_model(self) -> None:
         super()._setup_model()
+        # the policy PPO starts from: copied again when learning starts (after the warm start); SB3's load restores
+        # it from the checkpoint after this
+        self._anchor_policy = copy.deepcopy(self.policy).requires_grad_(False) if self.anchor > 0 else None
         shape = (self.n_steps, self.n_envs, int(self.action_space.shape[0]))
         self._credit = np.zeros(shape, np.float32)
         self._kept = np.zeros(shape, bool)
@@ -77,6 +89,15 @@ class CreditPPO(PPO):
     def _excluded_save_params(self) -> list[str]:
         # the rollout's credits are rebuilt by the next rollout, like SB3's own rollout buffer
         return [*super()._excluded_save_params(), "_credit", "_kept", "_scored"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        names, variables = super()._get_torch_save_params()
+        return ([*names, "_anchor_policy"] if self._anchor_policy is not None else names), variables
+
+    def learn(self, *args: Any, **kwargs: Any) -> CreditPPO:  # noqa: D102
+        if self._anchor_policy is not None and self.num_timesteps == 0:  # a resumed run keeps its saved anchor
+            self._anchor_policy.load_state_dict(self.policy.state_dict())
+        return super().learn(*args, **kwargs)
 
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:  # noqa: D102
         self._scored[:] = False
@@ -92,10 +113,13 @@ class CreditPPO(PPO):
                 self._kept[pos, e] = info["unit_kept"]
                 self._scored[pos, e] = True
 
-    def _scores(self, obs: Mapping[str, np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(
+        self, obs: Mapping[str, np.ndarray], rows: np.ndarray, policy: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, U]`` unit scores, ``[B, U]`` valid units and ``[B, U]`` margins over STOP of ``policy``'s."""
         batch = {k: torch.as_tensor(v[rows], device=self.device) for k, v in obs.items()}
-        dist = self.policy.get_distribution(batch)
-        return dist.scores, dist.valid
+        dist = (policy or self.policy).get_distribution(batch)
+        return dist.scores, dist.valid, dist.scores - dist.stop[:, None]
 
     def rollout_credit(self) -> dict[str, np.ndarray]:
         """The scored last-round steps of the rollout: observations, kept units and credits."""
@@ -127,21 +151,32 @@ class CreditPPO(PPO):
             ]
             scores = torch.cat([p[0] for p in parts])
             valid = torch.cat([p[1] for p in parts])
+            if self._anchor_policy is not None:
+                anchor_margin = torch.cat(
+                    [
+                        self._scores(data["obs"], np.arange(n)[i : i + self.batch_size], self._anchor_policy)[2]
+                        for i in range(0, n, self.batch_size)
+                    ]
+                )
             kept = kept & valid
             old = swap_probabilities(scores, valid, kept)
             adv = self.advantages(kept, credit, old)
             # one scale for the rollout: the credits' spread over the picks that have mass
             mass = torch.where(kept, old[1], old[0]) > 0
             adv = adv / (adv[mass].std() + 1e-8) if mass.sum() > 1 else adv
-        losses, clip_fractions = [], []
+        losses, clip_fractions, drifts = [], [], []
         for _ in range(self.n_epochs):
             for rows in np.array_split(np.random.permutation(n), max(1, round(n / self.batch_size))):
                 r = torch.as_tensor(rows, device=self.device)
-                new_scores, _ = self._scores(data["obs"], rows)
+                new_scores, _, margin = self._scores(data["obs"], rows)
                 obj, clip_mass = swap_objective(
                     new_scores, valid[r], kept[r], adv[r], (old[0][r], old[1][r]), clip_range
                 )
                 loss = -obj.mean()
+                if self._anchor_policy is not None:
+                    drift = torch.where(valid[r], margin - anchor_margin[r], 0.0).square()
+                    loss = loss + self.anchor * drift.sum(1).mean()
+                    drifts.append((drift.sum() / valid[r].sum()).sqrt().item())
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
@@ -155,5 +190,7 @@ class CreditPPO(PPO):
             "train/credit_abs_mean", float(credit.abs()[credit != 0].mean()) if (credit != 0).any() else 0.0
         )
         self.logger.record("train/scored_steps", n)
+        if drifts:  # root-mean-square change of a unit's margin over STOP since PPO started
+            self.logger.record("train/anchor_drift", float(np.mean(drifts)))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)

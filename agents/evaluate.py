@@ -296,6 +296,7 @@ def evaluate(
     progress: bool = True,
     chunk_size: int = 128,
     trace: EvalTrace | None = None,
+    adaptive: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every method on every task at every rate, streaming through each task once.
 
@@ -316,6 +317,7 @@ def evaluate(
         progress: Show a progress bar (examples).
         chunk_size: Examples scored together.
         trace: Filled with what was computed (prompts, tokens, time, per-example scores), when given.
+        adaptive: Also score each adaptive method (a trained reducer) at its own budget, besides the rates.
 
     Returns:
         The report dict (see the module docstring).
@@ -327,7 +329,7 @@ def evaluate(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     budgets = {m.name: [Budget(rate=r) for r in rates] if m.uses_rate else [Budget()] for m in methods}
     for m in methods:
-        if m.adaptive:
+        if m.adaptive and adaptive:
             budgets[m.name].append(Budget())  # its own choice of how much to keep
     bar = tqdm(desc="evaluating", unit="example", disable=not progress)
     results, examples, counts = [], [], {}

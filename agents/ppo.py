@@ -92,7 +92,34 @@ def build_ppo(config: TrainConfig, venv: BatchedTokenKeepVecEnv, tensorboard_log
         seed=config.run.seed,
         device=config.model.device,
         verbose=0,
+        **({"anchor": p.anchor} if p.credit == "dense" else {}),
     )
+
+
+def load_policy_weights(model: PPO, path: str | os.PathLike[str]) -> None:
+    """Start ``model`` from the policy saved in the checkpoint ``path`` (``warm_start.init_from``).
+
+    Raises:
+        ValueError: If ``path`` is not a readable SB3 checkpoint, or its policy's network differs from the config's.
+    """
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"warm_start.init_from: {path} is not a file (a checkpoint such as checkpoints/ckpt_*.zip)")
+    try:
+        _, params, _ = load_from_zip_file(path, device=model.device, load_data=False)
+    except Exception as err:  # zipfile, pickle and torch raise different errors for a file that is no checkpoint
+        raise ValueError(f"warm_start.init_from: {path} is not a stable-baselines3 checkpoint ({err})") from err
+    if not params or "policy" not in params:
+        raise ValueError(f"warm_start.init_from: {path} holds no policy weights")
+    try:
+        model.policy.load_state_dict(params["policy"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"warm_start.init_from: the policy in {path} does not fit this run's network config (its network "
+            f"options must be the ones the checkpoint was trained with): {str(err).splitlines()[0]}"
+        ) from err
 
 
 def train(
@@ -141,6 +168,9 @@ def _train(
     command: Sequence[str] | None,
     export: bool,
 ) -> Path:
+    init = config.warm_start.init_from
+    if init and not resume and not Path(init).is_file():  # before the frozen model loads: fail in seconds
+        raise ValueError(f"warm_start.init_from: {init} is not a file (a checkpoint such as checkpoints/ckpt_*.zip)")
     config = prepare_run_dir(out, config, resume, command)
     remove_partial_writes(out)  # what a killed predecessor was writing; never read
     run = config.run
@@ -169,7 +199,10 @@ def _train(
         print(f"resuming from {ckpt} at {model.num_timesteps // rounds} episodes")
     else:
         model = build_ppo(config, venv, str(out / "tb"))
-        if config.warm_start.steps:
+        if config.warm_start.init_from:
+            load_policy_weights(model, config.warm_start.init_from)
+            print(f"warm start: the policy of {config.warm_start.init_from}")
+        elif config.warm_start.steps:
             from stable_baselines3.common.logger import configure
 
             bc_logger = configure(str(out / "tb" / "warm_start"), ["tensorboard"])

@@ -37,6 +37,8 @@ class EvalArgs:
         retokenize: Serve reducers trained for another base model: skip the base-model check and, where the
             frozen model's tokenizer differs from a reducer's, re-tokenize the reducer's kept text with it
             (its method name then ends in "(re-tokenized)").
+        adaptive: Also evaluate each reducer at its own budget (the "auto" rows: what it keeps without a rate);
+            --no-adaptive compares at the rates alone, in about half the reducers' time.
         progress: Show a progress bar.
     """
 
@@ -53,6 +55,7 @@ class EvalArgs:
     dtype: str = "float32"
     token_cost: float | None = None
     retokenize: bool = False
+    adaptive: bool = True
     progress: bool = True
 
 
@@ -116,6 +119,6 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     methods += make_baselines(args.baselines, lm, small, seed=args.seed)
     if not methods:
         raise ValueError("nothing to evaluate: give --reducer or --baselines")
-    report = evaluate(lm, methods, tasks, args.rates, seed=args.seed, progress=args.progress)
+    report = evaluate(lm, methods, tasks, args.rates, seed=args.seed, progress=args.progress, adaptive=args.adaptive)
     write_report(report, out)
     return markdown_table(report)

@@ -79,7 +79,7 @@ def dense_gradients(model: CreditPPO) -> list[torch.Tensor]:
     params = [p for p in model.policy.parameters() if p.requires_grad]
     out = []
     for r in range(len(data["kept"])):
-        scores, valid = model._scores(data["obs"], np.array([r]))
+        scores, valid, _ = model._scores(data["obs"], np.array([r]))
         kept = torch.as_tensor(data["kept"][r : r + 1]) & valid
         credit = torch.as_tensor(data["credit"][r : r + 1])
         old = tuple(p.detach() for p in swap_probabilities(scores, valid, kept))

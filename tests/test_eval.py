@@ -243,6 +243,15 @@ def test_batched_evaluation_matches_one_at_a_time_and_score_reduced(tiny_lm, all
                     assert got["choice_acc"] == res.choice_calibrated.double().tolist(), m.name
 
 
+def test_no_adaptive_scores_the_reducer_at_the_rates_alone(tiny_lm, all_methods):
+    from agents.evaluate import EvalTrace
+
+    trace = EvalTrace()
+    tasks = {"kv:heldout": _encs(tiny_lm, "kv", 2)}
+    evaluate(tiny_lm, all_methods[:1], tasks, [0.3, 0.5], n_boot=10, progress=False, trace=trace, adaptive=False)
+    assert {k[2:] for k in trace.per_example} == {("rate", 0.3), ("rate", 0.5)}
+
+
 def test_deduplication_does_not_change_results(tiny_lm):
     from agents.baselines import HeadKeep, TailKeep
     from agents.evaluate import EvalTrace

@@ -355,3 +355,36 @@ def test_dense_credit_training_runs_and_scores_every_kept_unit(tiny_lm, tmp_path
     edge = {*np.flatnonzero(kept[0][:n])[-2:], *np.flatnonzero(~kept[0][:n])[:2]}
     assert set(np.flatnonzero(credit[0])) <= edge and np.count_nonzero(credit[0]) >= 1
     assert own[0] == pytest.approx(core.score_contexts([0], [np.asarray(core.pool[0].context)[masks[0]]])[0], abs=1e-5)
+
+
+def test_init_from_starts_ppo_from_another_runs_warm_start(tiny_lm, tmp_path):
+    base = replace(smoke_config(total=32, eval_freq=0), warm_start=WarmStartConfig(steps=3, batch_size=4))
+    train(base, tmp_path / "a", lm=tiny_lm, export=False)
+    start = tmp_path / "a" / "checkpoints" / "ckpt_000000000.zip"
+    cfg = replace(
+        base, warm_start=WarmStartConfig(steps=3, batch_size=4, init_from=str(start)), run=replace(base.run, seed=5)
+    )
+    train(cfg, tmp_path / "b", lm=tiny_lm, export=False)
+    a = PPO.load(start).policy.state_dict()
+    b = PPO.load(tmp_path / "b" / "checkpoints" / "ckpt_000000000.zip").policy.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # no warm start of its own ran
+    with pytest.raises(ValueError, match="is not a file"):
+        train(replace(cfg, warm_start=WarmStartConfig(init_from=str(tmp_path / "nope.zip"))), tmp_path / "c")
+    wide = replace(cfg, network=replace(cfg.network, d_model=48))
+    with pytest.raises(ValueError, match="does not fit this run's network config"):
+        train(wide, tmp_path / "d", lm=tiny_lm, export=False)
+
+
+def test_anchor_is_the_policy_ppo_started_from_and_survives_a_checkpoint(tiny_lm, tmp_path):
+    from agents.credit_ppo import CreditPPO
+
+    cfg = smoke_config(total=32, eval_freq=0, credit="dense", exploration="none", group_size=1, anchor=0.5)
+    final = train(cfg, tmp_path / "run", lm=tiny_lm, export=False)
+    start = CreditPPO.load(tmp_path / "run" / "checkpoints" / "ckpt_000000000.zip")
+    model = CreditPPO.load(final)
+    assert model.anchor == 0.5 and model._anchor_policy is not None
+    anchor, first, last = (m.state_dict() for m in (model._anchor_policy, start.policy, model.policy))
+    assert all(torch.equal(anchor[k], first[k]) for k in first)
+    assert any(not torch.equal(last[k], first[k]) for k in first)  # the policy moved, its anchor did not
+    with pytest.raises(ValueError, match="only with ppo.credit 'dense'"):
+        smoke_config(anchor=0.5)
