@@ -25,7 +25,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from agents.baselines import HEURISTICS, KeepMethod, ReducerMethod, make_baselines
 from agents.checkpoints import write_atomic
 from agents.config import TrainConfig
-from agents.evaluate import evaluate, task_metric
+from agents.eval_metrics import task_metric
+from agents.evaluate import evaluate
 from agents.export import reducer_from_policy
 from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM

@@ -47,93 +47,26 @@ task's headline metric, :func:`headline_metric`), ``examples``.
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import platform
-import re
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from agents.baselines import KeepMethod, SurprisalMethod, kept_tokens
-from envs.backends import PromptScores
+from agents.eval_batch import EvalTrace, PromptBatch, ScoreRequest
+from agents.eval_metrics import bootstrap_ci, headline_metric, machine_info, readability
 from envs.examples import EncodedExample, encode_example
 from envs.frozen_lm import FrozenLM
 from envs.jsonl_tasks import iter_jsonl, validate_jsonl
 from envs.real_text import REAL_FAMILIES
 from envs.scoring import continuations, reduced_scores
-from envs.task_specs import LOGLIK_FAMILIES, TaskSpec, split_specs
+from envs.task_specs import TaskSpec, split_specs
 from policies.budget import Budget, keep_top
 
 SCHEMA_VERSION = 2
-READABLE_RUN = 5
-"""Kept words in runs of at least this many consecutive words of the original text count as readable."""
-
-
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
-    """95% percentile bootstrap interval of the mean."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-
-
-def readability(text: str, offsets: Sequence[tuple[int, int]], keep: np.ndarray, run: int = READABLE_RUN) -> float:
-    """Share of the kept words that sit in readable runs: ``run`` or more consecutive words, or whole sentences.
-
-    A whole sentence is a run from a sentence's first word to a word ending in ``. ! ?`` ("Tom has a hat."
-    reads as text although it has four words).
-
-    Words are whitespace-separated; a word counts as kept when at least half of its tokens are. NaN when no
-    word is kept.
-    """
-    found = list(re.finditer(r"\S+", text))
-    if not found or not len(offsets):
-        return float("nan")
-    starts = [m.start() for m in found]
-    word = np.searchsorted(np.asarray(starts), [max(s, e - 1) for s, e in offsets], side="right") - 1
-    word = np.clip(word, 0, len(starts) - 1)
-    kept_tokens = np.bincount(word, weights=np.asarray(keep, float), minlength=len(starts))
-    kept = kept_tokens / np.maximum(np.bincount(word, minlength=len(starts)), 1) >= 0.5
-    kept &= np.bincount(word, minlength=len(starts)) > 0
-    if not kept.any():
-        return float("nan")
-    ends_sentence = np.asarray([bool(re.search(r"[.!?][\"')\]]*$", m.group())) for m in found])
-    edges = np.diff(np.r_[0, kept.astype(np.int8), 0])
-    first, last = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-    lengths = last - first + 1
-    whole = ends_sentence[last] & ((first == 0) | ends_sentence[np.maximum(first - 1, 0)])
-    return float(lengths[(lengths >= run) | whole].sum() / lengths.sum())
-
-
-def headline_metric(task: str, has_choices: bool) -> str:
-    """The report's headline metric of a task: ``choice_acc``, ``loglik`` or ``em``.
-
-    Calibrated choice accuracy where the task has choices; the answer's log-likelihood on the real-text families
-    (their extractive answers are long: exact match says little); exact match otherwise.
-    """
-    if has_choices:
-        return "choice_acc"
-    family = task.partition(":")[0]
-    return "loglik" if family in LOGLIK_FAMILIES else "em"
 
 
 class _Accumulator:
@@ -163,125 +96,6 @@ def _chunks(items: Iterable[EncodedExample], size: int) -> Iterator[list[Encoded
             chunk = []
     if chunk:
         yield chunk
-
-
-@dataclass
-class EvalTrace:
-    """What an evaluation computed, for benchmarks and tests: pass one to :func:`evaluate`.
-
-    Attributes:
-        keep_prompts: Also keep every distinct prompt scored (:attr:`scored`); memory grows with the tasks.
-        calls: Batched scoring calls.
-        seconds: Wall time inside them.
-        requested: Prompts asked for, before de-duplication.
-        prompts: Distinct prompts scored.
-        tokens: Tokens those computed (:meth:`~envs.frozen_lm.FrozenLM.computed_tokens`).
-        prompt_tokens: Of those, the prompt tokens: ``tokens`` less the continuation tokens past their first (with
-            the in-process backend, the prompts past the cached prefix).
-        tokens_by_method: Method name (or ``choice priors``) -> tokens its prompts computed; a shared prompt counts
-            for every method that asked for it.
-        scored: With ``keep_prompts``, per scoring call: ``(lm, [(prompt, span), ...])`` of its distinct prompts.
-        per_example: ``(task, method, budget kind, rate)`` -> metric name -> per-example values, in example order
-            (``em``, ``loglik``, ``choice_acc`` where the task has choices, ``kept``).
-    """
-
-    keep_prompts: bool = False
-    calls: int = 0
-    seconds: float = 0.0
-    requested: int = 0
-    prompts: int = 0
-    tokens: int = 0
-    prompt_tokens: int = 0
-    tokens_by_method: dict[str, int] = field(default_factory=dict)
-    scored: list[tuple[FrozenLM, list[tuple[list[int], slice | None]]]] = field(default_factory=list)
-    per_example: dict[tuple[str, str, str, float | None], dict[str, list[float]]] = field(default_factory=dict)
-
-    def count(self, label: str, tokens: int) -> None:
-        """Add ``tokens`` to ``label``'s computed tokens."""
-        self.tokens_by_method[label] = self.tokens_by_method.get(label, 0) + tokens
-
-
-@dataclass
-class _Request:
-    """One distinct prompt to score: its continuations, its span, and, once scored, its result and time share."""
-
-    prompt: list[int]
-    continuations: list[Sequence[int]]
-    span: slice | None
-    tokens: int = 0
-    seconds: float = 0.0
-    result: PromptScores | None = None
-
-    def scores(self) -> PromptScores:
-        if self.result is None:
-            raise RuntimeError("a request was read before it was scored")
-        return self.result
-
-
-class _Batch:
-    """The distinct prompts one LM scores for one chunk; identical ``(example, prompt)`` requests are scored once.
-
-    Args:
-        lm: The scoring LM.
-        trace: Where to count calls, prompts and tokens (None: nowhere).
-    """
-
-    def __init__(self, lm: FrozenLM, trace: EvalTrace | None) -> None:
-        self.lm = lm
-        self.trace = trace
-        self.requests: dict[Hashable, _Request] = {}
-        self.pending: list[_Request] = []
-
-    def add(
-        self, example: int, prompt: list[int], conts: Sequence[Sequence[int]], span: slice | None = None
-    ) -> _Request:
-        """The request for ``prompt`` of example ``example``, new or shared with an earlier identical one.
-
-        Raises:
-            RuntimeError: If a request already scored is asked for with continuations or a span it lacked.
-        """
-        key = (example, tuple(prompt))
-        if self.trace is not None:
-            self.trace.requested += 1
-        req = self.requests.get(key)
-        if req is None:
-            req = self.requests[key] = _Request(list(prompt), list(conts), span)
-            self.pending.append(req)
-            return req
-        grows = (conts and not req.continuations) or (span is not None and req.span is None)
-        if grows and req.result is not None:
-            raise RuntimeError("internal: a scored prompt was asked for again with more to score")
-        if conts and not req.continuations:
-            req.continuations = list(conts)
-        if span is not None and req.span is None:
-            req.span = span
-        return req
-
-    def run(self) -> None:
-        """Score every pending request in one batched call; share the call's time out by computed tokens."""
-        reqs, self.pending = self.pending, []
-        if not reqs:
-            return
-        for r in reqs:
-            r.tokens = self.lm.computed_tokens(r.prompt, r.continuations, r.span)
-        t0 = time.perf_counter()
-        res = self.lm.score_continuations_and_spans(
-            [r.prompt for r in reqs], [r.continuations for r in reqs], [r.span for r in reqs]
-        )
-        seconds = time.perf_counter() - t0
-        total = max(sum(r.tokens for r in reqs), 1)
-        for r, x in zip(reqs, res, strict=True):
-            r.result = x
-            r.seconds = seconds * r.tokens / total
-        if self.trace is not None:
-            t = self.trace
-            t.calls += 1
-            t.seconds += seconds
-            t.prompts += len(reqs)
-            t.tokens += sum(r.tokens for r in reqs)
-            t.prompt_tokens += sum(r.tokens - sum(len(c) - 1 for c in r.continuations) for r in reqs)
-            if t.keep_prompts:
-                t.scored.append((self.lm, [(r.prompt, r.span) for r in reqs]))
 
 
 def evaluate(
@@ -338,73 +152,30 @@ def evaluate(
         skipped: set[str] = set()
         n_task = 0
         for encs in _chunks(items, chunk_size):
-            active = []
-            for method in methods:
-                if method.available(encs):
-                    active.append(method)
-                else:
-                    skipped.add(method.name)
+            available = [m.available(encs) for m in methods]
+            active = [m for m, ok in zip(methods, available, strict=True) if ok]
+            skipped.update(m.name for m, ok in zip(methods, available, strict=True) if not ok)
             span = f"{task}: examples {n_task + 1}-{n_task + len(encs)}"
             _evaluate_chunk(
                 lm, active, encs, budgets, acc, trace, lambda what, s=span: bar.set_postfix_str(f"{s}: {what}")
             )
-            for method in active:
-                for b, budget in enumerate(budgets[method.name]):
-                    a = acc[(method.name, b)]
-                    for i in range(max(0, min(n_html_examples - n_task, len(encs)))):
-                        examples.append(
-                            {
-                                "task": task,
-                                "method": method.name,
-                                "rate": budget.rate,
-                                "budget": _budget_kind(method, budget),
-                                "index": n_task + i,
-                                "question": encs[i].example.question,
-                                "answer": encs[i].example.answer,
-                                "tokens": [lm.decode([t]) for t in encs[i].context],
-                                "token_ids": list(encs[i].context),
-                                "keep": a.last_masks[i].astype(int).tolist(),
-                                "correct": bool(a.em[len(a.em) - len(encs) + i]),
-                            }
-                        )
+            n_html = max(0, min(n_html_examples - n_task, len(encs)))
+            examples += [
+                _html_example(lm, task, m, budget, acc[(m.name, b)], encs, i, n_task)
+                for m in active
+                for b, budget in enumerate(budgets[m.name])
+                for i in range(n_html)
+            ]
             n_task += len(encs)
             bar.update(len(encs))
         counts[task] = n_task
-        for method in methods:
-            for b, budget in enumerate(budgets[method.name]):
-                a = acc.get((method.name, b))
-                if a is None or method.name in skipped:
-                    continue
-                em, ll = np.asarray(a.em), np.asarray(a.ll)
-                choice = np.asarray(a.choice) if a.has_choices else None
-                if trace is not None:
-                    key = (task, method.name, _budget_kind(method, budget), budget.rate)
-                    trace.per_example[key] = {"em": a.em, "loglik": a.ll, "kept": a.kept}
-                    if choice is not None:
-                        trace.per_example[key]["choice_acc"] = a.choice
-                results.append(
-                    {
-                        "task": task,
-                        "method": method.name,
-                        "rate": budget.rate,
-                        "budget": _budget_kind(method, budget),
-                        "n": len(em),
-                        "kept_ratio": float(np.mean(a.kept)),
-                        "tokens_in": float(np.mean(a.tokens_in)),
-                        "tokens_out": float(np.mean(a.tokens_out)),
-                        "em": float(em.mean()),
-                        "em_ci": bootstrap_ci(em, n_boot, seed),
-                        "loglik": float(ll.mean()),
-                        "loglik_ci": bootstrap_ci(ll, n_boot, seed),
-                        "choice_acc": None if choice is None else float(choice.mean()),
-                        "choice_acc_ci": None if choice is None else bootstrap_ci(choice, n_boot, seed),
-                        "evidence_recall": float(np.mean(a.recall)) if a.recall else None,
-                        "readability": float(np.nanmean(a.readable)) if np.isfinite(a.readable).any() else None,
-                        "metric": headline_metric(task, choice is not None),
-                        "reducer_ms": 1000 * a.reducer_s / len(em),
-                        "model_ms": 1000 * a.model_s / len(em),
-                    }
-                )
+        results += [
+            _result_row(task, m, budget, acc[(m.name, b)], n_boot, seed, trace)
+            for m in methods
+            if m.name not in skipped
+            for b, budget in enumerate(budgets[m.name])
+            if (m.name, b) in acc
+        ]
     bar.close()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -416,6 +187,66 @@ def evaluate(
         "methods": [m.name for m in methods],
         "results": results,
         "examples": examples,
+    }
+
+
+def _html_example(
+    lm: FrozenLM,
+    task: str,
+    method: KeepMethod,
+    budget: Budget,
+    a: _Accumulator,
+    encs: list[EncodedExample],
+    i: int,
+    n_task: int,
+) -> dict[str, Any]:
+    """Example ``i`` of the chunk just scored (``n_task`` examples before it), as the HTML page shows it."""
+    return {
+        "task": task,
+        "method": method.name,
+        "rate": budget.rate,
+        "budget": _budget_kind(method, budget),
+        "index": n_task + i,
+        "question": encs[i].example.question,
+        "answer": encs[i].example.answer,
+        "tokens": [lm.decode([t]) for t in encs[i].context],
+        "token_ids": list(encs[i].context),
+        "keep": a.last_masks[i].astype(int).tolist(),
+        "correct": bool(a.em[len(a.em) - len(encs) + i]),
+    }
+
+
+def _result_row(
+    task: str, method: KeepMethod, budget: Budget, a: _Accumulator, n_boot: int, seed: int, trace: EvalTrace | None
+) -> dict[str, Any]:
+    """One report row: the means and intervals of a (task, method, budget)'s per-example metrics."""
+    em, ll = np.asarray(a.em), np.asarray(a.ll)
+    choice = np.asarray(a.choice) if a.has_choices else None
+    if trace is not None:
+        key = (task, method.name, _budget_kind(method, budget), budget.rate)
+        trace.per_example[key] = {"em": a.em, "loglik": a.ll, "kept": a.kept}
+        if choice is not None:
+            trace.per_example[key]["choice_acc"] = a.choice
+    return {
+        "task": task,
+        "method": method.name,
+        "rate": budget.rate,
+        "budget": _budget_kind(method, budget),
+        "n": len(em),
+        "kept_ratio": float(np.mean(a.kept)),
+        "tokens_in": float(np.mean(a.tokens_in)),
+        "tokens_out": float(np.mean(a.tokens_out)),
+        "em": float(em.mean()),
+        "em_ci": bootstrap_ci(em, n_boot, seed),
+        "loglik": float(ll.mean()),
+        "loglik_ci": bootstrap_ci(ll, n_boot, seed),
+        "choice_acc": None if choice is None else float(choice.mean()),
+        "choice_acc_ci": None if choice is None else bootstrap_ci(choice, n_boot, seed),
+        "evidence_recall": float(np.mean(a.recall)) if a.recall else None,
+        "readability": float(np.nanmean(a.readable)) if np.isfinite(a.readable).any() else None,
+        "metric": headline_metric(task, choice is not None),
+        "reducer_ms": 1000 * a.reducer_s / len(em),
+        "model_ms": 1000 * a.model_s / len(em),
     }
 
 
@@ -434,7 +265,7 @@ def _evaluate_chunk(
     """
     conts = continuations(encs)
     with_choices = all(e.choices is not None for e in encs)
-    batches: dict[int, _Batch] = {id(lm): _Batch(lm, trace)}
+    batches: dict[int, PromptBatch] = {id(lm): PromptBatch(lm, trace)}
     main = batches[id(lm)]
     # Step 1: what depends on the example only.
     prior_reqs = []
@@ -443,10 +274,10 @@ def _evaluate_chunk(
             main.add(i, lm.build_prompt((), e.question, e.answer_prefix)[0], conts[i]) for i, e in enumerate(encs)
         ]
     full_prompts = [lm.build_prompt(e.context, e.question, e.answer_prefix)[0] for e in encs]
-    surprisal: dict[str, list[_Request]] = {}
+    surprisal: dict[str, list[ScoreRequest]] = {}
     for m in methods:
         if isinstance(m, SurprisalMethod):
-            batch = batches.setdefault(id(m.lm), _Batch(m.lm, trace))
+            batch = batches.setdefault(id(m.lm), PromptBatch(m.lm, trace))
             reqs = []
             for i, e in enumerate(encs):
                 prompt, span = m.surprisal_prompt(e)
@@ -461,7 +292,7 @@ def _evaluate_chunk(
     if trace is not None and prior_reqs:
         trace.count("choice priors", sum(r.tokens for r in prior_reqs))
     # Step 2: every method reduces at every budget, then all reduced prompts are scored together.
-    rows: list[tuple[KeepMethod, int, list[np.ndarray], list[tuple[int, ...]], list[_Request]]] = []
+    rows: list[tuple[KeepMethod, int, list[np.ndarray], list[tuple[int, ...]], list[ScoreRequest]]] = []
     for m in methods:
         status(f"reducing with {m.name}")
         rank_s, scores = 0.0, None
@@ -562,9 +393,3 @@ def load_eval_tasks(
             count = n_real if n_real is not None and p.family in REAL_FAMILIES else n
             out[text] = [encode_example(tokenizer, ex) for ex in p.examples(count, seed)]
     return out
-
-
-def task_metric(row: dict[str, Any]) -> float:
-    """The headline score of a report row: its ``metric`` (:func:`headline_metric`)."""
-    metric = row.get("metric") or ("choice_acc" if row["choice_acc"] is not None else "em")
-    return row[metric]

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baselines  # noqa: E402
 from agents.config import PRESETS  # noqa: E402
-from agents.evaluate import EvalTrace, evaluate, load_eval_tasks  # noqa: E402
+from agents.eval_batch import EvalTrace  # noqa: E402
+from agents.evaluate import evaluate, load_eval_tasks  # noqa: E402
 from envs.frozen_lm import FrozenLM  # noqa: E402
 from policies.features import micro_batches  # noqa: E402
 from policies.reducer import TokenReducer  # noqa: E402

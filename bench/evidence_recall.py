@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from agents.baselines import KeepMethod, ReducerMethod, make_baselines  # noqa: E402
-from agents.evaluate import load_eval_tasks, readability  # noqa: E402
+from agents.eval_metrics import readability  # noqa: E402
+from agents.evaluate import load_eval_tasks  # noqa: E402
 from agents.run_eval import reducer_name, unique_name  # noqa: E402
 from envs.model_cache import load_model  # noqa: E402
 from policies.budget import Budget  # noqa: E402

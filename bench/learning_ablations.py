@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.baselines import BASELINES  # noqa: E402
-from agents.evaluate import task_metric  # noqa: E402
+from agents.eval_metrics import task_metric  # noqa: E402
 from agents.report import learning_curve_plot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

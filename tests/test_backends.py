@@ -248,7 +248,8 @@ def test_server_launcher_waits_for_the_model_and_stops_the_server_by_pid(tmp_pat
 
 def test_spans_and_evaluation_through_the_server_match_in_process(tiny_lm, fake):
     from agents.baselines import make_baselines
-    from agents.evaluate import EvalTrace, evaluate
+    from agents.eval_batch import EvalTrace
+    from agents.evaluate import evaluate
 
     lm = remote_lm(tiny_lm, fake, max_in_flight=2)
     encs = [encode_example(tiny_lm.tokenizer, x) for x in make_examples("qa", "heldout", 3, seed=3)]

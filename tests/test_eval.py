@@ -215,7 +215,7 @@ def all_methods(tiny_lm):
 
 
 def test_batched_evaluation_matches_one_at_a_time_and_score_reduced(tiny_lm, all_methods):
-    from agents.evaluate import EvalTrace
+    from agents.eval_batch import EvalTrace
     from envs.scoring import choice_priors, score_reduced
 
     tasks = {"qa:heldout": _encs(tiny_lm, "qa", 5), "kv:heldout": _encs(tiny_lm, "kv", 5)}
@@ -244,7 +244,7 @@ def test_batched_evaluation_matches_one_at_a_time_and_score_reduced(tiny_lm, all
 
 
 def test_no_adaptive_scores_the_reducer_at_the_rates_alone(tiny_lm, all_methods):
-    from agents.evaluate import EvalTrace
+    from agents.eval_batch import EvalTrace
 
     trace = EvalTrace()
     tasks = {"kv:heldout": _encs(tiny_lm, "kv", 2)}
@@ -254,7 +254,7 @@ def test_no_adaptive_scores_the_reducer_at_the_rates_alone(tiny_lm, all_methods)
 
 def test_deduplication_does_not_change_results(tiny_lm):
     from agents.baselines import HeadKeep, TailKeep
-    from agents.evaluate import EvalTrace
+    from agents.eval_batch import EvalTrace
 
     class Head2(HeadKeep):
         name = "head2"  # keeps exactly what head keeps: every prompt of it is a duplicate
@@ -279,7 +279,7 @@ def test_deduplication_does_not_change_results(tiny_lm):
 
 def test_selective_context_from_the_full_forward_equals_a_separate_forward(tiny_lm):
     from agents.baselines import SelectiveContext
-    from agents.evaluate import EvalTrace
+    from agents.eval_batch import EvalTrace
 
     encs = _encs(tiny_lm, "kv", 4)
     prefix = list(tiny_lm.layout.prefix)

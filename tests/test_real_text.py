@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from agents.baselines import BM25Sentences
-from agents.evaluate import headline_metric, readability
+from agents.eval_metrics import headline_metric, readability
 from envs import real_text
 from envs.examples import Example, encode_example
 from envs.real_text import DOCUMENT_SEPARATOR, RealTextError, make_real_examples, split_of
