@@ -34,7 +34,8 @@ from envs.frozen_lm import FrozenLM
 from policies.budget import Budget, fill_units, keep_top, rank_priorities
 from policies.lexical import bm25_scores, token_words, unit_words, words
 from policies.processor import encode_context
-from policies.reducer import Reduction, TokenReducer
+from policies.reducer import TokenReducer
+from policies.reduction import Reduction
 from policies.retokenize import project_keep, retokenize
 from policies.units import segment, unit_lengths
 

@@ -35,7 +35,8 @@ from agents.config import PRESETS  # noqa: E402
 from envs.frozen_lm import FrozenLM  # noqa: E402
 from envs.task_families import make_examples  # noqa: E402
 from policies.processor import encode_question  # noqa: E402
-from policies.reducer import DOCUMENT_SEPARATOR, TokenReducer  # noqa: E402
+from policies.reducer import TokenReducer  # noqa: E402
+from policies.reduction import DOCUMENT_SEPARATOR  # noqa: E402
 
 
 def untrained_reducer(lm: FrozenLM, out: Path) -> TokenReducer:

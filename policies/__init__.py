@@ -13,8 +13,9 @@ stable-baselines3 or gymnasium. ``tests/test_layers.py`` keeps it so.
 from policies.budget import Budget, BudgetConfig, BudgetError
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import ProcessorConfig
-from policies.reducer import DocumentsReduction, KeptDocument, Reduction, TokenReducer
+from policies.reducer import TokenReducer
 from policies.reducer_config import ReducerConfig, ReducerError
+from policies.reduction import DocumentsReduction, KeptDocument, Reduction
 
 __all__ = [
     "Budget",

@@ -1,46 +1,16 @@
 """The deployable reduction module: ``TokenReducer``, loadable and usable without the trainer.
 
 Imports torch, safetensors, tokenizers and transformers' model classes only: no stable-baselines3, no gymnasium,
-nothing from ``envs`` or ``agents``. Observations are built by :mod:`policies.processor`, the same code the
-training environment uses.
-
-A saved reducer is a directory::
-
-    reducer_config.json   a ReducerConfig: format version, base model (spec, file hash, HF config), tokenizer
-                          fingerprint, processor, budget and network configs, what it was trained on, and the
-                          SHA-256 of model.safetensors
-    model.safetensors     "network.*" (the keep network) and "features.*" (the frozen model's embedding table,
-                          or its first k blocks when the policy reads layer-k features)
-    tokenizer.json, ...   the tokenizer (Hugging Face tokenizer files, no pickle)
-
-Selection: the network scores every selection unit (token, word or sentence, as trained). With a rate or a
-target, units are ranked by score and :func:`policies.budget.fill_units` keeps the best that fit: never above
-the budget, as close as the units allow. Without either (adaptive mode) the units scored above the network's
-STOP score are kept, within the budget config's ``adaptive_min_rate`` and ``adaptive_max_rate``
-(:func:`policies.budget.adaptive_units`). Pieces of one character are always kept or dropped together.
-
-Rounds: a reducer trained with ``processor.rounds`` R > 1 scores R times; each round before the last keeps a
-probe of its best units and the next round sees the context conditioned on it (the kept-word lexical channels
-of :mod:`policies.lexical`), exactly as the training environment's rounds; the last round selects.
-
-Force-keep: ``reduce(..., force_keep=[(start, end), "text", ...])`` keeps the units those character spans (or
-every occurrence of those strings) touch, whatever the policy scores them, inside the budget: the forced units
-first, then the ranking fills the rest (:func:`policies.budget.select_units`, the env's rule too).
-
-Passages: :meth:`TokenReducer.reduce_documents` reduces retrieved chunks together under one budget and says per
-chunk what was kept (:class:`DocumentsReduction`).
-
-Long contexts: a context longer than ``window_len - len(question)`` tokens (``processor.read_len``, or
-``max_len``) is cut into consecutive windows at unit boundaries, every window is scored with the question
-(``window_batch`` windows per forward, so memory stays bounded whatever the length), and the selection runs over
-all units at once (``too_long="chunk"``, the default); ``too_long="error"`` raises instead.
+nothing from ``envs`` or ``agents``. Observations are built by :mod:`policies.processor` and the selection runs
+in :mod:`policies.selection`, the same code the training environment uses. What a reduction returns is
+:mod:`policies.reduction`; the directory format, selection, rounds, force-keep, documents and long contexts are
+described in ``docs/reducer.md``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +21,7 @@ from torch import nn
 from policies.budget import Budget, BudgetConfig, BudgetError, check_forced, rank_priorities
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
+from policies.llmlingua import compress_prompt
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import (
     Encoded,
@@ -76,91 +47,15 @@ from policies.reducer_config import (
     tokenizer_fingerprint,
 )
 from policies.reducer_files import read_reducer_files, write_reducer_files
+from policies.reduction import (
+    DocumentsReduction,
+    Reduction,
+    document_spans,
+    join_documents,
+    split_documents,
+)
 from policies.retokenize import retokenize as retokenize_text
 from policies.selection import Selection
-
-
-@dataclass
-class Reduction:
-    """The result of reducing one context.
-
-    Attributes:
-        text: The reduced context text.
-        kept_ids: Token ids kept, in order.
-        keep_mask: Bool array over the context's tokens, True = kept.
-        kept_ratio: ``kept_tokens / original_tokens``, the achieved ratio.
-        original_tokens: Context tokens before reduction.
-        kept_tokens: Context tokens after reduction.
-        budget: The budget asked for.
-        max_tokens: The most tokens the budget allows (the rate's or target's, or the adaptive mode's upper
-            limit); ``kept_tokens <= max_tokens`` always, except that one unit is always kept (and, in adaptive
-            mode, force-kept units above it).
-        kept_spans: Character spans ``(start, end)`` of the context that were kept, in order (runs of kept
-            tokens; the whitespace before a kept token belongs to it): ``"".join(context[s:e] for s, e in
-            kept_spans)`` is the kept text (exactly ``text`` with byte-level tokenizers such as SmolLM2's).
-        forced_tokens: Context tokens kept because of ``force_keep`` (whole units), counted in ``kept_tokens``.
-    """
-
-    text: str
-    kept_ids: list[int]
-    keep_mask: np.ndarray
-    kept_ratio: float
-    original_tokens: int
-    kept_tokens: int
-    budget: Budget = Budget()
-    max_tokens: int | None = None
-    kept_spans: tuple[tuple[int, int], ...] = ()
-    forced_tokens: int = 0
-
-
-DOCUMENT_SEPARATOR = "\n\n"
-"""What :meth:`TokenReducer.reduce_documents` puts between documents (a blank line)."""
-
-
-@dataclass
-class KeptDocument:
-    """What was kept of one document of :meth:`TokenReducer.reduce_documents`.
-
-    Attributes:
-        index: The document's position in the input list.
-        spans: Character spans ``(start, end)`` of the document that were kept, in order (none when dropped).
-        text: ``"".join(document[s:e] for s, e in spans)``: its kept text ("" when dropped).
-    """
-
-    index: int
-    spans: tuple[tuple[int, int], ...]
-    text: str
-
-    @property
-    def dropped(self) -> bool:
-        """True when nothing of the document was kept."""
-        return not self.spans
-
-
-@dataclass
-class DocumentsReduction:
-    """The result of :meth:`TokenReducer.reduce_documents`.
-
-    Attributes:
-        documents: One :class:`KeptDocument` per input document, in input order.
-        dropped: Indices of the documents of which nothing was kept (whitespace-only documents included).
-        reduction: The reduction of the joined documents (token counts, ``kept_ratio``, budget, spans in the
-            joined text).
-    """
-
-    documents: list[KeptDocument]
-    dropped: list[int]
-    reduction: Reduction
-
-    @property
-    def kept(self) -> list[KeptDocument]:
-        """The documents of which something was kept, in input order."""
-        return [d for d in self.documents if not d.dropped]
-
-    @property
-    def text(self) -> str:
-        """The kept documents' texts, each stripped, joined with blank lines: the context to put in a prompt."""
-        return DOCUMENT_SEPARATOR.join(d.text.strip() for d in self.kept)
 
 
 class TokenReducer(nn.Module):
@@ -423,12 +318,7 @@ class TokenReducer(nn.Module):
                 a string that does not occur, or forced units that alone exceed the budget (the message gives
                 both numbers).
         """
-        try:
-            budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
-        except BudgetError as err:
-            raise ReducerError(str(err)) from err
-        if too_long not in ("chunk", "error"):
-            raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
+        budget = _budget(rate, target_tokens, token_cost, too_long)
         if questions is not None and len(questions) != len(contexts):
             raise ReducerError(f"got {len(contexts)} contexts but {len(questions)} questions")
         if force_keep is not None and (isinstance(force_keep, str) or len(force_keep) != len(contexts)):
@@ -509,7 +399,7 @@ class TokenReducer(nn.Module):
     ) -> DocumentsReduction:
         """Reduce retrieved passages together, under one budget, keeping their order.
 
-        The documents are joined with a blank line between them (:data:`DOCUMENT_SEPARATOR`) and reduced as one
+        The documents are joined with a blank line (:data:`policies.reduction.DOCUMENT_SEPARATOR`) and reduced as one
         context (:meth:`reduce`): the policy sees them all and the budget (``rate`` of all their tokens, or
         ``target_tokens``) is shared, so an irrelevant document can lose everything while a relevant one keeps
         much. Whitespace-only documents are left out and reported as dropped.
@@ -534,42 +424,13 @@ class TokenReducer(nn.Module):
                 budget, or a bad ``force_keep`` (a string that occurs in no document, a span outside its
                 document, overlapping spans, forced units that alone exceed the budget).
         """
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise ReducerError(f"documents must be a list of strings, got {type(documents).__name__}")
-        if not documents:
-            raise ReducerError("no documents to reduce")
-        for i, d in enumerate(documents):
-            if not isinstance(d, str):
-                raise ReducerError(f"document {i} is {type(d).__name__}, not a string")
-        used = [i for i, d in enumerate(documents) if d.strip()]
-        if not used:
-            raise ReducerError(f"all {len(documents)} documents are empty or whitespace only")
-        starts, pos = {}, 0
-        for i in used:
-            starts[i] = pos
-            pos += len(documents[i]) + len(DOCUMENT_SEPARATOR)
-        joined = DOCUMENT_SEPARATOR.join(documents[i] for i in used)
-        spans = None if force_keep is None else _document_spans(documents, starts, force_keep)
-        try:
-            budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
-        except BudgetError as err:
-            raise ReducerError(str(err)) from err
-        if too_long not in ("chunk", "error"):
-            raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
-        enc, forced = self._prepare(joined, question, budget, spans, too_long, f"the {len(used)} documents joined")
+        joined, starts = join_documents(documents)
+        spans = None if force_keep is None else document_spans(documents, starts, force_keep)
+        budget = _budget(rate, target_tokens, token_cost, too_long)
+        label = f"the {len(starts)} documents joined"
+        enc, forced = self._prepare(joined, question, budget, spans, too_long, label)
         keep = self.keep_masks([enc], [budget], forced=[forced])[0]
-        red = self._reduction(enc, keep, budget, forced)
-        kept_docs = []
-        for i, doc in enumerate(documents):
-            start = starts.get(i)
-            doc_spans = []
-            if start is not None:
-                for s, e in red.kept_spans:
-                    s, e = max(s, start) - start, min(e, start + len(doc)) - start
-                    if s < e and doc[s:e].strip():
-                        doc_spans.append((s, e))
-            kept_docs.append(KeptDocument(i, tuple(doc_spans), "".join(doc[s:e] for s, e in doc_spans)))
-        return DocumentsReduction(kept_docs, [d.index for d in kept_docs if d.dropped], red)
+        return split_documents(documents, starts, self._reduction(enc, keep, budget, forced))
 
     def compress_prompt(
         self,
@@ -596,36 +457,7 @@ class TokenReducer(nn.Module):
             ``compressed_prompt`` (str), ``origin_tokens`` and ``compressed_tokens`` (ints, whole prompt),
             ``ratio`` (float, origin / compressed) and ``rate`` (float, compressed / origin).
         """
-        text = context if isinstance(context, str) else "\n\n".join(context)
-        if isinstance(force_tokens, str):
-            raise ReducerError("force_tokens must be a list of strings, not one string")
-        present = [t for t in dict.fromkeys(force_tokens) if t.strip() and t in text]
-        occurrences = sorted(span for t in present for span in resolve_force_keep(text, [t]))
-        forced: list[tuple[int, int]] = []
-        for s, e in occurrences:  # the union of the occurrences, as disjoint spans
-            if forced and s < forced[-1][1]:
-                forced[-1] = (forced[-1][0], max(forced[-1][1], e))
-            else:
-                forced.append((s, e))
-        red = self.reduce(
-            text,
-            question or None,
-            rate=None if target_token > 0 else rate,
-            target_tokens=target_token if target_token > 0 else None,
-            force_keep=forced or None,
-        )
-        parts_full = [p for p in (instruction, text, question) if p]
-        parts = [p for p in (instruction, red.text, question) if p]
-        origin = len(self.encode("\n\n".join(parts_full)))
-        compressed_prompt = "\n\n".join(parts)
-        compressed = len(self.encode(compressed_prompt))
-        return {
-            "compressed_prompt": compressed_prompt,
-            "origin_tokens": origin,
-            "compressed_tokens": compressed,
-            "ratio": origin / max(compressed, 1),
-            "rate": compressed / max(origin, 1),
-        }
+        return compress_prompt(self, context, instruction, question, rate, target_token, force_tokens)
 
     def generate(
         self,
@@ -657,48 +489,12 @@ class TokenReducer(nn.Module):
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
 
 
-def _document_spans(
-    documents: Sequence[str], starts: dict[int, int], items: Sequence[str | tuple[int, int, int]]
-) -> list[tuple[int, int]]:
-    """``force_keep`` of :meth:`TokenReducer.reduce_documents` as spans of the joined text.
-
-    Raises:
-        ReducerError: On a malformed item, a span outside its document or a string that occurs in no document.
-    """
-    if isinstance(items, str) or not isinstance(items, Sequence):
-        raise ReducerError(
-            f"force_keep must be a list of strings and (document, start, end) spans, got {type(items).__name__}"
-        )
-    out: list[tuple[int, int]] = []
-    for item in items:
-        if isinstance(item, str):
-            if not item:
-                raise ReducerError("force_keep has an empty string")
-            found = False
-            for i, start in starts.items():
-                at = documents[i].find(item)
-                while at >= 0:
-                    out.append((start + at, start + at + len(item)))
-                    found = True
-                    at = documents[i].find(item, at + len(item))
-            if not found:
-                raise ReducerError(f"force_keep string {item[:60]!r} does not occur in any document")
-            continue
-        if not (
-            isinstance(item, (tuple, list))
-            and len(item) == 3
-            and all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) for x in item)
-        ):
-            raise ReducerError(f"force_keep item {item!r} is neither a (document, start, end) span nor a string")
-        d, s, e = (int(x) for x in item)
-        if not 0 <= d < len(documents):
-            raise ReducerError(f"force_keep span {tuple(item)} names document {d}, but there are {len(documents)}")
-        if d not in starts:
-            raise ReducerError(f"force_keep span {tuple(item)} is in document {d}, which is whitespace only")
-        if not 0 <= s < e <= len(documents[d]):
-            raise ReducerError(
-                f"force_keep span {tuple(item)} is out of range: need 0 <= start < end <= {len(documents[d])} "
-                f"(document {d}'s length in characters)"
-            )
-        out.append((starts[d] + s, starts[d] + e))
-    return out
+def _budget(rate: float | None, target_tokens: int | None, token_cost: float | None, too_long: str) -> Budget:
+    """The budget a text API call asks for; ReducerError on a bad one or a bad ``too_long``."""
+    try:
+        budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
+    except BudgetError as err:
+        raise ReducerError(str(err)) from err
+    if too_long not in ("chunk", "error"):
+        raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
+    return budget

@@ -21,8 +21,8 @@ from policies.budget import Budget, BudgetConfig, TokenLimits, ceiling_units, se
 from policies.lexical import PARAGRAPH_CHANNELS
 from policies.network import EncoderBlock, NetworkConfig
 from policies.processor import ProcessorConfig, encode
-from policies.reducer import DOCUMENT_SEPARATOR as REDUCER_SEPARATOR
 from policies.reducer import TokenReducer
+from policies.reduction import DOCUMENT_SEPARATOR as REDUCER_SEPARATOR
 
 
 # ------------------------------------------------------------------------------------------ the families
