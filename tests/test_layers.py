@@ -41,10 +41,11 @@ def test_every_deployable_module_is_covered():
         ("policies/reducer.py", "import stable_baselines3"),  # the deployable reducer must not need the trainer
         ("policies/network.py", "import policies.sb3_policy"),  # nor the SB3 adapter
         ("policies/integrations/langchain.py", "import agents.cli"),  # the RAG integrations ship too
+        ("tokenkeep/__init__.py", "import envs.core"),  # the installed name loads no training code
     ],
 )
 def test_a_deliberate_upward_import_is_caught(tmp_path, module, line):
-    for name in ("policies", "envs", "agents"):
+    for name in ("tokenkeep", "policies", "envs", "agents"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     assert _lint(tmp_path).returncode == 0  # the copy is clean before the change
@@ -52,3 +53,24 @@ def test_a_deliberate_upward_import_is_caught(tmp_path, module, line):
     target.write_text(target.read_text() + f"\n{line}  # noqa\n")
     out = _lint(tmp_path)
     assert out.returncode != 0 and "BROKEN" in out.stdout, out.stdout
+
+
+def test_tokenkeep_is_the_deployable_api_under_the_installed_name():
+    import policies
+    import tokenkeep
+
+    assert tokenkeep.__all__ == policies.__all__ and "TokenReducer" in tokenkeep.__all__
+    assert all(getattr(tokenkeep, name) is getattr(policies, name) for name in policies.__all__)
+    # importing it loads neither the trainer nor the training environment
+    heavy = ("stable_baselines3", "gymnasium", "envs", "agents")
+    code = f"import sys, tokenkeep; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_tokenkeep_integrations_are_the_policies_ones():
+    pytest.importorskip("langchain_core")
+    from policies.integrations.langchain import TokenKeepCompressor
+    from tokenkeep.integrations.langchain import TokenKeepCompressor as Reexported
+
+    assert Reexported is TokenKeepCompressor
