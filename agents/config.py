@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 import tyro
 
 from agents.baselines import BASELINES, HEURISTICS
+from envs.rewards import SCORES
 from policies.budget import BudgetConfig
 from policies.config_io import from_dict, to_dict
 from policies.network import NetworkConfig
@@ -55,8 +56,9 @@ class TaskConfig:
         num_examples: Examples per synthetic training spec (the pool episodes are drawn from).
         eval_examples: Examples per synthetic held-out spec in the periodic evaluation.
         too_long: Contexts longer than max_len: error, or skip them.
-        reward: Task score in the reward: loglik (relative to the full context), choice (the calibrated
-            contrastive choice score where an example has choices, loglik elsewhere; relative), em or kl.
+        reward: Task score in the reward (:data:`envs.rewards.SCORES`): loglik (relative to the full context),
+            choice (the calibrated contrastive choice score where an example has choices, loglik elsewhere;
+            relative), em or kl.
     """
 
     train: str = "passkey:train,kv:train,qa:train"
@@ -64,9 +66,11 @@ class TaskConfig:
     num_examples: int = 256
     eval_examples: int = 16
     too_long: Literal["error", "skip"] = "error"
-    reward: Literal["loglik", "choice", "em", "kl"] = "loglik"
+    reward: str = "loglik"
 
     def __post_init__(self) -> None:
+        if self.reward not in SCORES:
+            raise ValueError(f"tasks.reward: unknown score {self.reward!r}; choose one of {sorted(SCORES)}")
         if not self.train.strip():
             raise ValueError("tasks.train must name at least one task spec")
         if self.num_examples < 1 or self.eval_examples < 1:

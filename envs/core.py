@@ -25,10 +25,8 @@ so the ranking distribution ranks only the other units and its log-probability c
 decide what is kept. A drawn rate too small for an example's forced units is raised to fit them
 (:meth:`TokenKeepCore.sample`); a budget given explicitly that is too small is refused.
 
-Reward: ``r = s - token_cost * kept / context_tokens`` where ``s`` is the task score of the reduced prompt,
-minus the full-context score when the score is relative (``loglik``). Each episode's budget is drawn by
-:meth:`policies.budget.BudgetConfig.sample`: with a rate the budget is enforced by the fill and ``token_cost``
-is 0; in adaptive mode the policy chooses how much to keep and pays ``token_cost``.
+Reward: :mod:`envs.rewards` (the task score of the reduced prompt, relative to the full context's for a relative
+score, minus the token cost). Each episode's budget is drawn by :meth:`policies.budget.BudgetConfig.sample`.
 
 Contexts longer than the room left by the question (``max_len - len(question)``) are handled by
 ``too_long``: ``"error"`` (default) raises a ValueError naming the example; ``"skip"`` drops such examples from
@@ -51,7 +49,7 @@ from envs.backends import BackendError
 from envs.credit import credit_gains, unit_credits
 from envs.examples import EncodedExample, Example, encode_example, prepare_example
 from envs.frozen_lm import FrozenLM
-from envs.scoring import TaskScore, make_score
+from envs.rewards import TaskScore, episode_reward, make_score, task_gain
 from envs.task_specs import load_tasks
 from policies.budget import (
     Budget,
@@ -132,7 +130,7 @@ class TokenKeepCore:
         tasks: A task spec string (see :mod:`envs.task_specs`) or a list of examples.
         processor: How observations are built (``max_len``, feature layer).
         budget: The budgets episodes are drawn from (and the policy is conditioned on).
-        reward: ``loglik``, ``em``, ``kl``, a :class:`TaskScore` or a callable (see :mod:`envs.scoring`).
+        reward: A task score's name (:data:`envs.rewards.SCORES`), a :class:`TaskScore` or a callable.
         num_examples: Examples per synthetic task spec in the pool.
         task_seed: Seed used to generate synthetic examples.
         too_long: ``"error"`` or ``"skip"`` for contexts that do not fit (see the module docstring).
@@ -449,7 +447,8 @@ class TokenKeepCore:
             value = dict(zip(unique, res.scores.tolist(), strict=True))
             for r in todo:
                 scores[r] = float(value[(indices[r], kept_ids[r])])
-        gains = [s - f[0] if self.score.relative and need_full else s for s, f in zip(scores, full, strict=True)]
+        relative = self.score.relative and need_full
+        gains = [task_gain(s, f[0], relative) for s, f in zip(scores, full, strict=True)]
         return self._results(indices, budgets, kept_ids, gains, scores, [f[0] for f in full])
 
     def _results(
@@ -469,7 +468,7 @@ class TokenKeepCore:
         for r, i in enumerate(indices):
             e = self.pool[i]
             ratio = len(kept_ids[r]) / len(e.context)
-            rewards[r] = gains[r] - costs[r] * ratio
+            rewards[r] = episode_reward(gains[r], costs[r], ratio)
             infos.append(
                 {
                     "kept_ratio": ratio,

@@ -28,23 +28,14 @@ longer contexts.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from envs import task_data as data
 from envs.examples import Example
 
-FAMILIES = ("passkey", "kv", "qa", "multihop", "state", "multihop3", "before")
 SPLITS = ("train", "heldout")
 
-# Default sizes per split; held-out lengths lie outside the training range.
-_DEFAULTS = {
-    "passkey": {"train": {"filler": 6, "distractors": 0}, "heldout": {"filler": 10, "distractors": 0}},
-    "kv": {"train": {"filler": 0, "distractors": 10}, "heldout": {"filler": 0, "distractors": 16}},
-    "qa": {"train": {"filler": 4, "distractors": 6}, "heldout": {"filler": 4, "distractors": 8}},
-    "multihop": {"train": {"filler": 2, "distractors": 4}, "heldout": {"filler": 3, "distractors": 6}},
-    "state": {"train": {"filler": 2, "distractors": 3}, "heldout": {"filler": 3, "distractors": 5}},
-    "multihop3": {"train": {"filler": 1, "distractors": 3}, "heldout": {"filler": 1, "distractors": 4}},
-    "before": {"train": {"filler": 2, "distractors": 3}, "heldout": {"filler": 3, "distractors": 5}},
-}
 _SPLIT_SEED = {"train": 0, "heldout": 1_000_003}
 
 
@@ -369,9 +360,39 @@ def _before(rng: random.Random, split: str, filler: int, distractors: int) -> Ex
     )
 
 
-_GENERATORS = {"passkey": _passkey, "kv": _kv, "qa": _qa, "multihop": _multihop, "state": _state,
-    "multihop3": _multihop3, "before": _before,
+@dataclass(frozen=True)
+class Family:
+    """A synthetic family: its generator and its default sizes per split.
+
+    Attributes:
+        generate: ``generate(rng, split, filler, distractors) -> Example``, one example per call.
+        defaults: Per split, the default ``filler`` and ``distractors`` (held-out lengths lie outside the
+            training range).
+    """
+
+    generate: Callable[[random.Random, str, int, int], Example]
+    defaults: dict[str, dict[str, int]]
+
+
+REGISTRY: dict[str, Family] = {
+    "passkey": Family(
+        _passkey, {"train": {"filler": 6, "distractors": 0}, "heldout": {"filler": 10, "distractors": 0}}
+    ),
+    "kv": Family(_kv, {"train": {"filler": 0, "distractors": 10}, "heldout": {"filler": 0, "distractors": 16}}),
+    "qa": Family(_qa, {"train": {"filler": 4, "distractors": 6}, "heldout": {"filler": 4, "distractors": 8}}),
+    "multihop": Family(
+        _multihop, {"train": {"filler": 2, "distractors": 4}, "heldout": {"filler": 3, "distractors": 6}}
+    ),
+    "state": Family(_state, {"train": {"filler": 2, "distractors": 3}, "heldout": {"filler": 3, "distractors": 5}}),
+    "multihop3": Family(
+        _multihop3, {"train": {"filler": 1, "distractors": 3}, "heldout": {"filler": 1, "distractors": 4}}
+    ),
+    "before": Family(_before, {"train": {"filler": 2, "distractors": 3}, "heldout": {"filler": 3, "distractors": 5}}),
 }
+"""The synthetic families by name; a new family is a generator (one file) and one line here (docs/extending.md)."""
+
+FAMILIES = tuple(REGISTRY)
+"""The synthetic families' names."""
 
 
 def make_examples(
@@ -386,7 +407,7 @@ def make_examples(
     """Generate ``n`` examples of a synthetic family, deterministically from ``seed``.
 
     Args:
-        family: One of :data:`FAMILIES`.
+        family: One of :data:`REGISTRY`.
         split: ``train`` or ``heldout``.
         n: Number of examples.
         seed: Random seed; the split adds its own offset, so equal seeds never give equal examples across
@@ -401,14 +422,14 @@ def make_examples(
     Raises:
         ValueError: On an unknown family or split, or a negative size.
     """
-    if family not in _GENERATORS:
-        raise ValueError(f"unknown task family {family!r}; choose one of {', '.join(FAMILIES)} or jsonl:PATH")
+    if family not in REGISTRY:
+        raise ValueError(f"unknown task family {family!r}; choose one of {', '.join(REGISTRY)} or jsonl:PATH")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {family}; choose one of {', '.join(SPLITS)}")
-    d = _DEFAULTS[family][split]
+    d = REGISTRY[family].defaults[split]
     filler = d["filler"] if filler is None else filler
     distractors = d["distractors"] if distractors is None else distractors
     if n < 1 or filler < 0 or distractors < 0:
         raise ValueError(f"n must be >= 1 and filler, distractors >= 0 (got n={n}, {filler}, {distractors})")
     rng = random.Random(f"{family}/{split}/{seed + _SPLIT_SEED[split]}")
-    return [_GENERATORS[family](rng, split, filler, distractors) for _ in range(n)]
+    return [REGISTRY[family].generate(rng, split, filler, distractors) for _ in range(n)]

@@ -27,13 +27,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from envs import task_families
 from envs.examples import Example
 from envs.jsonl_tasks import load_jsonl, write_jsonl
 from envs.real_text import REAL_FAMILIES, make_real_examples
-from envs.task_families import FAMILIES, SPLITS, make_examples
+from envs.task_families import SPLITS, make_examples
 
-ALL_FAMILIES = FAMILIES + REAL_FAMILIES
-"""Every built-in family: the synthetic ones, then the real-text ones."""
+
+def all_families() -> tuple[str, ...]:
+    """Every family a spec may name: the synthetic ones (``task_families.REGISTRY``), then the real-text ones."""
+    return (*task_families.REGISTRY, *REAL_FAMILIES)
+
 LOGLIK_FAMILIES = REAL_FAMILIES
 """Families whose headline metric is the answer's log-likelihood (long extractive answers; EM says little)."""
 
@@ -43,7 +47,7 @@ class TaskSpec:
     """A parsed task spec (see the module docstring).
 
     Attributes:
-        family: A synthetic or real-text family (:data:`ALL_FAMILIES`) or ``jsonl``.
+        family: A synthetic or real-text family (:func:`all_families`) or ``jsonl``.
         split: ``train``/``heldout`` for synthetic families; the file path for ``jsonl``.
         options: Integer options (``n``, ``seed``, ``filler``, ``distractors``).
     """
@@ -65,9 +69,9 @@ class TaskSpec:
             if not rest:
                 raise ValueError("task spec 'jsonl:' needs a path, e.g. jsonl:data/tasks.jsonl")
             return cls("jsonl", rest)
-        if family not in ALL_FAMILIES:
+        if family not in all_families():
             raise ValueError(
-                f"unknown task spec {spec!r}: family must be one of {', '.join(ALL_FAMILIES)} or jsonl:PATH"
+                f"unknown task spec {spec!r}: family must be one of {', '.join(all_families())} or jsonl:PATH"
             )
         split, _, opts = rest.partition(":")
         split = split or "train"

@@ -9,7 +9,8 @@ import envs  # noqa: F401  (registers the env)
 from envs.core import LRUCache, TokenKeepCore
 from envs.credit import credit_gains
 from envs.examples import encode_example
-from envs.scoring import build_prompts, choice_priors, make_score, score_reduced
+from envs.rewards import make_score
+from envs.scoring import build_prompts, choice_priors, score_reduced
 from envs.task_families import make_examples
 from envs.task_specs import load_tasks
 from envs.token_keep_env import TokenKeepEnv
