@@ -59,14 +59,8 @@ from policies.budget import (
     forced_limits,
     forced_tokens,
 )
-from policies.processor import (
-    Encoded,
-    ProcessorConfig,
-    force_keep_mask,
-    observation_layout,
-    pack_observations,
-    resolve_force_keep,
-)
+from policies.force_keep import force_keep_mask, resolve_force_keep
+from policies.processor import Encoded, ProcessorConfig, observation_layout, pack_observations
 from policies.selection import Selection
 
 

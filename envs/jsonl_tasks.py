@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from envs.examples import Example
-from policies.processor import resolve_force_keep
+from policies.force_keep import resolve_force_keep
 
 MAX_LINE_BYTES = 8 * 2**20
 """Longest JSONL line accepted (8 MiB: about two million tokens of context)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from policies.processor import resolve_force_keep
+from policies.force_keep import resolve_force_keep
 from policies.reducer_config import ReducerError
 
 if TYPE_CHECKING:

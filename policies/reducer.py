@@ -21,20 +21,17 @@ from torch import nn
 from policies.budget import Budget, BudgetConfig, BudgetError, check_forced, rank_priorities
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
+from policies.force_keep import ForceKeep, force_keep_mask, kept_spans, resolve_force_keep
 from policies.llmlingua import compress_prompt
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import (
     Encoded,
-    ForceKeep,
     ProcessorConfig,
     encode,
     encode_question,
     encode_text,
-    force_keep_mask,
-    kept_spans,
     pack_observations,
     pad_token_id,
-    resolve_force_keep,
     windows,
 )
 from policies.reducer_config import (

@@ -16,8 +16,8 @@ from envs.token_keep_env import TokenKeepEnv
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies import Budget, BudgetConfig, ProcessorConfig, ReducerError, TokenReducer
 from policies.budget import BudgetError, TokenLimits, probe_units, select_units
+from policies.force_keep import resolve_force_keep
 from policies.network import NetworkConfig
-from policies.processor import resolve_force_keep
 from policies.ranking import RankingDistribution
 
 UNITS = ("token", "word", "sentence")
