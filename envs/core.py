@@ -1,44 +1,30 @@
 """The shared engine behind TokenKeep-v0: observations, cached full-context data and batched rewards.
 
-One :class:`TokenKeepCore` holds the frozen model, the tokenised example pool, the reward score and a bounded
-LRU cache of per-example features and full-context scores. The single env and the batched vec env both call
-:meth:`TokenKeepCore.observe` and :meth:`TokenKeepCore.step_batch`, so a batch of n episodes costs one
-frozen-model forward (per micro-batch), and full-context work is done once per example.
+One :class:`TokenKeepCore` holds the frozen model, the tokenised example pool, the reward score
+(:mod:`envs.rewards`) and a bounded cache of per-example features and full-context scores. The single env and the
+batched vec env both call :meth:`TokenKeepCore.observe` and :meth:`TokenKeepCore.step_batch`, so a batch of n
+episodes costs one frozen-model forward (per micro-batch), and full-context work is done once per example.
 
-Observations are packed by :func:`policies.processor.pack_observations` (the layout is documented there), the
-same function the deployed reducer uses; the budget vector comes from :class:`policies.budget.BudgetConfig`.
+Observations are :func:`policies.processor.pack_observations` (the layout is documented there), the function the
+deployed reducer uses. Action: one priority per selection unit (``Box(-1, 1, (max_len,))``, aligned with
+``unit_index``). An episode is ``processor.rounds`` steps played by the selection engine
+(:class:`policies.selection.Selection`, the reducer's and the warm start's too): a round before the last keeps a
+probe, scores nothing and earns 0; the last round's keep decision is the reduction, scored.
 
-Action: one priority per selection unit (``Box(-1, 1, (max_len,))``, aligned with ``unit_index``); the kept
-units are :func:`policies.budget.select_units` of it under the episode's budget, the rule the reducer uses.
+Force-keep: an example's ``force_keep`` spans mark units every selection keeps, first and inside the budget. The
+observation gives those units ``unit_lengths`` 0 and ``limits`` what is left of the budget
+(:func:`policies.budget.forced_limits`), so the ranking's log-probability covers exactly the picks that decide
+what is kept. A drawn rate too small for the forced units is raised to fit them (:meth:`TokenKeepCore.sample`);
+a budget given explicitly that is too small is refused.
 
-Rounds (``processor.rounds`` R > 1): an episode is R steps, played by the selection engine
-(:class:`policies.selection.Selection`, which the reducer and the warm start play too; :meth:`TokenKeepCore.start`
-opens one). In a round before the last, the action's best units within
-:meth:`~policies.processor.ProcessorConfig.probe_tokens` are kept, nothing is scored and the reward is 0; the
-next observation is the example conditioned on them. The last round's action is the reduction, scored as below.
-
-Force-keep: an example's ``force_keep`` spans (:class:`envs.examples.Example`) mark units every selection keeps,
-first and inside the budget, with the reducer's rule (:func:`policies.budget.select_units`; the probe of a
-round before the last counts them as kept too, :func:`policies.budget.probe_units`). The observation gives
-those units ``unit_lengths`` 0 and ``limits`` what is left of the budget (:func:`policies.budget.forced_limits`),
-so the ranking distribution ranks only the other units and its log-probability covers exactly the picks that
-decide what is kept. A drawn rate too small for an example's forced units is raised to fit them
-(:meth:`TokenKeepCore.sample`); a budget given explicitly that is too small is refused.
-
-Reward: :mod:`envs.rewards` (the task score of the reduced prompt, relative to the full context's for a relative
-score, minus the token cost). Each episode's budget is drawn by :meth:`policies.budget.BudgetConfig.sample`.
-
-Contexts longer than the room left by the question (``max_len - len(question)``) are handled by
-``too_long``: ``"error"`` (default) raises a ValueError naming the example; ``"skip"`` drops such examples from
-the pool when it is built and reports how many. Nothing is ever truncated silently.
+Contexts longer than ``max_len`` with the question: ``too_long="error"`` (default) raises naming the example;
+``"skip"`` drops them from the pool and reports how many. Nothing is ever truncated silently.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,10 +32,11 @@ import torch
 from gymnasium import spaces
 
 from envs.backends import BackendError
+from envs.cache import LRUCache, tensor_bytes
 from envs.credit import credit_gains, unit_credits
 from envs.examples import EncodedExample, Example, encode_example, prepare_example
 from envs.frozen_lm import FrozenLM
-from envs.rewards import TaskScore, episode_reward, make_score, task_gain
+from envs.rewards import StepResult, TaskScore, make_score, results, task_gain
 from envs.task_specs import load_tasks
 from policies.budget import (
     Budget,
@@ -62,58 +49,6 @@ from policies.budget import (
 from policies.force_keep import force_keep_mask, resolve_force_keep
 from policies.processor import Encoded, ProcessorConfig, observation_layout, pack_observations
 from policies.selection import Selection
-
-
-class LRUCache:
-    """A size-bounded least-recently-used cache; ``cost(value)`` gives each entry's size."""
-
-    def __init__(self, capacity: float, cost: Callable[[Any], float] = lambda v: 1.0) -> None:
-        self.capacity = capacity
-        self.cost = cost
-        self.used = 0.0
-        self.data: OrderedDict[Any, Any] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Any) -> Any | None:
-        """Value for ``key`` or None, marking it recently used."""
-        if key in self.data:
-            self.data.move_to_end(key)
-            self.hits += 1
-            return self.data[key]
-        self.misses += 1
-        return None
-
-    def put(self, key: Any, value: Any) -> None:
-        """Insert, evicting the least recently used entries beyond capacity."""
-        if key in self.data:
-            self.used -= self.cost(self.data.pop(key))
-        self.data[key] = value
-        self.used += self.cost(value)
-        while self.used > self.capacity and len(self.data) > 1:
-            _, old = self.data.popitem(last=False)
-            self.used -= self.cost(old)
-
-
-@dataclass
-class StepResult:
-    """Outcome of a batch of keep decisions.
-
-    Attributes:
-        rewards: ``[B]`` rewards.
-        infos: One info dict per episode (kept_ratio, task_score, full_score, token_cost, rate, reduced_text, ...).
-    """
-
-    rewards: np.ndarray
-    infos: list[dict[str, Any]]
-
-
-def _tensor_bytes(v: Any) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.numel() * v.element_size())
-    if isinstance(v, tuple):
-        return sum(_tensor_bytes(x) for x in v)
-    return 64.0
 
 
 class TokenKeepCore:
@@ -185,7 +120,7 @@ class TokenKeepCore:
         self.skipped = skipped
         # what counterfactual credit (envs.credit) has cost: groups or episodes credited, prompts, context tokens
         self.credit_stats = {"groups": 0, "episodes": 0, "prompts": 0, "context_tokens": 0}
-        self.cache = LRUCache(cache_bytes, cost=_tensor_bytes)
+        self.cache = LRUCache(cache_bytes, cost=tensor_bytes)
         layout = observation_layout(
             self.max_len,
             self.features.hidden_size,
@@ -454,28 +389,7 @@ class TokenKeepCore:
         scores: Sequence[float],
         full: Sequence[float] | None = None,
     ) -> StepResult:
-        """Rewards (task gain minus token cost) and infos of scored keep decisions (``kept_ids``: the kept tokens)."""
-        full = full if full is not None else [float("nan")] * len(indices)
-        rewards = np.zeros(len(indices), np.float32)
+        """Rewards and infos of scored keep decisions (``kept_ids``: the kept tokens): :func:`envs.rewards.results`."""
         costs = [self.budget.token_cost(b) for b in budgets]
-        infos = []
-        for r, i in enumerate(indices):
-            e = self.pool[i]
-            ratio = len(kept_ids[r]) / len(e.context)
-            rewards[r] = episode_reward(gains[r], costs[r], ratio)
-            infos.append(
-                {
-                    "kept_ratio": ratio,
-                    "kept_tokens": len(kept_ids[r]),
-                    "context_tokens": len(e.context),
-                    "task_score": scores[r],
-                    "full_score": full[r],
-                    "token_cost": float(costs[r]),
-                    "rate": budgets[r].rate,
-                    "adaptive": budgets[r].adaptive,
-                    "example_index": int(i),
-                    "family": e.example.family,
-                    "reduced_text": self.lm.decode(kept_ids[r]),
-                }
-            )
-        return StepResult(rewards, infos)
+        episodes = [self.pool[i] for i in indices]
+        return results(episodes, indices, budgets, kept_ids, gains, scores, costs, self.lm.decode, full)

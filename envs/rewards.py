@@ -25,11 +25,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from envs.examples import EncodedExample
 from envs.frozen_lm import FrozenLM
 from envs.scoring import Contexts, answer_loglik, build_prompts, choice_priors, exact_match
+from policies.budget import Budget
+
+
+@dataclass
+class StepResult:
+    """Outcome of a batch of keep decisions.
+
+    Attributes:
+        rewards: ``[B]`` rewards.
+        infos: One info dict per episode (kept_ratio, task_score, full_score, token_cost, rate, reduced_text, ...).
+    """
+
+    rewards: np.ndarray
+    infos: list[dict[str, Any]]
 
 
 def task_gain(score: float, full_score: float, relative: bool) -> float:
@@ -40,6 +55,54 @@ def task_gain(score: float, full_score: float, relative: bool) -> float:
 def episode_reward(gain: float, token_cost: float, kept_ratio: float) -> float:
     """The reward of a keep decision: its task gain minus the token cost of the share of the context it keeps."""
     return gain - token_cost * kept_ratio
+
+
+def results(
+    episodes: Sequence[EncodedExample],
+    indices: Sequence[int],
+    budgets: Sequence[Budget],
+    kept_ids: Sequence[Sequence[int]],
+    gains: Sequence[float],
+    scores: Sequence[float],
+    costs: Sequence[float],
+    decode: Callable[[Sequence[int]], str],
+    full: Sequence[float] | None = None,
+) -> StepResult:
+    """Rewards and infos of a batch of scored keep decisions.
+
+    Args:
+        episodes: Each episode's example.
+        indices: Their indices in the pool (recorded in the infos).
+        budgets: Each episode's budget.
+        kept_ids: The tokens each kept.
+        gains: Each one's task gain (:func:`task_gain`).
+        scores: Each one's task score (NaN where none was computed).
+        costs: Each one's token cost.
+        decode: Token ids to text (the infos' ``reduced_text``).
+        full: The full context's score per episode (NaN: not computed).
+    """
+    full = full if full is not None else [float("nan")] * len(indices)
+    rewards = np.zeros(len(indices), np.float32)
+    infos = []
+    for r, (e, i) in enumerate(zip(episodes, indices, strict=True)):
+        ratio = len(kept_ids[r]) / len(e.context)
+        rewards[r] = episode_reward(gains[r], costs[r], ratio)
+        infos.append(
+            {
+                "kept_ratio": ratio,
+                "kept_tokens": len(kept_ids[r]),
+                "context_tokens": len(e.context),
+                "task_score": scores[r],
+                "full_score": full[r],
+                "token_cost": float(costs[r]),
+                "rate": budgets[r].rate,
+                "adaptive": budgets[r].adaptive,
+                "example_index": int(i),
+                "family": e.example.family,
+                "reduced_text": decode(kept_ids[r]),
+            }
+        )
+    return StepResult(rewards, infos)
 
 
 @dataclass

@@ -6,7 +6,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs  # noqa: F401  (registers the env)
-from envs.core import LRUCache, TokenKeepCore
+from envs.cache import LRUCache
+from envs.core import TokenKeepCore
 from envs.credit import credit_gains
 from envs.examples import encode_example
 from envs.rewards import make_score
