@@ -30,9 +30,7 @@ from policies.processor import (
     encode,
     encode_question,
     encode_text,
-    pack_observations,
     pad_token_id,
-    windows,
 )
 from policies.reducer_config import (
     BaseModelInfo,
@@ -53,6 +51,7 @@ from policies.reduction import (
 )
 from policies.retokenize import retokenize as retokenize_text
 from policies.selection import Selection
+from policies.unit_scores import unit_scores
 
 
 class TokenReducer(nn.Module):
@@ -208,7 +207,9 @@ class TokenReducer(nn.Module):
             raise ReducerError(f"got {len(items)} contexts but {len(forced)} forced masks")
         selection = Selection.start(self.config.processor, self.config.budget, items, budgets, forced)
         while True:
-            scored = self._unit_scores(selection.current, budgets, window_batch, max_batch_tokens)
+            scored = unit_scores(
+                self.features, self.network, self.config, selection.current, budgets, window_batch, max_batch_tokens
+            )
             units = [(token_unit, lengths) for _, _, token_unit, lengths in scored]
             if not selection.final:
                 selection.advance([rank_priorities(scores) for scores, *_ in scored], units)
@@ -222,45 +223,6 @@ class TokenReducer(nn.Module):
                 return selection.keep(priorities, units)
             except BudgetError as err:
                 raise ReducerError(str(err)) from err
-
-    def _unit_scores(
-        self, items: Sequence[Encoded], budgets: Sequence[Budget], window_batch: int, max_batch_tokens: int
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Per context: unit scores, STOP score per unit, the unit of each token and tokens per unit.
-
-        A context longer than a window is scored window by window; its units are the windows' units in order (a
-        unit cut by a window edge counts twice).
-        """
-        try:
-            parts = [windows(enc, self.window_len) for enc in items]
-        except ValueError as err:
-            raise ReducerError(str(err)) from err
-        rows = [(i, w) for i, ws in enumerate(parts) for w in ws]
-        scores: list[list[np.ndarray]] = [[] for _ in items]
-        stops: list[list[np.ndarray]] = [[] for _ in items]
-        pad = self.config.tokenizer.pad_id
-        device = next(self.network.parameters()).device
-        for start in range(0, len(rows), window_batch):
-            chunk = rows[start : start + window_batch]
-            feats = self.features.encode(
-                [w.question + w.context for _, w in chunk], pad, max_batch_tokens, [len(w.question) for _, w in chunk]
-            )
-            vecs = [self.config.budget.observe(budgets[i], len(items[i].context)) for i, _ in chunk]
-            width = max(len(w.question) + len(w.context) for _, w in chunk)
-            att = self.features.attention_size
-            obs = pack_observations([w for _, w in chunk], feats, vecs, max_len=width, pad_id=pad, attention_size=att)
-            unit_scores, stop, _ = self.network({k: torch.as_tensor(v, device=device) for k, v in obs.items()})
-            for r, (i, w) in enumerate(chunk):
-                scores[i].append(unit_scores[r, : w.n_units].float().cpu().numpy())
-                stops[i].append(np.full(w.n_units, float(stop[r])))
-        out = []
-        for ws, sc, st in zip(parts, scores, stops, strict=True):
-            unit_scores = np.concatenate(sc)
-            before = np.cumsum([0] + [w.n_units for w in ws[:-1]])
-            token_unit = np.concatenate([w.unit_index + k for w, k in zip(ws, before, strict=True)])
-            lengths = np.bincount(token_unit, minlength=len(unit_scores))
-            out.append((unit_scores, np.concatenate(st), token_unit, lengths))
-        return out
 
     def reduce(
         self,
