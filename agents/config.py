@@ -70,7 +70,7 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         if self.reward not in SCORES:
-            raise ValueError(f"tasks.reward: unknown score {self.reward!r}; choose one of {sorted(SCORES)}")
+            raise ValueError(f"tasks.reward: must be one of {sorted(SCORES)}, got {self.reward!r}")
         if not self.train.strip():
             raise ValueError("tasks.train must name at least one task spec")
         if self.num_examples < 1 or self.eval_examples < 1:

@@ -23,6 +23,7 @@ from policies.network import EncoderBlock, NetworkConfig
 from policies.processor import ProcessorConfig, encode
 from policies.reducer import TokenReducer
 from policies.reduction import DOCUMENT_SEPARATOR as REDUCER_SEPARATOR
+from policies.unit_scores import unit_scores
 
 
 # ------------------------------------------------------------------------------------------ the families
@@ -267,9 +268,8 @@ def test_stop_margin_lowers_the_deployed_stop_and_nothing_else(tiny_lm):
     encs = [encode_example(tiny_lm.tokenizer, ex) for ex in load_tasks("state:heldout:n=6")]
     budgets = [Budget(rate=0.5)] * len(encs)
     items = [encode(processor, tiny_lm.tokenizer, e.example.context, e.example.question) for e in encs]
-    for (s0, stop0, _, _), (s1, stop1, _, _) in zip(
-        reducer._unit_scores(items, budgets, 8, 8192), shifted._unit_scores(items, budgets, 8, 8192), strict=True
-    ):
+    scored = [unit_scores(r.features, r.network, r.config, items, budgets, 8, 8192) for r in (reducer, shifted)]
+    for (s0, stop0, _, _), (s1, stop1, _, _) in zip(*scored, strict=True):
         assert np.array_equal(s0, s1)
         assert np.allclose(stop0 - stop1, 60.0, atol=1e-4)
     contexts, questions = [e.example.context for e in encs], [e.example.question for e in encs]
