@@ -112,9 +112,9 @@ class PPOConfig:
             deterministic selection (what the reducer deploys) with one dropped unit exchanged for one kept unit
             (:class:`policies.ranking.SwapDistribution`); ``none``, the deterministic selection itself.
         anchor: With ``dense`` credit, weight of a clone term to the policy PPO started from (the warm start): the
-            squared change of each unit's margin over STOP, summed over a row's units. The credit moves the units
-            at the selection's edge; the anchor holds the rest where the warm start put them, so that a shift of
-            every score relative to STOP cannot shrink or grow what the reducer keeps (0: off).
+            squared change of each uncredited unit's margin over STOP, summed over a row's units. The credit moves
+            the units at the selection's edge; the anchor holds the rest where the warm start put them, so that a
+            shift of every score relative to STOP cannot shrink or grow what the reducer keeps (0: off).
     """
 
     total_timesteps: int = 4096

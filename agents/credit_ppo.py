@@ -19,8 +19,10 @@ Probe rounds earn no credit here; the warm start trains them.
 Both picks' probabilities are unchanged by a shift of every score, so the objective says nothing about where
 units sit relative to STOP; under a ceiling budget the selection is what scores above STOP, and without an anchor
 the shared trunk's moves shrank it (README, "Does PPO now learn?": one of two seeds lost recall so).
-``ppo.anchor`` adds ``anchor * sum_u (m_u - m0_u)^2`` to each row's loss, ``m_u`` a unit's score minus STOP and
-``m0_u`` the same under the policy PPO started from (kept frozen here, saved with the checkpoints).
+``ppo.anchor`` adds ``anchor * sum_u (m_u - m0_u)^2`` to each row's loss, over the units the credit says nothing
+about (those not scored), ``m_u`` a unit's score minus STOP and ``m0_u`` the same under the policy PPO started
+from (kept frozen here, saved with the checkpoints): the credited units move, the rest stay where they were.
+(Anchoring every unit, credited ones included, held the policy at its warm start: README, "Does PPO now learn?".)
 
 This is stable-baselines3's PPO (rollouts, buffer, schedules, checkpoints, logging) with :meth:`CreditPPO.train`
 replaced; the value head is not trained (the expectation over picks needs no baseline from it), and
@@ -67,6 +69,22 @@ def swap_objective(
     per_pick = old_p * torch.minimum(ratio * advantage, clipped * advantage)
     clip_mass = (old_p * ((ratio - 1).abs() > clip_range)).sum(1)
     return per_pick.sum(1), clip_mass
+
+
+def anchor_penalty(
+    margin: torch.Tensor, anchor_margin: torch.Tensor, valid: torch.Tensor, credit: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Mean over rows of ``sum_u (m_u - m0_u)^2`` over the valid units without credit, and its root-mean-square.
+
+    Args:
+        margin: ``[B, U]`` units' scores minus STOP under the current policy.
+        anchor_margin: ``[B, U]`` the same under the anchor.
+        valid: ``[B, U]`` real units.
+        credit: ``[B, U]`` the units' credits (0: not scored, held by the anchor).
+    """
+    held = valid & (credit == 0)
+    drift = torch.where(held, margin - anchor_margin, 0.0).square()
+    return drift.sum(1).mean(), float((drift.sum() / held.sum().clamp(min=1)).sqrt())
 
 
 class CreditPPO(PPO):
@@ -174,9 +192,9 @@ class CreditPPO(PPO):
                 )
                 loss = -obj.mean()
                 if self._anchor_policy is not None:
-                    drift = torch.where(valid[r], margin - anchor_margin[r], 0.0).square()
-                    loss = loss + self.anchor * drift.sum(1).mean()
-                    drifts.append((drift.sum() / valid[r].sum()).sqrt().item())
+                    penalty, rms = anchor_penalty(margin, anchor_margin[r], valid[r], credit[r])
+                    loss = loss + self.anchor * penalty
+                    drifts.append(rms)
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
@@ -190,7 +208,7 @@ class CreditPPO(PPO):
             "train/credit_abs_mean", float(credit.abs()[credit != 0].mean()) if (credit != 0).any() else 0.0
         )
         self.logger.record("train/scored_steps", n)
-        if drifts:  # root-mean-square change of a unit's margin over STOP since PPO started
+        if drifts:  # root-mean-square change of an uncredited unit's margin over STOP since PPO started
             self.logger.record("train/anchor_drift", float(np.mean(drifts)))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)

@@ -388,3 +388,16 @@ def test_anchor_is_the_policy_ppo_started_from_and_survives_a_checkpoint(tiny_lm
     assert any(not torch.equal(last[k], first[k]) for k in first)  # the policy moved, its anchor did not
     with pytest.raises(ValueError, match="only with ppo.credit 'dense'"):
         smoke_config(anchor=0.5)
+
+
+def test_the_anchor_holds_the_uncredited_units_and_frees_the_credited_ones():
+    from agents.credit_ppo import anchor_penalty
+
+    margin = torch.tensor([[1.0, 2.0, 3.0, 0.0]], requires_grad=True)
+    anchor = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    credit = torch.tensor([[0.0, 0.7, 0.0, 0.0]])  # unit 1 was scored: its move is the credit's business
+    penalty, rms = anchor_penalty(margin, anchor, valid, credit)
+    penalty.backward()
+    assert penalty.item() == pytest.approx(1.0 + 9.0) and rms == pytest.approx((10.0 / 2) ** 0.5)
+    assert margin.grad.tolist() == [[2.0, 0.0, 6.0, 0.0]]  # pulled back where uncredited; padding untouched
