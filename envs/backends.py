@@ -29,6 +29,7 @@ first K blocks (default: all); the rest bound the HTTP client (see :class:`Remot
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
@@ -38,8 +39,11 @@ import torch
 
 from envs.model_cache import DEFAULT_MODEL_SPEC
 
-REMOTE_SCHEMES = ("vllm+http", "vllm+https")
-"""URL schemes of remote model specs."""
+REMOTE_BACKENDS: dict[str, str | type] = {"vllm": "envs.vllm_backend:VLLMBackend"}
+"""Remote backends by the name that opens their specs (``NAME+http://...``): a class, or ``"module:class"``
+imported when a spec connects (a backend's module may need packages the others do not). The class has
+``connect(spec, tokenizer, *, vocab_size, eos_ids, probe)`` (:meth:`envs.vllm_backend.VLLMBackend.connect`) and
+implements :class:`ScoringBackend`: a new backend is its module and one line here (``docs/extending.md``)."""
 
 
 @dataclass
@@ -183,8 +187,18 @@ def check_spans(
 
 
 def is_remote_spec(spec: str) -> bool:
-    """Whether a model spec names a served model (``vllm+http://...``)."""
-    return spec.split("://", 1)[0] in REMOTE_SCHEMES
+    """Whether a model spec names a served model (``vllm+http://...``, or another of :data:`REMOTE_BACKENDS`)."""
+    name, plus, transport = spec.split("://", 1)[0].partition("+")
+    return bool(plus) and name in REMOTE_BACKENDS and transport in ("http", "https")
+
+
+def remote_backend(name: str) -> type:
+    """The class of the remote backend ``name`` (:data:`REMOTE_BACKENDS`), imported now if need be."""
+    entry = REMOTE_BACKENDS[name]
+    if isinstance(entry, type):
+        return entry
+    module, _, cls = entry.partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 @dataclass(frozen=True)
@@ -193,6 +207,7 @@ class RemoteSpec:
 
     Attributes:
         url: The server's base URL, e.g. ``http://127.0.0.1:8000`` (no ``/v1``).
+        backend: The backend that serves it (a key of :data:`REMOTE_BACKENDS`).
         model: Served model name to expect; None accepts the server's only model.
         features: Local model spec for the policy's features and the tokenizer.
         feature_layers: Load only the first K blocks of the feature model (None: all).
@@ -203,6 +218,7 @@ class RemoteSpec:
     """
 
     url: str
+    backend: str = "vllm"
     model: str | None = None
     features: str = DEFAULT_MODEL_SPEC
     feature_layers: int | None = None
@@ -223,8 +239,9 @@ class RemoteSpec:
         parts = urlsplit(spec)
         if not parts.hostname:
             raise ValueError(f"remote model spec {spec!r} has no host")
-        url = f"{parts.scheme.removeprefix('vllm+')}://{parts.netloc}{parts.path.rstrip('/').removesuffix('/v1')}"
-        known = {f.name: f for f in fields(cls) if f.name != "url"}
+        backend, _, transport = parts.scheme.partition("+")
+        url = f"{transport}://{parts.netloc}{parts.path.rstrip('/').removesuffix('/v1')}"
+        known = {f.name: f for f in fields(cls) if f.name not in ("url", "backend")}
         kwargs: dict[str, object] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key not in known:
@@ -235,7 +252,7 @@ class RemoteSpec:
                 kwargs[key] = kind(value) if kind else value
             except ValueError as err:
                 raise ValueError(f"remote model spec: option {key}={value!r} is not a number") from err
-        out = cls(url=url, **kwargs)  # type: ignore[arg-type]
+        out = cls(url=url, backend=backend, **kwargs)  # type: ignore[arg-type]
         if out.max_in_flight < 1 or out.request_tokens < 1 or out.retries < 0 or out.timeout <= 0:
             raise ValueError("remote model spec: max_in_flight, request_tokens, timeout must be > 0, retries >= 0")
         if out.feature_layers is not None and out.feature_layers < 0:

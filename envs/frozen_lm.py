@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from envs.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec
+from envs.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec, remote_backend
 from envs.hf_backend import TransformersBackend
 from envs.model_cache import DEFAULT_MODEL_SPEC, load_model
 from policies.features import FeatureModule, micro_batches, pad_right
@@ -160,11 +160,9 @@ class FrozenLM:
             file_hash=None if remote else m.file_hash,
         )
         if remote:
-            from envs.vllm_backend import VLLMBackend
-
             eos = lm.model.generation_config.eos_token_id
             eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-            lm.backend = VLLMBackend.connect(
+            lm.backend = remote_backend(remote.backend).connect(
                 remote, lm.tokenizer, vocab_size=lm.vocab_size, eos_ids=eos_ids, probe=lm.layout
             )
         return lm
