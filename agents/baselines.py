@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.examples import EncodedExample
-from envs.frozen_lm import FrozenLM
+from envs.lm.frozen_lm import FrozenLM
+from envs.tasks.examples import EncodedExample
 from policies.budget import Budget, fill_units, keep_top, rank_priorities
 from policies.lexical import bm25_scores, token_words, unit_words, words
 from policies.processor import encode_context
@@ -127,7 +127,7 @@ class SurprisalMethod(KeepMethod):
 
     A subclass says which prompt holds the context (:meth:`surprisal_prompt`); the scores are the negated
     log-probabilities of that prompt's context span, from one batched
-    :meth:`~envs.frozen_lm.FrozenLM.score_continuations_and_spans` call. The evaluator instead batches these
+    :meth:`~envs.lm.frozen_lm.FrozenLM.score_continuations_and_spans` call. The evaluator instead batches these
     prompts with the rest of its work (a selective-context prompt *is* the full prompt, scored anyway) and ranks
     with :meth:`scores_from`.
 

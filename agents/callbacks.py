@@ -28,8 +28,8 @@ from agents.config import TrainConfig
 from agents.eval_metrics import task_metric
 from agents.evaluate import evaluate
 from agents.export import reducer_from_policy
-from envs.examples import EncodedExample
-from envs.frozen_lm import FrozenLM
+from envs.lm.frozen_lm import FrozenLM
+from envs.tasks.examples import EncodedExample
 
 
 class ReductionStatsCallback(BaseCallback):

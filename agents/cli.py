@@ -78,7 +78,7 @@ def train(argv: Sequence[str], run: str = "python train.py", prog: str | None = 
     from agents.ppo import train as run_training
     from agents.report import write_learning_curve
     from agents.run_dir import RunDirectoryError
-    from envs.backends import BackendError
+    from envs.lm.backends import BackendError
 
     with _program_name(prog):
         cmd = parse_train_command(list(argv), description=TRAIN_DESCRIPTION.format(run=run))
@@ -107,7 +107,7 @@ def evaluate(argv: Sequence[str], run: str = "python eval.py", prog: str | None 
     import tyro
 
     from agents.run_eval import EvalArgs, run_eval
-    from envs.backends import BackendError
+    from envs.lm.backends import BackendError
     from policies.reducer import ReducerError
 
     args = tyro.cli(EvalArgs, args=list(argv), prog=prog, description=EVAL_DESCRIPTION.format(run=run))

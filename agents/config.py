@@ -51,7 +51,7 @@ class TaskConfig:
     """What the policy trains and is evaluated on.
 
     Attributes:
-        train: Training task spec (see envs/task_specs.py), e.g. passkey:train,kv:train:distractors=6.
+        train: Training task spec (see envs/tasks/specs.py), e.g. passkey:train,kv:train:distractors=6.
         heldout: Held-out task spec for the periodic evaluation (empty: none).
         num_examples: Examples per synthetic training spec (the pool episodes are drawn from).
         eval_examples: Examples per synthetic held-out spec in the periodic evaluation.

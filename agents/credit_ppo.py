@@ -84,7 +84,7 @@ def anchor_penalty(
     """
     held = valid & (credit == 0)
     drift = torch.where(held, margin - anchor_margin, 0.0).square()
-    return drift.sum(1).mean(), float((drift.sum() / held.sum().clamp(min=1)).sqrt())
+    return drift.sum(1).mean(), float((drift.detach().sum() / held.sum().clamp(min=1)).sqrt())
 
 
 class CreditPPO(PPO):

@@ -2,7 +2,7 @@
 
 Identical ``(example, prompt)`` requests of a chunk (``full`` and a rate that keeps everything, two methods that
 keep the same tokens) are scored once. A call's time is shared out among its distinct prompts in proportion to the
-tokens each computed (:meth:`~envs.frozen_lm.FrozenLM.computed_tokens`: the prompt past the cached prefix plus the
+tokens each computed (:meth:`~envs.lm.frozen_lm.FrozenLM.computed_tokens`: the prompt past the cached prefix plus the
 continuations). :class:`EvalTrace` records what was computed, for benchmarks and tests.
 """
 
@@ -12,8 +12,8 @@ import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-from envs.backends import PromptScores
-from envs.frozen_lm import FrozenLM
+from envs.lm.backends import PromptScores
+from envs.lm.frozen_lm import FrozenLM
 
 
 @dataclass
@@ -26,7 +26,7 @@ class EvalTrace:
         seconds: Wall time inside them.
         requested: Prompts asked for, before de-duplication.
         prompts: Distinct prompts scored.
-        tokens: Tokens those computed (:meth:`~envs.frozen_lm.FrozenLM.computed_tokens`).
+        tokens: Tokens those computed (:meth:`~envs.lm.frozen_lm.FrozenLM.computed_tokens`).
         prompt_tokens: Of those, the prompt tokens: ``tokens`` less the continuation tokens past their first (with
             the in-process backend, the prompts past the cached prefix).
         tokens_by_method: Method name (or ``choice priors``) -> tokens its prompts computed; a shared prompt counts

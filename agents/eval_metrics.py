@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.task_specs import LOGLIK_FAMILIES
+from envs.tasks.specs import LOGLIK_FAMILIES
 
 READABLE_RUN = 5
 """Kept words in runs of at least this many consecutive words of the original text count as readable."""

@@ -18,7 +18,7 @@ code users run. Metrics (means over examples, with 95% bootstrap confidence inte
     model_ms    frozen-model scoring time per example
 
 Batching. A task is read ``chunk_size`` examples at a time, and the frozen model's work on a chunk is done in two
-batched, length-bucketed :meth:`~envs.frozen_lm.FrozenLM.score_continuations_and_spans` calls, each prompt
+batched, length-bucketed :meth:`~envs.lm.frozen_lm.FrozenLM.score_continuations_and_spans` calls, each prompt
 running through the model once (after the chat-template prefix, whose keys and values are cached) and scoring
 its gold answer and every choice from its keys and values:
 
@@ -32,7 +32,7 @@ its gold answer and every choice from its keys and values:
    everything, two methods that keep the same tokens, a reduced prompt equal to one of step 1).
 
 Timing columns. Each scoring call is timed and its time is shared out among its distinct prompts in proportion
-to the tokens each computed (:meth:`~envs.frozen_lm.FrozenLM.computed_tokens`: the prompt past the cached prefix
+to the tokens each computed (:meth:`~envs.lm.frozen_lm.FrozenLM.computed_tokens`: the prompt past the cached prefix
 plus the continuations). A row's ``model_ms`` is the share of its own prompts; a ``SurprisalMethod``'s
 ``reducer_ms`` includes the share of its surprisal prompts. A prompt shared by several rows counts in full for
 each of them (what the method would cost on its own), so the rows' times add up to more than the wall time
@@ -58,12 +58,12 @@ from tqdm.auto import tqdm
 from agents.baselines import KeepMethod, SurprisalMethod, kept_tokens
 from agents.eval_batch import EvalTrace, PromptBatch, ScoreRequest
 from agents.eval_metrics import bootstrap_ci, headline_metric, machine_info, readability
-from envs.examples import EncodedExample, encode_example
-from envs.frozen_lm import FrozenLM
-from envs.jsonl_tasks import iter_jsonl, validate_jsonl
-from envs.real_text import REAL_FAMILIES
+from envs.lm.frozen_lm import FrozenLM
 from envs.scoring import continuations, reduced_scores
-from envs.task_specs import TaskSpec, split_specs
+from envs.tasks.examples import EncodedExample, encode_example
+from envs.tasks.jsonl import iter_jsonl, validate_jsonl
+from envs.tasks.real_text import REAL_FAMILIES
+from envs.tasks.specs import TaskSpec, split_specs
 from policies.budget import Budget, keep_top
 
 SCHEMA_VERSION = 2
@@ -376,7 +376,7 @@ def load_eval_tasks(
         tokenizer: The frozen model's tokenizer.
         n: Examples per built-in spec that gives no ``n``.
         seed: Seed for built-in specs that give none.
-        n_real: Examples per real-text spec (:data:`envs.real_text.REAL_FAMILIES`) that gives no ``n``
+        n_real: Examples per real-text spec (:data:`envs.tasks.real_text.REAL_FAMILIES`) that gives no ``n``
             (default: ``n``).
 
     Raises:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from agents.config import TrainConfig, load_config
-from envs.frozen_lm import FrozenLM
+from envs.lm.frozen_lm import FrozenLM
 from policies.fileio import atomic_directory
 from policies.network import TokenKeepNetwork
 from policies.reducer import TokenReducer

@@ -34,7 +34,7 @@ from agents.export import export_reducer
 from agents.run_dir import RunLock, prepare_run_dir
 from agents.warm_start import behaviour_cloning
 from envs.core import TokenKeepCore
-from envs.frozen_lm import FrozenLM
+from envs.lm.frozen_lm import FrozenLM
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.sb3_policy import TokenKeepPolicy
 

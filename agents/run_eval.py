@@ -8,9 +8,9 @@ from pathlib import Path
 from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baselines
 from agents.evaluate import evaluate, load_eval_tasks
 from agents.report import markdown_table, write_report
-from envs.backends import is_remote_spec
-from envs.frozen_lm import FrozenLM
-from envs.model_cache import DEFAULT_MODEL_SPEC
+from envs.lm.backends import is_remote_spec
+from envs.lm.frozen_lm import FrozenLM
+from envs.lm.model_cache import DEFAULT_MODEL_SPEC
 from policies.reducer import TokenReducer
 from policies.reducer_config import tokenizer_fingerprint
 

@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.core import TokenKeepCore  # noqa: E402
-from envs.frozen_lm import FrozenLM  # noqa: E402
+from envs.lm.frozen_lm import FrozenLM  # noqa: E402
+from envs.lm.vllm_server import VLLMServer  # noqa: E402
 from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
-from envs.vllm_server import VLLMServer  # noqa: E402
 from policies.budget import Budget, BudgetConfig  # noqa: E402
 from policies.processor import ProcessorConfig  # noqa: E402
 

@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.config import PRESETS  # noqa: E402
-from envs.frozen_lm import FrozenLM  # noqa: E402
-from envs.task_families import make_examples  # noqa: E402
+from envs.lm.frozen_lm import FrozenLM  # noqa: E402
+from envs.tasks.families import make_examples  # noqa: E402
 from policies.processor import encode_question  # noqa: E402
 from policies.reducer import TokenReducer  # noqa: E402
 from policies.reduction import DOCUMENT_SEPARATOR  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.core import TokenKeepCore  # noqa: E402
-from envs.frozen_lm import FrozenLM  # noqa: E402
+from envs.lm.frozen_lm import FrozenLM  # noqa: E402
 from envs.scoring import build_prompts  # noqa: E402
 from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
 from policies.budget import Budget, BudgetConfig  # noqa: E402

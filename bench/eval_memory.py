@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 REDUCE = """
 import sys
-from envs.frozen_lm import FrozenLM
+from envs.lm.frozen_lm import FrozenLM
 from policies import TokenReducer
 from policies.processor import ProcessorConfig
 lm = FrozenLM.load(sys.argv[1])

@@ -34,7 +34,7 @@ from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baseline
 from agents.config import PRESETS  # noqa: E402
 from agents.eval_batch import EvalTrace  # noqa: E402
 from agents.evaluate import evaluate, load_eval_tasks  # noqa: E402
-from envs.frozen_lm import FrozenLM  # noqa: E402
+from envs.lm.frozen_lm import FrozenLM  # noqa: E402
 from policies.features import micro_batches  # noqa: E402
 from policies.reducer import TokenReducer  # noqa: E402
 

@@ -28,7 +28,7 @@ from agents.baselines import KeepMethod, ReducerMethod, make_baselines  # noqa: 
 from agents.eval_metrics import readability  # noqa: E402
 from agents.evaluate import load_eval_tasks  # noqa: E402
 from agents.run_eval import reducer_name, unique_name  # noqa: E402
-from envs.model_cache import load_model  # noqa: E402
+from envs.lm.model_cache import load_model  # noqa: E402
 from policies.budget import Budget  # noqa: E402
 from policies.reducer import TokenReducer  # noqa: E402
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from agents.baselines import make_baselines  # noqa: E402
-from envs.examples import encode_example  # noqa: E402
-from envs.frozen_lm import FrozenLM  # noqa: E402
+from envs.lm.frozen_lm import FrozenLM  # noqa: E402
 from envs.scoring import choice_priors, score_reduced  # noqa: E402
-from envs.task_families import FAMILIES, make_examples  # noqa: E402
+from envs.tasks.examples import encode_example  # noqa: E402
+from envs.tasks.families import FAMILIES, make_examples  # noqa: E402
 from policies.budget import Budget, fill_units, keep_top  # noqa: E402
 from policies.units import segment, unit_lengths  # noqa: E402
 

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.backends import BackendError
 from envs.cache import LRUCache, tensor_bytes
 from envs.credit import credit_gains, unit_credits
-from envs.examples import EncodedExample, Example, encode_example, prepare_example
-from envs.frozen_lm import FrozenLM
+from envs.lm.backends import BackendError
+from envs.lm.frozen_lm import FrozenLM
 from envs.rewards import StepResult, TaskScore, make_score, results, task_gain
-from envs.task_specs import load_tasks
+from envs.tasks.examples import EncodedExample, Example, encode_example, prepare_example
+from envs.tasks.specs import load_tasks
 from policies.budget import (
     Budget,
     BudgetConfig,
@@ -56,7 +56,7 @@ class TokenKeepCore:
 
     Args:
         model: A loaded :class:`FrozenLM` (shared, never reloaded) or a model spec to load.
-        tasks: A task spec string (see :mod:`envs.task_specs`) or a list of examples.
+        tasks: A task spec string (see :mod:`envs.tasks.specs`) or a list of examples.
         processor: How observations are built (``max_len``, feature layer).
         budget: The budgets episodes are drawn from (and the policy is conditioned on).
         reward: A task score's name (:data:`envs.rewards.SCORES`), a :class:`TaskScore` or a callable.

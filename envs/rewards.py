@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.examples import EncodedExample
-from envs.frozen_lm import FrozenLM
+from envs.lm.frozen_lm import FrozenLM
 from envs.scoring import Contexts, answer_loglik, build_prompts, choice_priors, exact_match
+from envs.tasks.examples import EncodedExample
 from policies.budget import Budget
 
 

@@ -1,6 +1,6 @@
 """Task metrics of (possibly reduced) prompts under a frozen model, batched: the numbers the evaluator reports.
 
-Every function takes a batch of :class:`~envs.examples.EncodedExample` and, optionally, one replacement context
+Every function takes a batch of :class:`~envs.tasks.examples.EncodedExample` and, optionally, one replacement context
 (token ids) per example; ``contexts=None`` scores the full contexts. Each runs one batched call of the frozen
 model, i.e. one forward pass per micro-batch. The reward the environment trains on is :mod:`envs.rewards`.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.examples import EncodedExample
-from envs.frozen_lm import FrozenLM
+from envs.lm.frozen_lm import FrozenLM
+from envs.tasks.examples import EncodedExample
 
 Contexts = Sequence[Sequence[int]] | None
 
@@ -104,7 +104,7 @@ def score_reduced(
     """Answer log-likelihood, exact match and, where every example has choices, choice accuracy; one pass.
 
     Each prompt runs through the model once; the gold answer and every choice are scored as continuations of it
-    (:meth:`~envs.frozen_lm.FrozenLM.score_continuations`). A choice's raw score is its summed log-probability;
+    (:meth:`~envs.lm.frozen_lm.FrozenLM.score_continuations`). A choice's raw score is its summed log-probability;
     its calibrated score subtracts the same choice's log-probability with an empty context
     (:func:`choice_priors`, computed here unless given), which removes the small model's prior over answers.
     """

@@ -27,7 +27,7 @@ class TokenKeepEnv(gym.Env):
     """Gymnasium environment over a frozen generative model.
 
     Args:
-        model: A loaded :class:`~envs.frozen_lm.FrozenLM` (shared, never reloaded) or a model spec.
+        model: A loaded :class:`~envs.lm.frozen_lm.FrozenLM` (shared, never reloaded) or a model spec.
         tasks: Task spec string or list of examples.
         core: An existing :class:`~envs.core.TokenKeepCore` to share (its caches too); when given, every
             other argument is ignored.

@@ -2,7 +2,7 @@
 
 ``DummyVecEnv`` of n :class:`~envs.token_keep_env.TokenKeepEnv` copies would score each env's prompt in its
 own forward pass; :class:`BatchedTokenKeepVecEnv` scores all n reduced prompts together (sorted by length into
-micro-batches, see :class:`~envs.frozen_lm.FrozenLM`) and computes features for all new episodes at once.
+micro-batches, see :class:`~envs.lm.frozen_lm.FrozenLM`) and computes features for all new episodes at once.
 With one selection round an episode is one step long, so every step ends every episode and auto-resets it, as
 SB3 expects (``info["terminal_observation"]`` holds the finished observation); with rounds, see below.
 

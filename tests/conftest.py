@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.frozen_lm import FrozenLM
-from envs.task_families import FAMILIES, make_examples
+from envs.lm.frozen_lm import FrozenLM
+from envs.tasks.families import FAMILIES, make_examples
 
 
 def build_tiny_tokenizer(vocab_size: int = 400):

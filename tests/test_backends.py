@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from envs.backends import BackendError, RemoteSpec, ScoringBackend, is_remote_spec
 from envs.core import TokenKeepCore
-from envs.examples import encode_example
-from envs.frozen_lm import FrozenLM
+from envs.lm.backends import BackendError, RemoteSpec, ScoringBackend, is_remote_spec
+from envs.lm.frozen_lm import FrozenLM
+from envs.lm.vllm_backend import VLLMBackend
 from envs.scoring import build_prompts
-from envs.task_families import make_examples
+from envs.tasks.examples import encode_example
+from envs.tasks.families import make_examples
 from envs.vec_env import BatchedTokenKeepVecEnv
-from envs.vllm_backend import VLLMBackend
 from policies.budget import BudgetConfig
 from policies.processor import ProcessorConfig
 from tests.conftest import build_tiny_tokenizer
@@ -220,7 +220,7 @@ HTTPServer(("127.0.0.1", args.port), H).serve_forever()
 
 
 def test_server_launcher_waits_for_the_model_and_stops_the_server_by_pid(tmp_path, monkeypatch):
-    from envs.vllm_server import ENTRY, VLLMServer
+    from envs.lm.vllm_server import ENTRY, VLLMServer
 
     pkg = tmp_path / "fakevllm"
     *parts, last = ENTRY.split(".")

@@ -9,11 +9,11 @@ import envs  # noqa: F401  (registers the env)
 from envs.cache import LRUCache
 from envs.core import TokenKeepCore
 from envs.credit import credit_gains
-from envs.examples import encode_example
 from envs.rewards import make_score
 from envs.scoring import build_prompts, choice_priors, score_reduced
-from envs.task_families import make_examples
-from envs.task_specs import load_tasks
+from envs.tasks.examples import encode_example
+from envs.tasks.families import make_examples
+from envs.tasks.specs import load_tasks
 from envs.token_keep_env import TokenKeepEnv
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
@@ -324,7 +324,7 @@ def test_full_scores_are_cached(tiny_lm, monkeypatch):
 
 @pytest.mark.slow
 def test_default_model_keep_nothing_scores_lower():
-    from envs.frozen_lm import FrozenLM
+    from envs.lm.frozen_lm import FrozenLM
 
     lm = FrozenLM.load()
     free = BudgetConfig(

@@ -14,8 +14,8 @@ from agents.config import PRESETS, PPOConfig, RunConfig, TaskConfig
 from agents.evaluate import evaluate
 from agents.ppo import train
 from agents.run_eval import EvalArgs, run_eval
-from envs.examples import encode_example
-from envs.task_families import make_examples
+from envs.tasks.examples import encode_example
+from envs.tasks.families import make_examples
 from policies.budget import Budget, keep_top
 from policies.processor import ProcessorConfig
 from policies.reducer import ReducerError

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from envs import backends, rewards, task_families
-from envs.backends import RemoteSpec, is_remote_spec, remote_backend
+from envs import rewards
 from envs.core import TokenKeepCore
-from envs.task_specs import load_tasks
+from envs.lm import backends
+from envs.lm.backends import RemoteSpec, is_remote_spec, remote_backend
+from envs.tasks import families as task_families
+from envs.tasks.specs import load_tasks
 from policies.budget import Budget
 from policies.processor import ProcessorConfig
 from tests.fake_vllm import FakeVLLM

@@ -10,8 +10,8 @@ import torch
 from agents.config import PRESETS, RunConfig
 from agents.ppo import build_ppo
 from envs.core import TokenKeepCore
-from envs.jsonl_tasks import JsonlError, load_jsonl, write_jsonl
-from envs.task_families import make_examples
+from envs.tasks.families import make_examples
+from envs.tasks.jsonl import JsonlError, load_jsonl, write_jsonl
 from envs.token_keep_env import TokenKeepEnv
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies import Budget, BudgetConfig, ProcessorConfig, ReducerError, TokenReducer

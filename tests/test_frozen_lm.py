@@ -3,11 +3,11 @@ import functools
 import pytest
 import torch
 
-from envs.examples import encode_example
-from envs.frozen_lm import FrozenLM
-from envs.model_cache import DEFAULT_MODEL_SPEC, embedded_gguf_path
+from envs.lm.frozen_lm import FrozenLM
+from envs.lm.model_cache import DEFAULT_MODEL_SPEC, embedded_gguf_path
 from envs.scoring import build_prompts, exact_match
-from envs.task_families import make_examples
+from envs.tasks.examples import encode_example
+from envs.tasks.families import make_examples
 from tests.conftest import make_tiny_lm
 
 

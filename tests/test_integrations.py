@@ -182,7 +182,7 @@ def test_readme_command_line_snippet_runs(reducer_dir, tmp_path):
 def test_default_preset_reducer_through_cli_and_integrations(tmp_path):
     """An untrained reducer of the default preset's shape on SmolLM2-135M, saved and loaded like a trained one."""
     from agents.config import PRESETS
-    from envs.frozen_lm import FrozenLM
+    from envs.lm.frozen_lm import FrozenLM
     from policies.compress import main as compress
 
     lm = FrozenLM.load("smollm2-135m")

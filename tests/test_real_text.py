@@ -13,10 +13,10 @@ import torch
 
 from agents.baselines import BM25Sentences
 from agents.eval_metrics import headline_metric, readability
-from envs import real_text
-from envs.examples import Example, encode_example
-from envs.real_text import DOCUMENT_SEPARATOR, RealTextError, make_real_examples, split_of
-from envs.task_specs import load_tasks
+from envs.tasks import real_text
+from envs.tasks.examples import Example, encode_example
+from envs.tasks.real_text import DOCUMENT_SEPARATOR, RealTextError, make_real_examples, split_of
+from envs.tasks.specs import load_tasks
 from policies.budget import Budget, BudgetConfig, TokenLimits, ceiling_units, select_units
 from policies.lexical import PARAGRAPH_CHANNELS
 from policies.network import EncoderBlock, NetworkConfig

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.report import write_report
-from envs.jsonl_tasks import MAX_LINE_BYTES, JsonlError, iter_jsonl, load_jsonl
+from envs.tasks.jsonl import MAX_LINE_BYTES, JsonlError, iter_jsonl, load_jsonl
 from policies import TokenReducer
 from policies.processor import ProcessorConfig
 from policies.reducer import ReducerError
@@ -125,7 +125,7 @@ def test_budget_arguments(reducer):
 
 
 def test_unknown_model_spec_offline_is_a_clear_error(monkeypatch):
-    from envs.frozen_lm import FrozenLM
+    from envs.lm.frozen_lm import FrozenLM
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="model spec 'no-such-model-xyz' could not be loaded"):

@@ -9,8 +9,8 @@ from agents.export import export_reducer
 from agents.ppo import build_ppo
 from agents.run_eval import EvalArgs, run_eval
 from envs.core import TokenKeepCore
-from envs.examples import encode_example
-from envs.task_families import make_examples
+from envs.tasks.examples import encode_example
+from envs.tasks.families import make_examples
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies import Budget, TokenReducer
 from policies.network import NetworkConfig

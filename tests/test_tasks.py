@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from envs import task_data
-from envs.examples import encode_example
-from envs.jsonl_tasks import load_jsonl
-from envs.task_families import FAMILIES, make_examples
-from envs.task_specs import TaskSpec, load_tasks, split_specs
+from envs.tasks import data as task_data
+from envs.tasks.examples import encode_example
+from envs.tasks.families import FAMILIES, make_examples
+from envs.tasks.jsonl import load_jsonl
+from envs.tasks.specs import TaskSpec, load_tasks, split_specs
 
 NAMES_TRAIN = {"Alice", "Bob", "Carol"}
 

@@ -14,8 +14,8 @@ from agents.run_dir import RunDirectoryError, RunLock
 from agents.warm_start import behaviour_cloning, evidence_units
 from envs.core import TokenKeepCore
 from envs.credit import unit_credits
-from envs.examples import encode_example
-from envs.task_specs import load_tasks
+from envs.tasks.examples import encode_example
+from envs.tasks.specs import load_tasks
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
 from policies.network import NetworkConfig, TokenKeepNetwork
@@ -284,8 +284,8 @@ def answer_present(lm, encs, contexts):
 
 
 def test_warm_start_learns_from_credit_without_evidence_marks(tiny_lm, tmp_path):
-    from envs.jsonl_tasks import load_jsonl, write_jsonl
-    from envs.task_families import make_examples
+    from envs.tasks.families import make_examples
+    from envs.tasks.jsonl import load_jsonl, write_jsonl
 
     path = tmp_path / "kv.jsonl"
     write_jsonl(make_examples("kv", "train", 8, distractors=3), path, evidence=False)

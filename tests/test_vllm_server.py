@@ -1,6 +1,6 @@
 """Integration tests against a real vLLM server serving the embedded default model (``make test-vllm``).
 
-``make test-vllm`` builds the vLLM venv, starts the server (``python -m envs.vllm_server``) and runs this file
+``make test-vllm`` builds the vLLM venv, starts the server (``python -m envs.lm.vllm_server``) and runs this file
 with ``TOKENKEEP_VLLM_URL`` set; without it every test here is skipped, so ``make test`` stays light.
 """
 
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from envs.backends import BackendError
 from envs.core import TokenKeepCore
-from envs.examples import encode_example
-from envs.frozen_lm import FrozenLM
-from envs.model_cache import DEFAULT_MODEL_SPEC
+from envs.lm.backends import BackendError
+from envs.lm.frozen_lm import FrozenLM
+from envs.lm.model_cache import DEFAULT_MODEL_SPEC
 from envs.scoring import build_prompts, score_reduced
-from envs.task_families import make_examples
+from envs.tasks.examples import encode_example
+from envs.tasks.families import make_examples
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import BudgetConfig
 from policies.processor import ProcessorConfig

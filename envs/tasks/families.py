@@ -1,7 +1,7 @@
-"""Synthetic task families: generators of :class:`~envs.examples.Example` with recorded evidence spans.
+"""Synthetic task families: generators of :class:`~envs.tasks.examples.Example` with recorded evidence spans.
 
 Each family has a ``train`` and a ``heldout`` split that differ beyond the seed: held-out examples use names,
-keys, places, objects, verbs and filler vocabulary never used in training (see :mod:`envs.task_data`), and
+keys, places, objects, verbs and filler vocabulary never used in training (see :mod:`envs.tasks.data`), and
 longer contexts.
 
 * ``passkey``: a pass key hidden in filler text (exact match).
@@ -31,8 +31,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from envs import task_data as data
-from envs.examples import Example
+from envs.tasks import data
+from envs.tasks.examples import Example
 
 SPLITS = ("train", "heldout")
 

@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from envs.examples import Example
+from envs.tasks.examples import Example
 from policies.force_keep import resolve_force_keep
 
 MAX_LINE_BYTES = 8 * 2**20

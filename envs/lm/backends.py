@@ -1,4 +1,4 @@
-"""The scoring-backend interface behind :class:`~envs.frozen_lm.FrozenLM`, and remote model specs.
+"""The scoring-backend interface behind :class:`~envs.lm.frozen_lm.FrozenLM`, and remote model specs.
 
 A scoring backend answers the only questions the environment and the evaluator ask the frozen model, on token-id
 sequences the caller has already assembled (:meth:`FrozenLM.build_prompt`):
@@ -13,11 +13,11 @@ sequences the caller has already assembled (:meth:`FrozenLM.build_prompt`):
   ``score_answers(..., return_distributions=True)``;
 * greedy generation: ``generate(prompts, max_new_tokens)`` (the reducer's ``generate`` helper).
 
-Two backends implement it: :class:`envs.hf_backend.TransformersBackend` (in-process, the default) and
-:class:`envs.vllm_backend.VLLMBackend` (a vLLM server reached over its OpenAI-compatible HTTP API). Either way
+Two backends implement it: :class:`envs.lm.hf_backend.TransformersBackend` (in-process, the default) and
+:class:`envs.lm.vllm_backend.VLLMBackend` (a vLLM server reached over its OpenAI-compatible HTTP API). Either way
 the policy's features are computed locally, by ``FrozenLM.model``.
 
-A model spec selects the backend: every spec of :mod:`envs.model_cache` loads in-process; a remote spec reads::
+A model spec selects the backend: every spec of :mod:`envs.lm.model_cache` loads in-process; a remote spec reads::
 
     vllm+http://HOST:PORT[?model=NAME&features=SPEC&feature_layers=K&max_in_flight=N&timeout=S&retries=R]
 
@@ -37,12 +37,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import torch
 
-from envs.model_cache import DEFAULT_MODEL_SPEC
+from envs.lm.model_cache import DEFAULT_MODEL_SPEC
 
-REMOTE_BACKENDS: dict[str, str | type] = {"vllm": "envs.vllm_backend:VLLMBackend"}
+REMOTE_BACKENDS: dict[str, str | type] = {"vllm": "envs.lm.vllm_backend:VLLMBackend"}
 """Remote backends by the name that opens their specs (``NAME+http://...``): a class, or ``"module:class"``
 imported when a spec connects (a backend's module may need packages the others do not). The class has
-``connect(spec, tokenizer, *, vocab_size, eos_ids, probe)`` (:meth:`envs.vllm_backend.VLLMBackend.connect`) and
+``connect(spec, tokenizer, *, vocab_size, eos_ids, probe)`` (:meth:`envs.lm.vllm_backend.VLLMBackend.connect`) and
 implements :class:`ScoringBackend`: a new backend is its module and one line here (``docs/extending.md``)."""
 
 
@@ -87,7 +87,7 @@ class BackendError(RuntimeError):
 
 @runtime_checkable
 class ScoringBackend(Protocol):
-    """What :class:`~envs.frozen_lm.FrozenLM` delegates scoring and generation to.
+    """What :class:`~envs.lm.frozen_lm.FrozenLM` delegates scoring and generation to.
 
     Attributes:
         name: ``transformers`` or ``vllm``.

@@ -9,15 +9,15 @@ Spec strings (comma-separated specs form a mixture, drawn round-robin)::
     passages:heldout:n=200
     jsonl:path/to/file.jsonl
 
-Options for synthetic families (:mod:`envs.task_families`): ``n`` (number of examples), ``seed``,
+Options for synthetic families (:mod:`envs.tasks.families`): ``n`` (number of examples), ``seed``,
 ``distractors`` (distractor pairs, people or facts), ``filler`` (filler sentences). Real-text families
-(:mod:`envs.real_text`: ``passages``, ``longdoc``) take ``n``, ``seed`` and, for ``passages``, ``distractors``
+(:mod:`envs.tasks.real_text`: ``passages``, ``longdoc``) take ``n``, ``seed`` and, for ``passages``, ``distractors``
 (distractor passages).
 
-Run as a module, it writes a spec's examples as a JSONL task file (the format of :mod:`envs.jsonl_tasks`),
+Run as a module, it writes a spec's examples as a JSONL task file (the format of :mod:`envs.tasks.jsonl`),
 e.g. to see the format, or to train on the synthetic families as data without evidence marks::
 
-    python -m envs.task_specs multihop:train:n=64 --out multihop.jsonl --no-evidence
+    python -m envs.tasks.specs multihop:train:n=64 --out multihop.jsonl --no-evidence
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from envs import task_families
-from envs.examples import Example
-from envs.jsonl_tasks import load_jsonl, write_jsonl
-from envs.real_text import REAL_FAMILIES, make_real_examples
-from envs.task_families import SPLITS, make_examples
+from envs.tasks import families
+from envs.tasks.examples import Example
+from envs.tasks.families import SPLITS, make_examples
+from envs.tasks.jsonl import load_jsonl, write_jsonl
+from envs.tasks.real_text import REAL_FAMILIES, make_real_examples
 
 
 def all_families() -> tuple[str, ...]:
-    """Every family a spec may name: the synthetic ones (``task_families.REGISTRY``), then the real-text ones."""
-    return (*task_families.REGISTRY, *REAL_FAMILIES)
+    """Every family a spec may name: the synthetic ones (``families.REGISTRY``), then the real-text ones."""
+    return (*families.REGISTRY, *REAL_FAMILIES)
 
 LOGLIK_FAMILIES = REAL_FAMILIES
 """Families whose headline metric is the answer's log-likelihood (long extractive answers; EM says little)."""
@@ -145,7 +145,7 @@ def split_specs(spec: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Write a task spec's examples to a JSONL file (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m envs.task_specs", description="Write the examples of a task spec as a JSONL task file."
+        prog="python -m envs.tasks.specs", description="Write the examples of a task spec as a JSONL task file."
     )
     parser.add_argument("spec", help="task spec, e.g. kv:train:n=64 or a comma-joined mixture")
     parser.add_argument("--out", required=True, help="JSONL file to write (must not exist)")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from envs.backends import AnswerScores, PromptScores, check_continuations, check_pairs, check_spans
+from envs.lm.backends import AnswerScores, PromptScores, check_continuations, check_pairs, check_spans
 from policies.features import micro_batches
 
 HEAD_CHUNK = 256
@@ -29,7 +29,7 @@ class TransformersBackend:
     """Scoring and greedy generation with the owner's in-process model.
 
     Args:
-        owner: The :class:`~envs.frozen_lm.FrozenLM` whose ``model``, ``pad_id``, ``max_batch_tokens``,
+        owner: The :class:`~envs.lm.frozen_lm.FrozenLM` whose ``model``, ``pad_id``, ``max_batch_tokens``,
             ``layout`` and ``cache_prefix`` are read at every call (so changing them on the owner takes effect).
     """
 
@@ -149,7 +149,7 @@ class TransformersBackend:
             spans: For each prompt, the slice of it whose tokens to score (start >= 1), or None.
 
         Returns:
-            Per prompt, its :class:`~envs.backends.PromptScores`.
+            Per prompt, its :class:`~envs.lm.backends.PromptScores`.
 
         Raises:
             ValueError: On mismatched lengths, an empty prompt or continuation, or a bad span.

@@ -27,7 +27,7 @@ Batching: one :meth:`VLLMBackend.score_answers` call (one vec-env step) becomes 
 requests continuously.
 
 Failures: scoring and the connection checks are idempotent, so a connection error, a time-out, or HTTP 429/5xx
-is retried ``retries`` times with exponential backoff, then raised as :class:`~envs.backends.BackendError`
+is retried ``retries`` times with exponential backoff, then raised as :class:`~envs.lm.backends.BackendError`
 naming the server and the cause. Generation is sent once. Any other HTTP error is raised at once with the
 server's message.
 
@@ -49,7 +49,7 @@ from typing import Any
 import requests
 import torch
 
-from envs.backends import (
+from envs.lm.backends import (
     AnswerScores,
     BackendError,
     PromptScores,
@@ -132,7 +132,7 @@ class VLLMBackend:
             tokenizer: The local tokenizer.
             vocab_size: The local model's vocabulary size.
             eos_ids: Token ids that end a generation (besides the tokenizer's EOS).
-            probe: A :class:`~envs.frozen_lm.PromptLayout` whose text joins the tokenizer probe.
+            probe: A :class:`~envs.lm.frozen_lm.PromptLayout` whose text joins the tokenizer probe.
 
         Raises:
             BackendError: If the server is down, serves another model or uses another tokenizer.

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.examples import Example
+from envs.tasks.examples import Example
 from policies.lexical import words
 
 REAL_FAMILIES = ("passages", "longdoc")

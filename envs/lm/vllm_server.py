@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m envs.vllm_server --python .venv-vllm/bin/python --model smollm2-135m --port 8765 -- CMD [ARGS...]
+    python -m envs.lm.vllm_server --python .venv-vllm/bin/python --model smollm2-135m --port 8765 -- CMD [ARGS...]
 
 starts ``python -m vllm.entrypoints.launchers.api_server.entry`` on 127.0.0.1 with the model's Hugging Face
-directory (:func:`envs.model_cache.model_directory`: for the embedded default, the cached conversion of its
+directory (:func:`envs.lm.model_cache.model_directory`: for the embedded default, the cached conversion of its
 GGUF file) served under the spec's name, waits until it answers, runs CMD with ``TOKENKEEP_VLLM_URL`` set to
 the server's URL, then stops the server by its PID (SIGTERM to the process group it leads, which holds its
 engine process; SIGKILL after a grace period) and exits with CMD's status. Without CMD it serves until Ctrl-C.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from envs.model_cache import model_directory
+from envs.lm.model_cache import model_directory
 
 ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 """The module that starts vLLM's OpenAI-compatible server (the ``vllm`` console script is not installed by

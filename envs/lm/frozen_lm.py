@@ -2,9 +2,9 @@
 
 Contract:
     * Scoring (answer log-likelihood, teacher-forced exact match, answer distributions) and greedy generation
-      are delegated to a scoring backend (:mod:`envs.backends`): the in-process Hugging Face model by default
-      (:class:`envs.hf_backend.TransformersBackend`), or a vLLM server for a ``vllm+http://...`` spec
-      (:class:`envs.vllm_backend.VLLMBackend`). Callers see the same :meth:`FrozenLM.score_answers` either way.
+      are delegated to a scoring backend (:mod:`envs.lm.backends`): the in-process Hugging Face model by default
+      (:class:`envs.lm.hf_backend.TransformersBackend`), or a vLLM server for a ``vllm+http://...`` spec
+      (:class:`envs.lm.vllm_backend.VLLMBackend`). Callers see the same :meth:`FrozenLM.score_answers` either way.
     * ``model`` is always a local, frozen model: eval mode, ``requires_grad=False`` on every parameter. With the
       in-process backend it is the scored model; with a remote one it is the small local feature model (same
       tokenizer as the server's, checked on connection) that computes the policy's features. Nothing here
@@ -13,7 +13,7 @@ Contract:
       so the reducible context is always an exact token span inside the (optionally chat-wrapped) prompt.
 
 Loading from specs (``smollm2-135m``, ``tiny-random``, ``.gguf`` paths, directories, hub ids) and the GGUF
-conversion cache live in :mod:`envs.model_cache`; remote specs in :mod:`envs.backends`; policy features in
+conversion cache live in :mod:`envs.lm.model_cache`; remote specs in :mod:`envs.lm.backends`; policy features in
 :mod:`policies.features`.
 """
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from envs.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec, remote_backend
-from envs.hf_backend import TransformersBackend
-from envs.model_cache import DEFAULT_MODEL_SPEC, load_model
+from envs.lm.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec, remote_backend
+from envs.lm.hf_backend import TransformersBackend
+from envs.lm.model_cache import DEFAULT_MODEL_SPEC, load_model
 from policies.features import FeatureModule, micro_batches, pad_right
 from policies.processor import pad_token_id
 
@@ -79,7 +79,7 @@ class FrozenLM:
         use_chat_template: Wrap prompts in the tokenizer's chat template when it has one.
         max_batch_tokens: Padded-token budget of one local forward micro-batch (scoring in process, features).
         file_hash: Hash of the weights file the model came from, when known.
-        backend: The scoring backend (default: :class:`~envs.hf_backend.TransformersBackend` over ``model``).
+        backend: The scoring backend (default: :class:`~envs.lm.hf_backend.TransformersBackend` over ``model``).
     """
 
     def __init__(
@@ -125,9 +125,9 @@ class FrozenLM:
         use_chat_template: bool = True,
         max_batch_tokens: int = 16384,
     ) -> FrozenLM:
-        """Load a frozen model from a spec (see :mod:`envs.model_cache`), or connect to a served one.
+        """Load a frozen model from a spec (see :mod:`envs.lm.model_cache`), or connect to a served one.
 
-        A ``vllm+http://HOST:PORT[?...]`` spec (:mod:`envs.backends`) loads the local feature model it names and
+        A ``vllm+http://HOST:PORT[?...]`` spec (:mod:`envs.lm.backends`) loads the local feature model it names and
         connects to the server, checking that it serves the expected model with the same tokenizer.
 
         Args:
@@ -302,7 +302,7 @@ class FrozenLM:
             spans: For each prompt, the slice of it to score (start >= 1), or None.
 
         Returns:
-            Per prompt, its :class:`~envs.backends.PromptScores`.
+            Per prompt, its :class:`~envs.lm.backends.PromptScores`.
 
         Raises:
             ValueError: On mismatched lengths, an empty prompt or continuation, a bad span, or a prompt with
