@@ -99,6 +99,8 @@ class CreditPPO(PPO):
         # the policy PPO starts from: copied again when learning starts (after the warm start); SB3's load restores
         # it from the checkpoint after this
         self._anchor_policy = copy.deepcopy(self.policy).requires_grad_(False) if self.anchor > 0 else None
+        if self._anchor_policy is not None:
+            self._anchor_policy.set_training_mode(False)  # its margins are a fixed target (no dropout noise)
         shape = (self.n_steps, self.n_envs, int(self.action_space.shape[0]))
         self._credit = np.zeros(shape, np.float32)
         self._kept = np.zeros(shape, bool)
@@ -190,16 +192,17 @@ class CreditPPO(PPO):
                 obj, clip_mass = swap_objective(
                     new_scores, valid[r], kept[r], adv[r], (old[0][r], old[1][r]), clip_range
                 )
-                loss = -obj.mean()
+                pg_loss = -obj.mean()
+                loss = pg_loss
                 if self._anchor_policy is not None:
                     penalty, rms = anchor_penalty(margin, anchor_margin[r], valid[r], credit[r])
-                    loss = loss + self.anchor * penalty
+                    loss = pg_loss + self.anchor * penalty
                     drifts.append(rms)
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
-                losses.append(loss.item())
+                losses.append(pg_loss.item())
                 clip_fractions.append(clip_mass.mean().item() / 2)  # two picks' mass per row
         self._n_updates += self.n_epochs
         self.logger.record("train/policy_gradient_loss", float(np.mean(losses)))
