@@ -17,12 +17,12 @@ credit until it crosses the cut, or lowering a kept one whose removal helps, cha
 Probe rounds earn no credit here; the warm start trains them.
 
 Both picks' probabilities are unchanged by a shift of every score, so the objective says nothing about where
-units sit relative to STOP; under a ceiling budget the selection is what scores above STOP, and without an anchor
-it shrank (one of two seeds lost recall so). ``ppo.anchor`` adds ``anchor * sum_u (m_u - m0_u)^2`` to each row's
-loss, over the units the credit says nothing about (those not scored), ``m_u`` a unit's score minus STOP and
-``m0_u`` the same under the policy PPO started from (kept frozen here, saved with the checkpoints): the credited
-units move, the rest stay where they were. With it the kept shares stay at the warm start's; anchoring every unit
-held the whole policy there (README, "One warm start, several RL stages").
+units sit relative to STOP; under a ceiling budget the selection is what scores above STOP, and with the loglik
+reward and no anchor it shrank (one of two seeds lost recall so). ``ppo.anchor`` adds
+``anchor * sum_u (m_u - m0_u)^2`` to each row's loss, over the units the credit says nothing about (those not
+scored), ``m_u`` a unit's score minus STOP and ``m0_u`` the same under the policy PPO started from (kept frozen
+here, saved with the checkpoints): the credited units move, the rest stay where they were. Anchoring every unit
+held the whole policy at its warm start (README, "One warm start, several RL stages").
 
 This is stable-baselines3's PPO (rollouts, buffer, schedules, checkpoints, logging) with :meth:`CreditPPO.train`
 replaced; the value head is not trained (the expectation over picks needs no baseline from it), and
