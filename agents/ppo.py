@@ -6,6 +6,7 @@ The run directory (layout, lock, resume rules) is :mod:`agents.run_dir`; checkpo
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -25,10 +26,12 @@ from agents.checkpoints import (
     remove_partial_writes,
     restore_rng,
     save_checkpoint,
+    write_atomic,
     write_progress,
 )
 from agents.config import TrainConfig
 from agents.credit_ppo import CreditPPO
+from agents.eval_metrics import machine_info
 from agents.evaluate import load_eval_tasks
 from agents.export import export_reducer
 from agents.run_dir import RunLock, prepare_run_dir
@@ -176,6 +179,9 @@ def _train(
     run = config.run
     if run.torch_threads > 0:
         torch.set_num_threads(run.torch_threads)
+    if not resume or not (out / "machine.json").exists():
+        # float results (and so a warm start's outcome) change with the thread count: say what this run had
+        write_atomic(out / "machine.json", json.dumps(machine_info(), indent=2) + "\n")
     set_random_seed(run.seed)
     core = make_core(config, lm)
     lm = core.lm

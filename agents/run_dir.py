@@ -4,6 +4,7 @@ Layout of ``--out DIR``::
 
     config.json          the resolved config (written first: from then on ``--resume`` works)
     command.txt          the exact command line
+    machine.json         where the run started: platform, CPU count, torch version and threads
     .lock                held (flock) by the one train.py writing to DIR; the OS frees it when that process dies
     progress.json        episodes done, rewritten at every rollout end
     tb/                  tensorboard logs

@@ -106,6 +106,7 @@ def test_smoke_training_leaves_checkpoint_and_logs(tiny_lm, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["ppo"]["total_timesteps"] == 64
     assert "train.py --preset smoke" in (out / "command.txt").read_text()
+    assert json.loads((out / "machine.json").read_text())["torch_threads"] == torch.get_num_threads()
     history = json.loads((out / "eval_history.json").read_text())
     task = "kv:heldout:n=4,distractors=3"
     assert [h["timesteps"] for h in history] == [0, 32, 64]  # 0: right after the warm start
@@ -183,12 +184,12 @@ def test_a_run_killed_before_its_first_checkpoint_resumes(tiny_lm, tmp_path, mon
         import agents.ppo as ppo
 
         def killed(*a, **k):
-            raise KeyboardInterrupt  # dies while building the model: only config.json and command.txt exist
+            raise KeyboardInterrupt  # dies while building the model: only config, command and machine exist
 
         m.setattr(ppo, "build_ppo", killed)
         with pytest.raises(KeyboardInterrupt):
             train(smoke_config(), out, lm=tiny_lm, export=False)
-    assert {p.name for p in out.iterdir()} == {"config.json", "command.txt", ".lock"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "command.txt", "machine.json", ".lock"}
     final = train(smoke_config(), out, resume=True, lm=tiny_lm, export=False)
     assert PPO.load(final).num_timesteps == 64
 
