@@ -166,18 +166,12 @@ class CreditPPO(PPO):
         kept = torch.as_tensor(data["kept"], device=self.device)
         credit = torch.as_tensor(data["credit"], device=self.device)
         with torch.no_grad():
-            parts = [
-                self._scores(data["obs"], np.arange(n)[i : i + self.batch_size]) for i in range(0, n, self.batch_size)
-            ]
+            chunks = [np.arange(n)[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+            parts = [self._scores(data["obs"], rows) for rows in chunks]
             scores = torch.cat([p[0] for p in parts])
             valid = torch.cat([p[1] for p in parts])
             if self._anchor_policy is not None:
-                anchor_margin = torch.cat(
-                    [
-                        self._scores(data["obs"], np.arange(n)[i : i + self.batch_size], self._anchor_policy)[2]
-                        for i in range(0, n, self.batch_size)
-                    ]
-                )
+                anchor_margin = torch.cat([self._scores(data["obs"], rows, self._anchor_policy)[2] for rows in chunks])
             kept = kept & valid
             old = swap_probabilities(scores, valid, kept)
             adv = self.advantages(kept, credit, old)

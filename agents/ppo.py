@@ -99,6 +99,14 @@ def build_ppo(config: TrainConfig, venv: BatchedTokenKeepVecEnv, tensorboard_log
     )
 
 
+def _init_from_file(path: str | os.PathLike[str]) -> Path:
+    """``warm_start.init_from`` as a path; ValueError unless it is a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"warm_start.init_from: {path} is not a file (a checkpoint such as checkpoints/ckpt_*.zip)")
+    return path
+
+
 def load_policy_weights(model: PPO, path: str | os.PathLike[str]) -> None:
     """Start ``model`` from the policy saved in the checkpoint ``path`` (``warm_start.init_from``).
 
@@ -107,9 +115,7 @@ def load_policy_weights(model: PPO, path: str | os.PathLike[str]) -> None:
     """
     from stable_baselines3.common.save_util import load_from_zip_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"warm_start.init_from: {path} is not a file (a checkpoint such as checkpoints/ckpt_*.zip)")
+    path = _init_from_file(path)
     try:
         _, params, _ = load_from_zip_file(path, device=model.device, load_data=False)
     except Exception as err:  # zipfile, pickle and torch raise different errors for a file that is no checkpoint
@@ -171,9 +177,8 @@ def _train(
     command: Sequence[str] | None,
     export: bool,
 ) -> Path:
-    init = config.warm_start.init_from
-    if init and not resume and not Path(init).is_file():  # before the frozen model loads: fail in seconds
-        raise ValueError(f"warm_start.init_from: {init} is not a file (a checkpoint such as checkpoints/ckpt_*.zip)")
+    if config.warm_start.init_from and not resume:
+        _init_from_file(config.warm_start.init_from)  # before the frozen model loads: fail in seconds
     config = prepare_run_dir(out, config, resume, command)
     remove_partial_writes(out)  # what a killed predecessor was writing; never read
     run = config.run
