@@ -23,21 +23,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from envs.core import TokenKeepCore  # noqa: E402
-from envs.lm.frozen_lm import FrozenLM  # noqa: E402
-from envs.lm.vllm_server import VLLMServer  # noqa: E402
-from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
-from policies.budget import Budget, BudgetConfig  # noqa: E402
-from policies.processor import ProcessorConfig  # noqa: E402
+from envs.core import TokenKeepCore
+from envs.lm.frozen_lm import FrozenLM
+from envs.lm.vllm_server import VLLMServer
+from envs.vec_env import BatchedTokenKeepVecEnv
+from policies.budget import Budget, BudgetConfig
+from policies.processor import ProcessorConfig
 
 
 def group_cpu_seconds(pgid: int | None) -> float:

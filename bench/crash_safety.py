@@ -29,11 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.checkpoints import readable  # noqa: E402
-from agents.config import load_config  # noqa: E402
-from policies.reducer import TokenReducer  # noqa: E402
+from agents.checkpoints import readable
+from agents.config import load_config
+from policies.reducer import TokenReducer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = ("rollout", "update", "checkpoint") * 3 + ("export",)

@@ -21,14 +21,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from agents.config import load_config  # noqa: E402
-from agents.credit_ppo import CreditPPO  # noqa: E402
-from agents.ppo import make_core  # noqa: E402
-from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
+from agents.config import load_config
+from agents.credit_ppo import CreditPPO
+from agents.ppo import make_core
+from envs.vec_env import BatchedTokenKeepVecEnv
 
 
 def family_rows(config, checkpoint: str, family: str, episodes: int, candidates: int, lm=None):

@@ -22,21 +22,18 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.config import PRESETS  # noqa: E402
-from envs.lm.frozen_lm import FrozenLM  # noqa: E402
-from envs.tasks.families import make_examples  # noqa: E402
-from policies.processor import encode_question  # noqa: E402
-from policies.reducer import TokenReducer  # noqa: E402
-from policies.reduction import DOCUMENT_SEPARATOR  # noqa: E402
+from agents.config import PRESETS
+from envs.lm.frozen_lm import FrozenLM
+from envs.tasks.families import make_examples
+from policies.processor import encode_question
+from policies.reducer import TokenReducer
+from policies.reduction import DOCUMENT_SEPARATOR
 
 
 def untrained_reducer(lm: FrozenLM, out: Path) -> TokenReducer:

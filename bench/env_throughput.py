@@ -16,21 +16,18 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from envs.core import TokenKeepCore  # noqa: E402
-from envs.lm.frozen_lm import FrozenLM  # noqa: E402
-from envs.scoring import build_prompts  # noqa: E402
-from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
-from policies.budget import Budget, BudgetConfig  # noqa: E402
-from policies.processor import ProcessorConfig  # noqa: E402
+from envs.core import TokenKeepCore
+from envs.lm.frozen_lm import FrozenLM
+from envs.scoring import build_prompts
+from envs.vec_env import BatchedTokenKeepVecEnv
+from policies.budget import Budget, BudgetConfig
+from policies.features import micro_batches, pad_right
+from policies.processor import ProcessorConfig
 
 
 def main() -> None:
@@ -79,8 +76,8 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             for seqs in raw_batches:
-                for mb in lm._micro_batches([len(s) for s in seqs]):
-                    ids, mask = lm._pad_right([seqs[i] for i in mb])
+                for mb in micro_batches([len(s) for s in seqs], lm.max_batch_tokens):
+                    ids, mask = (t.to(lm.device) for t in pad_right([seqs[i] for i in mb], lm.pad_id))
                     decoder(input_ids=ids, attention_mask=mask, use_cache=False)
         return time.perf_counter() - t0
 

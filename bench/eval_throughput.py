@@ -21,22 +21,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baselines  # noqa: E402
-from agents.config import PRESETS  # noqa: E402
-from agents.eval_batch import EvalTrace  # noqa: E402
-from agents.evaluate import evaluate, load_eval_tasks  # noqa: E402
-from envs.lm.frozen_lm import FrozenLM  # noqa: E402
-from policies.features import micro_batches  # noqa: E402
-from policies.reducer import TokenReducer  # noqa: E402
+from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baselines
+from agents.config import PRESETS
+from agents.eval_batch import EvalTrace
+from agents.evaluate import evaluate, load_eval_tasks
+from envs.lm.frozen_lm import FrozenLM
+from policies.features import micro_batches, pad_right
+from policies.reducer import TokenReducer
 
 HELDOUT = "passkey:heldout,kv:heldout,qa:heldout,multihop:heldout,state:heldout"
 
@@ -55,24 +52,21 @@ def untrained_reducer(lm: FrozenLM, out: Path) -> TokenReducer:
 @torch.inference_mode()
 def raw_forward(calls: list[tuple[FrozenLM, list[tuple[list[int], slice | None]]]]) -> tuple[float, int]:
     """Time the decoder over the prompt tokens each scoring call computed; returns (seconds, tokens)."""
-    from transformers import DynamicCache
-
     seconds, tokens = 0.0, 0
     for lm, prompts in calls:
         decoder = lm.model.get_decoder()
-        cache_arg = lm.backend._cache_arg
+        cache_arg = lm.backend.prefix.cache_arg
         reused = [lm.backend.reused_prefix(p, None if s is None else s.indices(len(p))[:2]) for p, s in prompts]
         t0 = time.perf_counter()
         for p in sorted(set(reused), reverse=True):
             group = [i for i, r in enumerate(reused) if r == p]
             for mb in micro_batches([len(prompts[group[j]][0]) - p for j in range(len(group))], lm.max_batch_tokens):
                 seqs = [prompts[group[j]][0][p:] for j in mb]
-                ids, mask = lm._pad_right(seqs)
+                ids, mask = (t.to(lm.device) for t in pad_right(seqs, lm.pad_id))
                 kwargs = {}
                 if p:
                     b = len(seqs)
-                    kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in lm.backend._prefix_cache()]
-                    kwargs[cache_arg] = DynamicCache(kv, config=lm.model.config)
+                    kwargs[cache_arg] = lm.backend.prefix.batch_cache(b)
                     mask = torch.cat([torch.ones(b, p, dtype=mask.dtype), mask], 1)
                 decoder(input_ids=ids, attention_mask=mask, use_cache=bool(p), **kwargs)
                 tokens += sum(len(s) for s in seqs)

@@ -17,20 +17,17 @@ BM25 prior it must rank as BM25 does (the floor of issue 24).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from agents.baselines import KeepMethod, ReducerMethod, make_baselines  # noqa: E402
-from agents.eval_metrics import readability  # noqa: E402
-from agents.evaluate import load_eval_tasks  # noqa: E402
-from agents.run_eval import reducer_name, unique_name  # noqa: E402
-from envs.lm.model_cache import load_model  # noqa: E402
-from policies.budget import Budget  # noqa: E402
-from policies.reducer import TokenReducer  # noqa: E402
+from agents.baselines import KeepMethod, ReducerMethod, make_baselines
+from agents.eval_metrics import readability
+from agents.evaluate import load_eval_tasks
+from agents.run_eval import reducer_name, unique_name
+from envs.lm.model_cache import load_model
+from policies.budget import Budget
+from policies.reducer import TokenReducer
 
 
 def main() -> None:

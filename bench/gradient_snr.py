@@ -31,22 +31,19 @@ policy PPO starts from.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from stable_baselines3 import PPO
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from stable_baselines3 import PPO  # noqa: E402
-
-from agents.config import load_config  # noqa: E402
-from agents.credit_ppo import CreditPPO, swap_objective  # noqa: E402
-from agents.ppo import algorithm, make_core  # noqa: E402
-from envs.vec_env import BatchedTokenKeepVecEnv  # noqa: E402
-from policies.ranking import swap_probabilities  # noqa: E402
+from agents.config import load_config
+from agents.credit_ppo import CreditPPO, swap_objective
+from agents.ppo import algorithm, make_core
+from envs.vec_env import BatchedTokenKeepVecEnv
+from policies.ranking import swap_probabilities
 
 
 def group_gradients(model: PPO, rounds: int, group_size: int, last_round: bool = False) -> list[torch.Tensor]:

@@ -25,11 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.baselines import BASELINES  # noqa: E402
-from agents.eval_metrics import task_metric  # noqa: E402
-from agents.report import learning_curve_plot  # noqa: E402
+from agents.baselines import BASELINES
+from agents.eval_metrics import task_metric
+from agents.report import learning_curve_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 

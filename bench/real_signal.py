@@ -20,21 +20,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from envs.lm.frozen_lm import FrozenLM  # noqa: E402
-from envs.scoring import score_reduced  # noqa: E402
-from envs.tasks.examples import encode_example  # noqa: E402
-from envs.tasks.real_text import REAL_FAMILIES, make_real_examples  # noqa: E402
-from policies.budget import Budget, fill_units, rank_priorities  # noqa: E402
-from policies.lexical import bm25_scores, text_words, words  # noqa: E402
-from policies.units import segment, unit_lengths  # noqa: E402
+from envs.lm.frozen_lm import FrozenLM
+from envs.scoring import score_reduced
+from envs.tasks.examples import encode_example
+from envs.tasks.real_text import REAL_FAMILIES, make_real_examples
+from policies.budget import Budget, fill_units, rank_priorities
+from policies.lexical import bm25_scores, text_words, words
+from policies.units import segment, unit_lengths
 
 
 def bootstrap(x: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -30,13 +29,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.config import PRESETS  # noqa: E402
-from envs.lm.frozen_lm import FrozenLM  # noqa: E402
-from envs.tasks.families import make_examples  # noqa: E402
-from policies.processor import ProcessorConfig, encode_question  # noqa: E402
-from policies.reducer import TokenReducer  # noqa: E402
+from agents.config import PRESETS
+from envs.lm.frozen_lm import FrozenLM
+from envs.tasks.families import make_examples
+from policies.processor import ProcessorConfig, encode_question
+from policies.reducer import TokenReducer
 
 
 def untrained_reducer(lm: FrozenLM, out: Path, processor: ProcessorConfig) -> TokenReducer:

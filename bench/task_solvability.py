@@ -18,21 +18,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from agents.baselines import make_baselines  # noqa: E402
-from envs.lm.frozen_lm import FrozenLM  # noqa: E402
-from envs.scoring import choice_priors, score_reduced  # noqa: E402
-from envs.tasks.examples import encode_example  # noqa: E402
-from envs.tasks.families import FAMILIES, make_examples  # noqa: E402
-from policies.budget import Budget, fill_units, keep_top  # noqa: E402
-from policies.units import segment, unit_lengths  # noqa: E402
+from agents.baselines import make_baselines
+from envs.lm.frozen_lm import FrozenLM
+from envs.scoring import choice_priors, score_reduced
+from envs.tasks.examples import encode_example
+from envs.tasks.families import FAMILIES, make_examples
+from policies.budget import Budget, fill_units, keep_top
+from policies.units import segment, unit_lengths
 
 
 def evidence_first(enc, index: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:

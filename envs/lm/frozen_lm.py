@@ -28,7 +28,7 @@ from torch import nn
 from envs.lm.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec, remote_backend
 from envs.lm.hf_backend import TransformersBackend
 from envs.lm.model_cache import DEFAULT_MODEL_SPEC, load_model
-from policies.features import FeatureModule, micro_batches, pad_right
+from policies.features import FeatureModule
 from policies.processor import pad_token_id
 
 __all__ = ["INSTRUCTION", "AnswerScores", "FrozenLM", "PromptLayout", "PromptScores"]
@@ -225,15 +225,6 @@ class FrozenLM:
     ) -> tuple[list[int], slice]:
         """Prompt ids for a (context, question) pair and the context's span inside them."""
         return self.layout.build(context_ids, question_ids, answer_prefix_ids)
-
-    # ------------------------------------------------------------------ batching helpers
-    def _micro_batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped, sorted by length, into batches of at most ``max_batch_tokens`` padded tokens."""
-        return micro_batches(lengths, self.max_batch_tokens)
-
-    def _pad_right(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = pad_right(seqs, self.pad_id)
-        return ids.to(self.device), mask.to(self.device)
 
     # ------------------------------------------------------------------ scoring (delegated to the backend)
     def score_answers(

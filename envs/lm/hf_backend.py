@@ -12,14 +12,14 @@ time. Everything runs under ``torch.inference_mode()``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from envs.lm.backends import AnswerScores, PromptScores, check_continuations, check_pairs, check_spans
-from policies.features import micro_batches
+from envs.lm.prefix_cache import PrefixCache
+from policies.features import micro_batches, pad_right
 
 HEAD_CHUNK = 256
 """Answer positions that go through the LM head together (bounds the ``[positions, vocab]`` logits)."""
@@ -38,8 +38,7 @@ class TransformersBackend:
 
     def __init__(self, owner: Any) -> None:
         self.owner = owner
-        self._prefix_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
-        self._prefix_last: torch.Tensor | None = None
+        self.prefix = PrefixCache(owner)
 
     def describe(self) -> str:  # noqa: D102
         return f"in-process transformers ({type(self.owner.model).__name__}, spec {self.owner.spec})"
@@ -70,13 +69,13 @@ class TransformersBackend:
         dists: list[torch.Tensor] | None = [torch.empty(0)] * n if return_distributions else None
         head = lm.model.get_output_embeddings()
         prefix = list(lm.layout.prefix) if lm.cache_prefix else []
-        for batch in lm._micro_batches([len(s) for s in seqs]):
+        for batch in micro_batches([len(s) for s in seqs], lm.max_batch_tokens):
             # Prompts built by build_prompt share the layout's prefix: its keys and values are computed once
             # and reused, so only the rest runs through the model.
             shared = prefix and all(seqs[i][: len(prefix)] == prefix and len(prompts[i]) > len(prefix) for i in batch)
             p = len(prefix) if shared else 0
-            ids, mask = lm._pad_right([seqs[i][p:] for i in batch])
-            hidden = self._forward(ids, mask, p)
+            ids, mask = self._pad([seqs[i][p:] for i in batch])
+            hidden = self.prefix.forward(ids, mask, p)
             # Positions predicting answer token j sit at len(prompt) - 1 + j (minus the cached prefix).
             rows, cols, targets = [], [], []
             for r, i in enumerate(batch):
@@ -157,17 +156,8 @@ class TransformersBackend:
         return self._score(prompts, continuations, check_spans(prompts, continuations, spans))
 
     def reused_prefix(self, prompt: Sequence[int], span: tuple[int, int] | None = None) -> int:
-        """How many leading tokens of ``prompt`` come from the cached layout prefix instead of a forward.
-
-        The prefix is reused when caching is on, the prompt starts with it and goes on past it, and its span (if
-        any) starts at the first token after the prefix or later: the prefix's last hidden state is cached, but not
-        the ones before it.
-        """
-        prefix = self.owner.layout.prefix if self.owner.cache_prefix else ()
-        n = len(prefix)
-        if not n or len(prompt) <= n or tuple(prompt[:n]) != prefix or (span is not None and span[0] < n):
-            return 0
-        return n
+        """How many leading tokens of ``prompt`` come from the cached layout prefix (:meth:`PrefixCache.reused`)."""
+        return self.prefix.reused(prompt, span)
 
     @torch.inference_mode()
     def _score(
@@ -213,20 +203,19 @@ class TransformersBackend:
         seqs = [
             [*prompts[i][p:], *(continuations[i][0][:-1] if one else ())] for i, one in zip(batch, forced, strict=True)
         ]
-        ids, mask = lm._pad_right(seqs)
+        ids, mask = self._pad(seqs)
         b = len(batch)
         # Keys and values are kept only where continuations will be fed after copies of them.
         copies = any(
             not one and any(len(c) > 1 for c in continuations[i]) for i, one in zip(batch, forced, strict=True)
         )
         if p:
-            kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_cache()]
-            cache = DynamicCache(kv, config=model.config)
+            cache = self.prefix.batch_cache(b)
             mask = torch.cat([torch.ones(b, p, dtype=mask.dtype, device=mask.device), mask], 1)
         else:
             cache = DynamicCache(config=model.config) if copies else None
         # hidden[r, t] is the state after prompt token t + p of row r: it predicts token t + p + 1.
-        kwargs = {self._cache_arg: cache} if cache is not None else {}
+        kwargs = {self.prefix.cache_arg: cache} if cache is not None else {}
         hidden = base(input_ids=ids, attention_mask=mask, use_cache=cache is not None, **kwargs).last_hidden_state
         spans = self._span_logprobs(batch, prompts, bounds, p, hidden, head)
         pairs = [(r, c) for r, i in enumerate(batch) for c in continuations[i]]
@@ -237,7 +226,7 @@ class TransformersBackend:
         # Teacher-forced continuations: token j is predicted at the prompt's last position + j.
         tf = [k for k, (r, _) in enumerate(pairs) if forced[r]]
         if tf:
-            cont, cmask = lm._pad_right([pairs[k][1] for k in tf])
+            cont, cmask = self._pad([pairs[k][1] for k in tf])
             rows = torch.tensor([pairs[k][0] for k in tf], device=dev)
             cols = (lens[rows] - 1 - p)[:, None] + torch.arange(cont.shape[1], device=dev)[None, :]
             h = hidden[rows[:, None], cols.clamp(max=hidden.shape[1] - 1)]
@@ -249,7 +238,7 @@ class TransformersBackend:
         for s in range(0, len(rest_pairs), step):
             part = rest_pairs[s : s + step]
             rows = torch.tensor([pairs[k][0] for k in part], device=dev)
-            cont, cmask = lm._pad_right([pairs[k][1] for k in part])
+            cont, cmask = self._pad([pairs[k][1] for k in part])
             states = [hidden[rows, lens[rows] - 1 - p][:, None, :]]  # first token: predicted at the prompt's end
             longest = cont.shape[1]
             if longest > 1:
@@ -260,7 +249,7 @@ class TransformersBackend:
                 pos = lens[rows][:, None] + torch.arange(longest - 1, device=dev)[None, :]
                 rest = base(
                     input_ids=cont[:, :-1], attention_mask=full_mask, position_ids=pos, use_cache=True,
-                    **{self._cache_arg: pair_cache},
+                    **{self.prefix.cache_arg: pair_cache},
                 ).last_hidden_state  # fmt: skip
                 states.append(rest)
             h = torch.cat(states, 1)  # [pairs, longest, d]: the state that predicts continuation token j
@@ -323,7 +312,7 @@ class TransformersBackend:
             return [None] * len(batch)
         dev = hidden.device
         if p:  # the state before the first token after the prefix is the prefix's own last one (cached)
-            last = self._prefix_last_state().to(hidden.dtype).expand(hidden.shape[0], 1, -1)
+            last = self.prefix.last_state().to(hidden.dtype).expand(hidden.shape[0], 1, -1)
             hidden = torch.cat([last, hidden], 1)
             cols = [c + 1 for c in cols]
         h = hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
@@ -344,49 +333,10 @@ class TransformersBackend:
             k += n
         return out
 
-    def _prefix_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """Per-layer (keys, values) ``[1, heads, P, head_dim]`` of the layout prefix, computed on first use.
-
-        The last hidden state of the prefix (``[d]``, what predicts the token after it) is kept too.
-        """
-        if self._prefix_kv is None:
-            from transformers import DynamicCache
-
-            model = self.owner.model
-            ids = torch.tensor([list(self.owner.layout.prefix)], device=self.owner.device)
-            cache = DynamicCache(config=model.config)
-            out = model.get_decoder()(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
-            self._prefix_last = out.last_hidden_state[0, -1]
-            self._prefix_kv = tuple((layer.keys, layer.values) for layer in cache.layers)
-        return self._prefix_kv
-
-    def _prefix_last_state(self) -> torch.Tensor:
-        """The layout prefix's last hidden state ``[d]`` (it predicts the first token after the prefix)."""
-        self._prefix_cache()
-        if self._prefix_last is None:
-            raise RuntimeError("the layout prefix's hidden state was not cached")
-        return self._prefix_last
-
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, prefix_len: int) -> torch.Tensor:
-        """Last hidden states of ``ids`` ``[B, W]``, continuing the cached layout prefix when ``prefix_len`` > 0."""
-        model = self.owner.model
-        base = model.get_decoder()
-        if not prefix_len:
-            return base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        from transformers import DynamicCache
-
-        b = ids.shape[0]
-        kv = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self._prefix_cache()]
-        cache = DynamicCache(kv, config=model.config)
-        full_mask = torch.cat([torch.ones(b, prefix_len, dtype=mask.dtype, device=mask.device), mask], 1)
-        out = base(input_ids=ids, attention_mask=full_mask, use_cache=True, **{self._cache_arg: cache})
-        return out.last_hidden_state
-
-    @property
-    def _cache_arg(self) -> str:
-        """The decoder's keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
-        params = inspect.signature(self.owner.model.get_decoder().forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and mask ``[B, W]`` on the owner's device."""
+        ids, mask = pad_right(seqs, self.owner.pad_id)
+        return ids.to(self.owner.device), mask.to(self.owner.device)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
@@ -403,7 +353,7 @@ class TransformersBackend:
         out: list[list[int]] = [[] for _ in prompts]
         eos = lm.model.generation_config.eos_token_id
         eos_set = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        for batch in lm._micro_batches([len(p) + max_new_tokens for p in prompts]):
+        for batch in micro_batches([len(p) + max_new_tokens for p in prompts], lm.max_batch_tokens):
             width = max(len(prompts[i]) for i in batch)
             ids = torch.full((len(batch), width), lm.pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)

@@ -26,10 +26,10 @@ Batching: one :meth:`VLLMBackend.score_answers` call (one vec-env step) becomes 
 (each with its own keep-alive session) and matched back by ``choices[k].index``. The server batches concurrent
 requests continuously.
 
-Failures: scoring and the connection checks are idempotent, so a connection error, a time-out, or HTTP 429/5xx
-is retried ``retries`` times with exponential backoff, then raised as :class:`~envs.lm.backends.BackendError`
-naming the server and the cause. Generation is sent once. Any other HTTP error is raised at once with the
-server's message.
+Failures (the HTTP client, :mod:`envs.lm.http_client`): scoring and the connection checks are idempotent, so a
+connection error, a time-out, or HTTP 429/5xx is retried ``retries`` times with exponential backoff, then raised
+as :class:`~envs.lm.backends.BackendError` naming the server and the cause. Generation is sent once. Any other HTTP
+error is raised at once with the server's message.
 
 Caveat: vLLM skips its prefix cache for requests that ask for prompt log-probabilities (vLLM PR #17251), so the
 shared chat-template prefix is recomputed for every prompt; the in-process backend caches it.
@@ -40,13 +40,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import requests
 import torch
 
 from envs.lm.backends import (
@@ -58,17 +54,13 @@ from envs.lm.backends import (
     check_pairs,
     check_spans,
 )
+from envs.lm.http_client import JsonHttpClient, request_chunks
 
 PROBE_TEXT = "tokenkeep probe: The pass key is 48213.\n\tÜber 東京 café – naïve 🙂 x = [1, 2]; <b>ok</b>"
 """Text tokenised by the server and locally to compare tokenizers (the prompt layout's text is appended)."""
-RETRY_STATUS = (429, 500, 502, 503, 504)
-START_HINT = (
-    "start one with `python -m vllm.entrypoints.launchers.api_server.entry --model DIR --port PORT` "
-    "(docs/scaling.md), or check the URL"
-)
 
 
-class VLLMBackend:
+class VLLMBackend(JsonHttpClient):
     """Scoring and greedy generation by a vLLM server, over HTTP.
 
     Args:
@@ -87,6 +79,11 @@ class VLLMBackend:
 
     name = "vllm"
     remote = True
+    server_kind = "vLLM server"
+    start_hint = (
+        "start one with `python -m vllm.entrypoints.launchers.api_server.entry --model DIR --port PORT` "
+        "(docs/scaling.md), or check the URL"
+    )
 
     def __init__(
         self,
@@ -103,23 +100,15 @@ class VLLMBackend:
         dist_top_k: int = -1,
         backoff: float = 0.5,
     ) -> None:
-        self.url = url.rstrip("/")
+        super().__init__(url, max_in_flight=max_in_flight, timeout=timeout, retries=retries, backoff=backoff)
         self.tokenizer = tokenizer
         self.model = model
         self.vocab_size = int(vocab_size or len(tokenizer))
         eos = {tokenizer.eos_token_id, *eos_ids} - {None}
         self.eos_ids = frozenset(int(t) for t in eos)
-        self.max_in_flight = max_in_flight
         self.request_tokens = request_tokens
-        self.timeout = timeout
-        self.retries = retries
         self.dist_top_k = dist_top_k
-        self.backoff = backoff
         self.max_model_len: int | None = None
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="vllm-client")
 
     @classmethod
     def connect(
@@ -154,58 +143,6 @@ class VLLMBackend:
 
     def describe(self) -> str:  # noqa: D102
         return f"vLLM server {self.url} serving {self.model!r}"
-
-    # ------------------------------------------------------------------ HTTP
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-            with self._lock:
-                self._sessions.append(s)
-        return s
-
-    def _request(self, method: str, path: str, payload: dict | None = None, *, idempotent: bool = True) -> Any:
-        """One JSON request, retried when idempotent and the failure is transient.
-
-        Raises:
-            BackendError: When every try failed, or at once on a non-transient HTTP error.
-        """
-        tries = 1 + (self.retries if idempotent else 0)
-        cause = ""
-        for k in range(tries):
-            try:
-                r = self._session().request(method, self.url + path, json=payload, timeout=self.timeout)
-            except requests.ConnectionError as err:
-                cause = f"cannot connect ({_short(err)})"
-            except requests.Timeout:
-                cause = f"no answer within {self.timeout:g} s"
-            else:
-                if r.status_code == 200:
-                    return r.json()
-                cause = f"HTTP {r.status_code}: {_server_message(r)}"
-                if r.status_code not in RETRY_STATUS:
-                    raise BackendError(f"the vLLM server at {self.url} refused {method} {path}: {cause}")
-            if k + 1 < tries:
-                time.sleep(self.backoff * 2**k)
-        tried = f"after {tries} tries" if tries > 1 else "(not retried: not idempotent)"
-        raise BackendError(
-            f"the vLLM server at {self.url} did not answer {method} {path} {tried}: {cause}; {START_HINT}"
-        )
-
-    def _post_all(self, path: str, payloads: Sequence[dict], *, idempotent: bool = True) -> list[Any]:
-        """POST every payload, at most ``max_in_flight`` at once; responses in payload order."""
-        if len(payloads) == 1:
-            return [self._request("POST", path, payloads[0], idempotent=idempotent)]
-        futures = [self._pool.submit(self._request, "POST", path, p, idempotent=idempotent) for p in payloads]
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        """Stop the worker threads and close the keep-alive connections."""
-        self._pool.shutdown(wait=True)
-        with self._lock:
-            for s in self._sessions:
-                s.close()
-            self._sessions.clear()
 
     # ------------------------------------------------------------------ checks
     def check(self, probe_text: str = PROBE_TEXT) -> None:
@@ -250,18 +187,7 @@ class VLLMBackend:
 
     # ------------------------------------------------------------------ scoring
     def _chunks(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices in order, cut into at least ``min(n, max_in_flight)`` requests of similar token counts."""
-        want = min(len(lengths), self.max_in_flight)
-        target = min(self.request_tokens, math.ceil(sum(lengths) / max(want, 1)))
-        out: list[list[int]] = [[]]
-        used = 0
-        for i, n in enumerate(lengths):
-            if out[-1] and used + n > target:
-                out.append([])
-                used = 0
-            out[-1].append(i)
-            used += n
-        return out
+        return request_chunks(lengths, self.max_in_flight, self.request_tokens)
 
     def score_answers(
         self,
@@ -466,22 +392,3 @@ class VLLMBackend:
 
 def _digest(ids: Sequence[int], text: str) -> str:
     return hashlib.sha256(json.dumps([list(map(int, ids)), text], ensure_ascii=False).encode()).hexdigest()
-
-
-def _short(err: Exception) -> str:
-    """The innermost reason of a requests error (e.g. "Connection refused"), without the URL noise."""
-    text = str(err)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
-        if marker in text:
-            return marker
-    return type(err).__name__
-
-
-def _server_message(r: requests.Response) -> str:
-    """The error message of a vLLM/OpenAI-style error body, else the first 300 characters of the body."""
-    try:
-        body = r.json()
-    except ValueError:
-        return r.text[:300]
-    err = body.get("error", body) if isinstance(body, dict) else body
-    return str(err.get("message", err) if isinstance(err, dict) else err)[:300]

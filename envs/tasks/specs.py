@@ -38,6 +38,7 @@ def all_families() -> tuple[str, ...]:
     """Every family a spec may name: the synthetic ones (``families.REGISTRY``), then the real-text ones."""
     return (*families.REGISTRY, *REAL_FAMILIES)
 
+
 LOGLIK_FAMILIES = REAL_FAMILIES
 """Families whose headline metric is the answer's log-likelihood (long extractive answers; EM says little)."""
 
