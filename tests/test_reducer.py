@@ -160,7 +160,9 @@ def test_compress_prompt_has_llmlingua_keys(exported):
     assert out["compressed_prompt"].startswith("Answer.") and out["compressed_prompt"].endswith("otter?")
     assert isinstance(out["rate"], float)
     forced = reducer.compress_prompt(
-        ["The code for otter is 1234.", "The sky is blue."], question="What is the code for otter?", rate=0.5,
+        ["The code for otter is 1234.", "The sky is blue."],
+        question="What is the code for otter?",
+        rate=0.5,
         force_tokens=["sky", "absent"],
     )
     assert "sky" in forced["compressed_prompt"]
