@@ -187,9 +187,7 @@ class TokenLimits:
 
     def as_array(self) -> np.ndarray:
         """``[adaptive, min_tokens, max_tokens, ceiling]`` as float32, the ``limits`` observation."""
-        return np.array(
-            [float(self.adaptive), self.min_tokens, self.max_tokens, float(self.ceiling)], dtype=np.float32
-        )
+        return np.array([float(self.adaptive), self.min_tokens, self.max_tokens, float(self.ceiling)], dtype=np.float32)
 
 
 def forced_tokens(lengths: np.ndarray, forced: np.ndarray | None) -> int:

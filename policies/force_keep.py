@@ -1,6 +1,7 @@
 """Force-keep and character spans: which units every selection keeps, and a keep mask read back as text spans.
 
-:func:`resolve_force_keep` turns ``(start, end)`` character spans or strings into checked spans,
+:func:`resolve_force_keep` turns ``(start, end)`` character spans or strings into checked spans (and
+:func:`document_force_keep` the items of several documents into spans of their joined text),
 :func:`force_keep_mask` marks the whole units they touch (of a context prepared by :mod:`policies.processor`),
 and :func:`kept_spans` gives a keep mask back as character spans of the text.
 """
@@ -27,32 +28,17 @@ def resolve_force_keep(context: str, items: ForceKeep) -> tuple[tuple[int, int],
         ValueError: If ``items`` is not a list, an item is malformed (neither two ints nor a non-empty string), a
             span is out of range, a string does not occur, or two spans overlap; the message names the item.
     """
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise ValueError(f"force_keep must be a list of (start, end) spans or strings, got {type(items).__name__}")
+    _check_list(items, "(start, end) spans or strings")
     spans: list[tuple[int, int]] = []
     for item in items:
         if isinstance(item, str):
-            if not item:
-                raise ValueError("force_keep has an empty string")
-            start = context.find(item)
-            if start < 0:
-                raise ValueError(f"force_keep string {item[:60]!r} does not occur in the context")
-            while start >= 0:
-                spans.append((start, start + len(item)))
-                start = context.find(item, start + len(item))
+            spans += _occurrences([(0, context)], item, "the context")
             continue
-        if not (
-            isinstance(item, (tuple, list))
-            and len(item) == 2
-            and all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) for x in item)
-        ):
+        span = _int_tuple(item, 2)
+        if span is None:
             raise ValueError(f"force_keep item {item!r} is neither a (start, end) span of integers nor a string")
-        s, e = int(item[0]), int(item[1])
-        if not 0 <= s < e <= len(context):
-            raise ValueError(
-                f"force_keep span ({s}, {e}) is out of range: need 0 <= start < end <= {len(context)} (the context's "
-                "length in characters)"
-            )
+        s, e = span
+        _check_range(span, s, e, len(context), "the context's")
         spans.append((s, e))
     spans.sort()
     for (s0, e0), (s1, e1) in zip(spans, spans[1:], strict=False):
@@ -62,6 +48,74 @@ def resolve_force_keep(context: str, items: ForceKeep) -> tuple[tuple[int, int],
                 f"{context[s1:e1][:40]!r}"
             )
     return tuple(spans)
+
+
+def document_force_keep(
+    documents: Sequence[str], starts: dict[int, int], items: Sequence[str | tuple[int, int, int]]
+) -> list[tuple[int, int]]:
+    """``force_keep`` of :meth:`TokenReducer.reduce_documents` as spans of the joined text.
+
+    Strings stand for every occurrence in every document; ``(document, start, end)`` spans are spans of one
+    document. ``starts`` maps each document that is in the joined text to its offset there. The spans are
+    :func:`resolve_force_keep` items of the joined text, which sorts them and refuses overlaps.
+
+    Raises:
+        ValueError: On a malformed item, a span outside its document, a span of a missing or whitespace-only
+            document, or a string that occurs in no document.
+    """
+    _check_list(items, "strings and (document, start, end) spans")
+    parts = [(start, documents[i]) for i, start in starts.items()]
+    spans: list[tuple[int, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            spans += _occurrences(parts, item, "any document")
+            continue
+        span = _int_tuple(item, 3)
+        if span is None:
+            raise ValueError(f"force_keep item {item!r} is neither a (document, start, end) span nor a string")
+        d, s, e = span
+        if not 0 <= d < len(documents):
+            raise ValueError(f"force_keep span {span} names document {d}, but there are {len(documents)}")
+        if d not in starts:
+            raise ValueError(f"force_keep span {span} is in document {d}, which is whitespace only")
+        _check_range(span, s, e, len(documents[d]), f"document {d}'s")
+        spans.append((starts[d] + s, starts[d] + e))
+    return spans
+
+
+def _check_list(items: object, what: str) -> None:
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise ValueError(f"force_keep must be a list of {what}, got {type(items).__name__}")
+
+
+def _int_tuple(item: object, n: int) -> tuple[int, ...] | None:
+    """``item`` as ``n`` ints, or None if it is not a tuple or list of ``n`` integers (bools are not integers)."""
+    if isinstance(item, (tuple, list)) and len(item) == n:
+        if all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) for x in item):
+            return tuple(int(x) for x in item)
+    return None
+
+
+def _check_range(item: tuple[int, ...], s: int, e: int, length: int, whose: str) -> None:
+    if not 0 <= s < e <= length:
+        raise ValueError(
+            f"force_keep span {item} is out of range: need 0 <= start < end <= {length} ({whose} length in characters)"
+        )
+
+
+def _occurrences(parts: Sequence[tuple[int, str]], item: str, where: str) -> list[tuple[int, int]]:
+    """Spans of every non-overlapping occurrence of ``item`` in each ``(offset, text)`` part, offset added."""
+    if not item:
+        raise ValueError("force_keep has an empty string")
+    out = []
+    for offset, text in parts:
+        at = text.find(item)
+        while at >= 0:
+            out.append((offset + at, offset + at + len(item)))
+            at = text.find(item, at + len(item))
+    if not out:
+        raise ValueError(f"force_keep string {item[:60]!r} does not occur in {where}")
+    return out
 
 
 def char_coverage(offsets: Sequence[tuple[int, int]], n_chars: int) -> np.ndarray:

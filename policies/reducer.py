@@ -2,9 +2,9 @@
 
 Imports torch, safetensors, tokenizers and transformers' model classes only: no stable-baselines3, no gymnasium,
 nothing from ``envs`` or ``agents``. Observations are built by :mod:`policies.processor` and the selection runs
-in :mod:`policies.selection`, the same code the training environment uses. What a reduction returns is
-:mod:`policies.reduction`; the directory format, selection, rounds, force-keep, documents and long contexts are
-described in ``docs/reducer.md``.
+in :mod:`policies.selection`, the same code the training environment uses. The text API's checks and results are
+:mod:`policies.text_api`; what a reduction returns is :mod:`policies.reduction`; the directory format, selection,
+rounds, force-keep, documents and long contexts are described in ``docs/reducer.md``.
 """
 
 from __future__ import annotations
@@ -18,39 +18,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.budget import Budget, BudgetConfig, BudgetError, check_forced, rank_priorities
+from policies.budget import Budget, BudgetConfig, BudgetError, rank_priorities
 from policies.features import FeatureModule
 from policies.fileio import atomic_directory
-from policies.force_keep import ForceKeep, force_keep_mask, kept_spans, resolve_force_keep
+from policies.force_keep import ForceKeep, document_force_keep
 from policies.llmlingua import compress_prompt
 from policies.network import NetworkConfig, TokenKeepNetwork
 from policies.processor import (
     Encoded,
     ProcessorConfig,
-    encode,
     encode_question,
     encode_text,
-    pad_token_id,
 )
 from policies.reducer_config import (
-    BaseModelInfo,
     ReducerConfig,
     ReducerError,
-    TokenizerInfo,
     check_compatible,
-    package_version,
     tokenizer_fingerprint,
 )
 from policies.reducer_files import read_reducer_files, write_reducer_files
 from policies.reduction import (
     DocumentsReduction,
     Reduction,
-    document_spans,
     join_documents,
     split_documents,
 )
 from policies.retokenize import retokenize as retokenize_text
 from policies.selection import Selection
+from policies.text_api import call_budget, make_reduction, prepare_context
 from policies.unit_scores import unit_scores
 
 
@@ -113,17 +108,8 @@ class TokenReducer(nn.Module):
             network = TokenKeepNetwork(
                 config, features.hidden_size, processor.lexical_size, budget.observation_size, features.attention_size
             )
-        hf_config = model.config.to_dict()
-        hf_config.pop("quantization_config", None)
-        hf_config.pop("_name_or_path", None)
-        config = ReducerConfig(
-            base_model=BaseModelInfo(spec=spec, file_hash=file_hash, hf_config=hf_config),
-            tokenizer=TokenizerInfo(fingerprint=tokenizer_fingerprint(tokenizer), pad_id=pad_token_id(tokenizer)),
-            processor=processor,
-            budget=budget,
-            network=network.config,
-            trained_on=dict(trained_on or {}),
-            package_version=package_version(),
+        config = ReducerConfig.for_base_model(
+            model, tokenizer, spec, file_hash, processor, budget, network.config, trained_on
         )
         return cls(features, network, tokenizer, config)
 
@@ -277,7 +263,7 @@ class TokenReducer(nn.Module):
                 a string that does not occur, or forced units that alone exceed the budget (the message gives
                 both numbers).
         """
-        budget = _budget(rate, target_tokens, token_cost, too_long)
+        budget = call_budget(rate, target_tokens, token_cost, too_long)
         if questions is not None and len(questions) != len(contexts):
             raise ReducerError(f"got {len(contexts)} contexts but {len(questions)} questions")
         if force_keep is not None and (isinstance(force_keep, str) or len(force_keep) != len(contexts)):
@@ -288,62 +274,16 @@ class TokenReducer(nn.Module):
         items, forced = [], []
         for i, (c, q) in enumerate(zip(contexts, questions or [None] * len(contexts), strict=True)):
             fk = force_keep[i] if force_keep is not None else None
-            enc, f = self._prepare(c, q, budget, fk, too_long, f"context {i}")
+            enc, f = prepare_context(
+                self.config, self.tokenizer, self.window_len, c, q, budget, fk, too_long, f"context {i}"
+            )
             items.append(enc)
             forced.append(f)
         keeps = self.keep_masks(items, [budget] * len(items), forced=forced)
-        return [self._reduction(enc, keep, budget, f) for enc, keep, f in zip(items, keeps, forced, strict=True)]
-
-    def _prepare(
-        self,
-        context: str,
-        question: str | None,
-        budget: Budget,
-        force_keep: ForceKeep | None,
-        too_long: str,
-        label: str,
-    ) -> tuple[Encoded, np.ndarray | None]:
-        """Encode one context and its forced-token mask, refusing what cannot be reduced (``label`` names it)."""
-        if not isinstance(context, str) or not context.strip():
-            raise ReducerError(f"{label} has no text (empty or whitespace only)")
-        enc = encode(self.config.processor, self.tokenizer, context, question)
-        if not enc.context:
-            raise ReducerError(f"{label} encodes to no tokens")
-        if too_long == "error" and len(enc.context) + len(enc.question) > self.window_len:
-            raise ReducerError(
-                f"{label} has {len(enc.context)} tokens + {len(enc.question)} question tokens > "
-                f"window_len={self.window_len} (pass too_long='chunk' to reduce it window by window)"
-            )
-        if force_keep is None:
-            return enc, None
-        try:
-            spans = resolve_force_keep(context, force_keep)
-        except ValueError as err:
-            raise ReducerError(f"{label}: {err}") from err
-        forced = force_keep_mask(enc, spans)
-        n = len(enc.context)
-        try:
-            check_forced(int(forced.sum()), self.config.budget.limits(budget, n), self.config.processor.unit)
-        except BudgetError as err:
-            asked = f"rate {budget.rate} of {n} tokens" if budget.rate is not None else f"{budget.target_tokens} tokens"
-            raise ReducerError(f"{label}: {err} (asked: {asked})") from err
-        return enc, forced
-
-    def _reduction(self, enc: Encoded, keep: np.ndarray, budget: Budget, forced: np.ndarray | None = None) -> Reduction:
-        n = len(enc.context)
-        kept = [int(t) for t, k in zip(enc.context, keep, strict=True) if k]
-        return Reduction(
-            text=self.tokenizer.decode(kept, skip_special_tokens=True),
-            kept_ids=kept,
-            keep_mask=keep,
-            kept_ratio=len(kept) / n,
-            original_tokens=n,
-            kept_tokens=len(kept),
-            budget=budget,
-            max_tokens=self.config.budget.limits(budget, n).max_tokens,
-            kept_spans=kept_spans(enc.offsets, keep, len(enc.text)),
-            forced_tokens=0 if forced is None else int(forced.sum()),
-        )
+        return [
+            make_reduction(self.config, self.tokenizer, enc, keep, budget, f)
+            for enc, keep, f in zip(items, keeps, forced, strict=True)
+        ]
 
     def reduce_documents(
         self,
@@ -384,12 +324,18 @@ class TokenReducer(nn.Module):
                 document, overlapping spans, forced units that alone exceed the budget).
         """
         joined, starts = join_documents(documents)
-        spans = None if force_keep is None else document_spans(documents, starts, force_keep)
-        budget = _budget(rate, target_tokens, token_cost, too_long)
+        try:
+            spans = None if force_keep is None else document_force_keep(documents, starts, force_keep)
+        except ValueError as err:
+            raise ReducerError(str(err)) from err
+        budget = call_budget(rate, target_tokens, token_cost, too_long)
         label = f"the {len(starts)} documents joined"
-        enc, forced = self._prepare(joined, question, budget, spans, too_long, label)
+        enc, forced = prepare_context(
+            self.config, self.tokenizer, self.window_len, joined, question, budget, spans, too_long, label
+        )
         keep = self.keep_masks([enc], [budget], forced=[forced])[0]
-        return split_documents(documents, starts, self._reduction(enc, keep, budget, forced))
+        reduction = make_reduction(self.config, self.tokenizer, enc, keep, budget, forced)
+        return split_documents(documents, starts, reduction)
 
     def compress_prompt(
         self,
@@ -446,14 +392,3 @@ class TokenReducer(nn.Module):
         kept = red.kept_ids if same else retokenize_text(red.text, lm.tokenizer)
         prompt, _ = lm.build_prompt(kept, encode_question(lm.tokenizer, question), lm.encode(answer_prefix))
         return lm.decode(lm.generate([prompt], max_new_tokens=max_new_tokens)[0])
-
-
-def _budget(rate: float | None, target_tokens: int | None, token_cost: float | None, too_long: str) -> Budget:
-    """The budget a text API call asks for; ReducerError on a bad one or a bad ``too_long``."""
-    try:
-        budget = Budget(rate=rate, target_tokens=target_tokens, token_cost=token_cost)
-    except BudgetError as err:
-        raise ReducerError(str(err)) from err
-    if too_long not in ("chunk", "error"):
-        raise ReducerError(f"too_long must be 'chunk' or 'error', got {too_long!r}")
-    return budget

@@ -15,7 +15,7 @@ from typing import Any
 
 from policies.budget import BudgetConfig
 from policies.network import NetworkConfig
-from policies.processor import ProcessorConfig
+from policies.processor import ProcessorConfig, pad_token_id
 
 FORMAT_VERSION = 2
 """Layout version of a reducer directory; readers refuse other versions."""
@@ -78,6 +78,32 @@ class ReducerConfig:
     format_version: int = FORMAT_VERSION
     package_version: str = "unknown"
     weights_sha256: str = ""
+
+    @classmethod
+    def for_base_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        spec: str,
+        file_hash: str | None,
+        processor: ProcessorConfig,
+        budget: BudgetConfig,
+        network: NetworkConfig,
+        trained_on: dict[str, Any] | None = None,
+    ) -> ReducerConfig:
+        """The config of a reducer over a loaded ``*ForCausalLM`` (its HF config, minus local paths, is recorded)."""
+        hf_config = model.config.to_dict()
+        hf_config.pop("quantization_config", None)
+        hf_config.pop("_name_or_path", None)
+        return cls(
+            base_model=BaseModelInfo(spec=spec, file_hash=file_hash, hf_config=hf_config),
+            tokenizer=TokenizerInfo(fingerprint=tokenizer_fingerprint(tokenizer), pad_id=pad_token_id(tokenizer)),
+            processor=processor,
+            budget=budget,
+            network=network,
+            trained_on=dict(trained_on or {}),
+            package_version=package_version(),
+        )
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -61,9 +61,7 @@ def read_reducer_files(directory: str | os.PathLike[str]) -> tuple[FeatureModule
         raise ReducerError(f"{d / CONFIG_NAME} is corrupted: {err}") from err
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
-        raise ReducerError(
-            f"{d / CONFIG_NAME} has format_version {version!r}; this tokenkeep reads {FORMAT_VERSION}"
-        )
+        raise ReducerError(f"{d / CONFIG_NAME} has format_version {version!r}; this tokenkeep reads {FORMAT_VERSION}")
     try:
         config = from_dict(ReducerConfig, raw)
     except ValueError as err:
