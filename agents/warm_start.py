@@ -64,7 +64,7 @@ def unit_information(core: TokenKeepCore, index: int) -> np.ndarray:
     unit without words).
     """
     enc = core.inputs[index]
-    tx = enc.text_index or text_words(enc.text, enc.offsets, enc.sentence_index)
+    tx = enc.context_words or text_words(enc.text, enc.offsets, enc.sentence_index)
     return np.array(
         [
             max((tx.inv.get(w, 0.0) / tx.top_idf for w in ws), default=0.0)

@@ -108,7 +108,7 @@ class TokenKeepCore:
         if not self.pool:
             raise ValueError(f"every example is longer than max_len={self.max_len}")
         self.inputs: list[Encoded] = [prepare_example(self.processor, e) for e in self.pool]
-        self.forced: list[np.ndarray | None] = [self._forced_units(i) for i in range(len(self.pool))]
+        self.forced_units: list[np.ndarray | None] = [self._forced_units(i) for i in range(len(self.pool))]
         by_family: dict[str, list[int]] = {}
         for i, e in enumerate(self.pool):
             by_family.setdefault(e.example.family, []).append(i)
@@ -148,7 +148,7 @@ class TokenKeepCore:
 
     def forced_tokens(self, index: int) -> int:
         """Context tokens of pool example ``index`` that every selection keeps (its force-kept units)."""
-        return forced_tokens(self.inputs[index].unit_lengths, self.forced[index])
+        return forced_tokens(self.inputs[index].unit_lengths, self.forced_units[index])
 
     def check_budget(self, index: int, budget: Budget) -> None:
         """Refuse a budget whose rate or target is smaller than example ``index``'s force-kept tokens.
@@ -197,7 +197,7 @@ class TokenKeepCore:
         def compute(missing: list[int]) -> list[torch.Tensor]:
             seqs = [self.pool[i].question + self.pool[i].context for i in missing]
             q_len = [len(self.pool[i].question) for i in missing]
-            return self.features.encode(seqs, self.lm.pad_id, self.lm.max_batch_tokens, question_lengths=q_len)
+            return self.features.extract(seqs, self.lm.pad_id, self.lm.max_batch_tokens, question_lengths=q_len)
 
         return self._cached("feat", indices, compute)
 
@@ -210,8 +210,9 @@ class TokenKeepCore:
 
         ``last_round``: open it in the last round instead (to apply a final keep decision on its own).
         """
-        forced = [None if self.forced[i] is None else self.forced[i][self.inputs[i].unit_index] for i in indices]
         inputs = [self.inputs[i] for i in indices]
+        units = [self.forced_units[i] for i in indices]
+        forced = [None if u is None else u[x.unit_index] for u, x in zip(units, inputs, strict=True)]  # per token
         return Selection.start(self.processor, self.budget, inputs, budgets, forced, last_round=last_round)
 
     def observe(
@@ -236,7 +237,7 @@ class TokenKeepCore:
             pad_id=self.lm.pad_id,
             limits=[lim.as_array() for lim in limits],
             attention_size=self.features.attention_size,
-            forced=[self.forced[i] for i in indices],
+            forced_units=[self.forced_units[i] for i in indices],
         )
 
     def keep_mask(self, index: int, budget: Budget, action: np.ndarray) -> np.ndarray:

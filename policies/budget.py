@@ -190,11 +190,11 @@ class TokenLimits:
         return np.array([float(self.adaptive), self.min_tokens, self.max_tokens, float(self.ceiling)], dtype=np.float32)
 
 
-def forced_tokens(lengths: np.ndarray, forced: np.ndarray | None) -> int:
-    """Tokens held by the forced units (``forced``: bool per unit, or None for none)."""
-    if forced is None:
+def forced_tokens(lengths: np.ndarray, forced_units: np.ndarray | None) -> int:
+    """Tokens held by the forced units (``forced_units``: bool per unit, or None for none)."""
+    if forced_units is None:
         return 0
-    return int(np.asarray(lengths)[np.asarray(forced, dtype=bool)].sum())
+    return int(np.asarray(lengths)[np.asarray(forced_units, dtype=bool)].sum())
 
 
 def forced_limits(limits: TokenLimits, n_forced: int) -> TokenLimits:
@@ -221,32 +221,32 @@ def check_forced(n_forced: int, limits: TokenLimits, unit: str = "") -> None:
 
 
 def select_units(
-    priority: np.ndarray, lengths: np.ndarray, limits: TokenLimits, forced: np.ndarray | None = None
+    priority: np.ndarray, lengths: np.ndarray, limits: TokenLimits, forced_units: np.ndarray | None = None
 ) -> np.ndarray:
     """Bool mask of the units kept under ``limits``: by :func:`ceiling_units`, :func:`adaptive_units` or fill.
 
-    With ``forced`` (bool per unit), the forced units are kept first and counted inside the budget; the rule
+    With ``forced_units`` (bool per unit), the forced units are kept first and counted inside the budget; the rule
     then runs over the other units within :func:`forced_limits` (so in adaptive mode the policy's choice among
     the others still keeps at least one of them, when there is one).
 
     Raises:
         BudgetError: If the forced units alone exceed a rate's or target's budget (:func:`check_forced`).
     """
-    if forced is None or not np.any(forced):
+    if forced_units is None or not np.any(forced_units):
         if limits.ceiling:
             return ceiling_units(priority, lengths, limits.max_tokens)
         if limits.adaptive:
             return adaptive_units(priority, lengths, limits.min_tokens, limits.max_tokens)
         return fill_units(priority, lengths, limits.max_tokens)
-    forced = np.asarray(forced, dtype=bool)
-    n_forced = forced_tokens(lengths, forced)
+    forced_units = np.asarray(forced_units, dtype=bool)
+    n_forced = forced_tokens(lengths, forced_units)
     check_forced(n_forced, limits)
-    rest = np.where(forced, 0, np.asarray(lengths))  # a forced unit is no candidate: it is in already
-    return select_units(priority, rest, forced_limits(limits, n_forced)) | (forced & (np.asarray(lengths) > 0))
+    rest = np.where(forced_units, 0, np.asarray(lengths))  # a forced unit is no candidate: it is in already
+    return select_units(priority, rest, forced_limits(limits, n_forced)) | (forced_units & (np.asarray(lengths) > 0))
 
 
 def probe_units(
-    priority: np.ndarray, lengths: np.ndarray, max_tokens: int, forced: np.ndarray | None = None
+    priority: np.ndarray, lengths: np.ndarray, max_tokens: int, forced_units: np.ndarray | None = None
 ) -> np.ndarray:
     """Bool mask of the units a selection round before the last keeps (the probe the next round sees).
 
@@ -254,12 +254,12 @@ def probe_units(
     first. Unlike :func:`select_units` this never refuses: forced units above ``max_tokens`` make a probe of the
     forced units alone.
     """
-    if forced is None or not np.any(forced):
+    if forced_units is None or not np.any(forced_units):
         return fill_units(priority, lengths, max_tokens)
-    forced = np.asarray(forced, dtype=bool)
+    forced_units = np.asarray(forced_units, dtype=bool)
     lengths = np.asarray(lengths)
-    left = max(0, max_tokens - forced_tokens(lengths, forced))
-    return fill_units(priority, np.where(forced, 0, lengths), left) | (forced & (lengths > 0))
+    left = max(0, max_tokens - forced_tokens(lengths, forced_units))
+    return fill_units(priority, np.where(forced_units, 0, lengths), left) | (forced_units & (lengths > 0))
 
 
 def adaptive_count(sorted_lengths: np.ndarray, n_before_stop: int, min_tokens: int, max_tokens: int) -> int:

@@ -210,7 +210,7 @@ class FeatureModule(nn.Module):
         return h.to(FEATURE_DTYPE), weights
 
     @torch.inference_mode()
-    def encode(
+    def extract(
         self,
         seqs: Sequence[Sequence[int]],
         pad_id: int,

@@ -165,7 +165,7 @@ def lexical_channels(
     offsets: Sequence[tuple[int, int]],
     sentence_index: np.ndarray,
     question: str,
-    text_index: TextWords | None = None,
+    context_words: TextWords | None = None,
 ) -> np.ndarray:
     """The channels of :data:`CHANNELS` for every context token, ``[n_tokens, len(CHANNELS)]`` float32.
 
@@ -174,13 +174,13 @@ def lexical_channels(
         offsets: Character span of each context token.
         sentence_index: Sentence unit of each token (:func:`policies.units.segment` with ``"sentence"``).
         question: The question text (may be empty: question channels are then 0).
-        text_index: The context's :func:`text_words`, when already computed (computed here otherwise).
+        context_words: The context's :func:`text_words`, when already computed (computed here otherwise).
     """
     n = len(offsets)
     out = np.zeros((n, len(CHANNELS)), dtype=np.float32)
     if n == 0:
         return out
-    tx = text_index or text_words(text, offsets, sentence_index)
+    tx = context_words or text_words(text, offsets, sentence_index)
     tw, sents, inv, top_idf = tx.tokens, tx.sentences, tx.inv, tx.top_idf
     q = set(words(question))
     scores = [bm25_scores(sents, list(q))]
@@ -211,7 +211,7 @@ def lexical_channels(
 
 
 def paragraph_channels(
-    text: str, offsets: Sequence[tuple[int, int]], question: str, text_index: TextWords
+    text: str, offsets: Sequence[tuple[int, int]], question: str, context_words: TextWords
 ) -> np.ndarray:
     """The channels of :data:`PARAGRAPH_CHANNELS` for every context token, ``[n_tokens, 1]`` float32.
 
@@ -219,7 +219,7 @@ def paragraph_channels(
         text: The context.
         offsets: Character span of each context token.
         question: The question text (may be empty: the channel is then 0).
-        text_index: The context's :func:`text_words`.
+        context_words: The context's :func:`text_words`.
     """
     n = len(offsets)
     out = np.zeros((n, len(PARAGRAPH_CHANNELS)), dtype=np.float32)
@@ -229,7 +229,7 @@ def paragraph_channels(
     para = np.searchsorted(cuts, np.asarray([s for s, _ in offsets], dtype=np.int64), side="right")
     docs: list[list[str]] = [[] for _ in range(int(para.max()) + 1)]
     last: tuple[int, str] | None = None
-    for p, ws in zip(para.tolist(), text_index.tokens, strict=True):
+    for p, ws in zip(para.tolist(), context_words.tokens, strict=True):
         for w in ws:
             if last != (p, w):  # the pieces of one word count once, as in unit_words
                 docs[p].append(w)
@@ -246,7 +246,7 @@ def kept_channels(
     sentence_index: np.ndarray,
     question: str,
     kept: np.ndarray | None,
-    text_index: TextWords | None = None,
+    context_words: TextWords | None = None,
 ) -> np.ndarray:
     """The channels of :data:`KEPT_CHANNELS` for every context token, ``[n_tokens, len(KEPT_CHANNELS)]`` float32.
 
@@ -256,7 +256,7 @@ def kept_channels(
         sentence_index: Sentence unit of each token.
         question: The question text.
         kept: Bool per token: what the previous round kept; None in the first round (all channels 0).
-        text_index: The context's :func:`text_words`, when already computed (computed here otherwise): every
+        context_words: The context's :func:`text_words`, when already computed (computed here otherwise): every
             round of one context shares it.
     """
     n = len(offsets)
@@ -268,7 +268,7 @@ def kept_channels(
         raise ValueError(f"kept must be one bool per context token ({n}), got shape {kept.shape}")
     out[:, 0] = kept
     out[:, 5] = 1.0
-    tx = text_index or text_words(text, offsets, sentence_index)
+    tx = context_words or text_words(text, offsets, sentence_index)
     tw, sents, inv, top_idf, sent_sets = tx.tokens, tx.sentences, tx.inv, tx.top_idf, tx.sentence_sets
     n_sent = len(sents)
     frac = np.bincount(sentence_index, weights=kept, minlength=n_sent) / np.maximum(

@@ -7,8 +7,9 @@ Like a Hugging Face processor, this module is saved with the model (its :class:`
 * encoding text: :func:`encode_text`, :func:`encode_question` (the question follows ``Question:``, so it is
   encoded with one leading space) and :func:`encode_context` (ids, character offsets, evidence flags); text is
   always plain text: special-token strings in it are split into ordinary tokens;
-* :func:`prepare`: selection units (:mod:`policies.units`) and lexical channels (:mod:`policies.lexical`) of a
-  context, as an :class:`Encoded`;
+* :func:`prepare`: selection units (:mod:`policies.units`) and lexical channels (:mod:`policies.lexical`) of an
+  encoded context, as an :class:`Encoded`; :func:`process` does both steps for a (context, question) pair, as
+  the deployed reducer does;
 * long contexts: :func:`windows` cuts an :class:`Encoded` into pieces that fit ``max_len`` with the question,
   at unit boundaries;
 * observations: :func:`observation_layout` (names, shapes, dtypes, bounds) and :func:`pack_observations`;
@@ -144,7 +145,7 @@ class Encoded:
         text: The context text (of the whole context, also in a window), for :func:`condition`.
         offsets: Character span of each context token in ``text``.
         question_text: The question text.
-        text_index: The words of ``text`` (:func:`policies.lexical.text_words`), computed once by :func:`prepare`
+        context_words: The words of ``text`` (:func:`policies.lexical.text_words`), computed once by :func:`prepare`
             for the kept channels of every round (None without lexical channels, and in windows).
     """
 
@@ -156,7 +157,7 @@ class Encoded:
     text: str
     offsets: tuple[tuple[int, int], ...]
     question_text: str
-    text_index: TextWords | None = field(default=None, repr=False, compare=False)
+    context_words: TextWords | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_units(self) -> int:
@@ -216,12 +217,12 @@ def prepare(
     """Units and lexical channels of an encoded context (see :func:`encode_context`), for the first round."""
     unit_index = segment(context, offsets, config.unit)
     sentences = unit_index if config.unit == "sentence" else segment(context, offsets, "sentence")
-    text_index = None
+    context_words = None
     if config.lexical:
-        text_index = text_words(context, offsets, sentences)
-        lexical = lexical_channels(context, offsets, sentences, question or "", text_index)
+        context_words = text_words(context, offsets, sentences)
+        lexical = lexical_channels(context, offsets, sentences, question or "", context_words)
         if config.paragraphs:
-            lexical = np.concatenate([lexical, paragraph_channels(context, offsets, question or "", text_index)], 1)
+            lexical = np.concatenate([lexical, paragraph_channels(context, offsets, question or "", context_words)], 1)
         if config.rounds > 1:
             lexical = np.concatenate([lexical, kept_channels(context, offsets, sentences, question or "", None)], 1)
     else:
@@ -235,7 +236,7 @@ def prepare(
         context,
         tuple((int(a), int(b)) for a, b in offsets),
         question or "",
-        text_index,
+        context_words,
     )
 
 
@@ -255,12 +256,12 @@ def condition(enc: Encoded, kept: np.ndarray) -> Encoded:
     if len(kept) != len(enc.context):
         raise ValueError(f"kept has {len(kept)} entries for {len(enc.context)} context tokens")
     extra = kept_channels(
-        enc.text, enc.offsets, enc.sentence_index, enc.question_text, np.asarray(kept, bool), enc.text_index
+        enc.text, enc.offsets, enc.sentence_index, enc.question_text, np.asarray(kept, bool), enc.context_words
     )
     return replace(enc, lexical=np.concatenate([enc.lexical[:, :base], extra], 1))
 
 
-def encode(config: ProcessorConfig, tokenizer: Any, context: str, question: str | None) -> Encoded:
+def process(config: ProcessorConfig, tokenizer: Any, context: str, question: str | None) -> Encoded:
     """Tokenise and prepare a (context, question) pair, as the deployed reducer does."""
     ids, offsets, _ = encode_context(tokenizer, context)
     return prepare(config, context, ids, offsets, question, encode_question(tokenizer, question))
@@ -294,7 +295,7 @@ def windows(enc: Encoded, max_len: int) -> list[Encoded]:
                 lexical=enc.lexical[s:e],
                 sentence_index=sent - sent[0] if len(sent) else sent,
                 offsets=enc.offsets[s:e],
-                text_index=None,
+                context_words=None,
             )
         )
         s = e
@@ -334,7 +335,7 @@ def pack_observations(
     pad_id: int,
     limits: Sequence[np.ndarray] | None = None,
     attention_size: int = 0,
-    forced: Sequence[np.ndarray | None] | None = None,
+    forced_units: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Stack a batch of observations ``[B, ...]`` (see the module docstring for the layout).
 
@@ -347,7 +348,7 @@ def pack_observations(
         limits: Each row's token limits (:meth:`~policies.budget.TokenLimits.as_array`), which the training
             distribution cuts its ranking with; None: zeros (the deployed reducer applies the limits itself).
         attention_size: The last this many feature columns are attention channels, packed as ``attention``.
-        forced: Per row, bool per unit of the force-kept units (or None): their ``unit_lengths`` are 0, so the
+        forced_units: Per row, bool per unit of the force-kept units (or None): their ``unit_lengths`` are 0, so the
             training distribution never ranks them; ``limits`` should then be what is left of the budget
             (:func:`policies.budget.forced_limits`).
 
@@ -390,7 +391,7 @@ def pack_observations(
         obs["unit_index"][r, q : q + c] = it.unit_index
         obs["sentence_index"][r, q : q + c] = it.sentence_index
         lengths = it.unit_lengths
-        if forced is not None and forced[r] is not None:
-            lengths = np.where(forced[r], 0, lengths)
+        if forced_units is not None and forced_units[r] is not None:
+            lengths = np.where(forced_units[r], 0, lengths)
         obs["unit_lengths"][r, : len(lengths)] = lengths
     return obs

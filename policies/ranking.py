@@ -40,7 +40,7 @@ def masked_log_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Ten
     return torch.log_softmax(torch.where(allowed, logits, torch.full_like(logits, NEG)), dim=1)
 
 
-def _encode(order: torch.Tensor, prefix_len: torch.Tensor, n_units: int) -> torch.Tensor:
+def _priorities_of(order: torch.Tensor, prefix_len: torch.Tensor, n_units: int) -> torch.Tensor:
     """Priorities ``[B, U]`` from orderings ``[B, U]`` and prefix lengths ``[B]``."""
     b, u = order.shape
     rank = torch.empty_like(order)
@@ -91,7 +91,7 @@ class RankingDistribution:
                 kept = fill_units(prio, lengths[r], int(self.max_tokens[r].item()))
                 hits = np.flatnonzero(kept)
                 prefix[r] = int(hits[-1]) + 1 if len(hits) else 0
-        return _encode(order, prefix, u)
+        return _priorities_of(order, prefix, u)
 
     def sample(self) -> torch.Tensor:
         """Sampled priorities ``[B, U]`` (Gumbel-max sampling of the ordering, STOP included in adaptive rows)."""

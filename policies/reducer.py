@@ -173,7 +173,7 @@ class TokenReducer(nn.Module):
         conditioned on it (:func:`policies.processor.condition`), as in training.
 
         Args:
-            items: Prepared contexts (:func:`policies.processor.encode`).
+            items: Prepared contexts (:func:`policies.processor.process`).
             budgets: The budget of each.
             window_batch: Windows scored per network forward (bounds memory on long inputs).
             max_batch_tokens: Padded-token budget of one feature micro-batch.

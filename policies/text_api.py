@@ -14,7 +14,7 @@ import numpy as np
 
 from policies.budget import Budget, BudgetError, check_forced
 from policies.force_keep import ForceKeep, force_keep_mask, kept_spans, resolve_force_keep
-from policies.processor import Encoded, encode
+from policies.processor import Encoded, process
 from policies.reducer_config import ReducerConfig, ReducerError
 from policies.reduction import Reduction
 
@@ -53,7 +53,7 @@ def prepare_context(
     """
     if not isinstance(context, str) or not context.strip():
         raise ReducerError(f"{label} has no text (empty or whitespace only)")
-    enc = encode(config.processor, tokenizer, context, question)
+    enc = process(config.processor, tokenizer, context, question)
     if not enc.context:
         raise ReducerError(f"{label} encodes to no tokens")
     if too_long == "error" and len(enc.context) + len(enc.question) > window_len:

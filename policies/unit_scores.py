@@ -43,7 +43,7 @@ def unit_scores(
     device = next(network.parameters()).device
     for start in range(0, len(rows), window_batch):
         chunk = rows[start : start + window_batch]
-        feats = features.encode(
+        feats = features.extract(
             [w.question + w.context for _, w in chunk], pad, max_batch_tokens, [len(w.question) for _, w in chunk]
         )
         vecs = [config.budget.observe(budgets[i], len(items[i].context)) for i, _ in chunk]

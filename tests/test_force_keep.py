@@ -200,7 +200,7 @@ def test_env_keeps_forced_units_and_lifts_drawn_rates(tiny_lm):
         assert f > 0 and (b.adaptive or b.max_tokens(len(core.pool[i].context)) >= f)
         obs = core.observe([i], [b])
         enc = core.inputs[i]
-        forced = core.forced[i]
+        forced = core.forced_units[i]
         assert (obs["unit_lengths"][0, : enc.n_units][forced] == 0).all()
         assert obs["limits"][0, 2] == max(0, core.limits(i, b).max_tokens - f)
         keep = core.keep_mask(i, b, np.full(96, -1.0))  # the policy wants nothing: the forced units stay
@@ -241,7 +241,7 @@ def test_env_ranking_cut_is_exactly_what_the_env_keeps_and_the_reducer_agrees(ti
         dist = RankingDistribution(scores, stop, tensors["unit_lengths"], tensors["limits"])
         sampled = dist.sample().numpy()
         for r, i in enumerate(idx):
-            enc, forced = core.inputs[i], core.forced[i]
+            enc, forced = core.inputs[i], core.forced_units[i]
             episode = core.start([i], [budget])  # with two rounds, the first keeps a probe
             rule = episode.keep if episode.final else episode.advance
             keep = rule([np.pad(sampled[r], (0, 96 - sampled.shape[1]))])[0]

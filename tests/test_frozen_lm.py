@@ -8,6 +8,7 @@ from envs.lm.model_cache import DEFAULT_MODEL_SPEC, embedded_gguf_path
 from envs.scoring import build_prompts, exact_match
 from envs.tasks.examples import encode_example
 from envs.tasks.families import make_examples
+from policies.processor import encode_text
 from tests.conftest import make_tiny_lm
 
 
@@ -121,6 +122,13 @@ def test_score_answers_rejects_bad_input(tiny_lm):
         tiny_lm.score_answers([[1, 2]], [[3], [4]])
     with pytest.raises(ValueError, match="non-empty"):
         tiny_lm.score_answers([[1, 2]], [[]])
+
+
+def test_encode_reads_special_token_strings_as_plain_text_as_training_does(tiny_lm):
+    # generate() encodes the answer prefix with FrozenLM.encode; training encodes it with encode_text
+    text = "Answer: <eos> done"
+    assert tiny_lm.encode(text) == list(encode_text(tiny_lm.tokenizer, text))
+    assert tiny_lm.tokenizer.eos_token_id not in tiny_lm.encode(text)
 
 
 def test_unknown_dtype():

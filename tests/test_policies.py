@@ -27,7 +27,7 @@ from policies.lexical import (
     token_words,
     words,
 )
-from policies.processor import ProcessorConfig, condition, encode, windows
+from policies.processor import ProcessorConfig, condition, process, windows
 from policies.ranking import NEG, RankingDistribution, SwapDistribution
 from policies.units import segment, unit_lengths
 
@@ -301,7 +301,7 @@ def test_ranking_gradients_are_finite_with_padding():
 
 def test_windows_cut_at_unit_boundaries(tiny_tokenizer):
     text = " ".join(f"The code for key{i} is {1000 + i}." for i in range(30))
-    enc = encode(ProcessorConfig(unit="sentence"), tiny_tokenizer, text, "What is the code?")
+    enc = process(ProcessorConfig(unit="sentence"), tiny_tokenizer, text, "What is the code?")
     parts = windows(enc, 64)
     assert len(parts) > 1 and sum(len(p.context) for p in parts) == len(enc.context)
     assert all(len(p.question) + len(p.context) <= 64 for p in parts)
@@ -376,7 +376,7 @@ def test_condition_changes_only_the_kept_channels(tiny_tokenizer):
     text = "The red ball is in the blue box. Ann took the blue box. Then Ann went to the yard."
     config = ProcessorConfig(max_len=64, rounds=2)
     assert config.lexical_size == len(CHANNELS) + len(KEPT_CHANNELS)
-    enc = encode(config, tiny_tokenizer, text, "Where is the red ball?")
+    enc = process(config, tiny_tokenizer, text, "Where is the red ball?")
     kept = enc.sentence_index == 0
     nxt = condition(enc, kept)
     base = len(CHANNELS)
@@ -384,14 +384,14 @@ def test_condition_changes_only_the_kept_channels(tiny_tokenizer):
     assert (nxt.lexical[:, base + KEPT_CHANNELS.index("kept")] == kept).all()
     assert nxt.context == enc.context and np.array_equal(nxt.unit_index, enc.unit_index)
     fresh = kept_channels(text, enc.offsets, enc.sentence_index, enc.question_text, kept)  # without the cached index
-    assert enc.text_index is not None and np.array_equal(nxt.lexical[:, base:], fresh)
+    assert enc.context_words is not None and np.array_equal(nxt.lexical[:, base:], fresh)
     with pytest.raises(ValueError, match="rounds > 1"):
-        condition(encode(ProcessorConfig(max_len=64), tiny_tokenizer, text, "q?"), kept)
+        condition(process(ProcessorConfig(max_len=64), tiny_tokenizer, text, "q?"), kept)
     with pytest.raises(ValueError, match="need lexical"):
         ProcessorConfig(rounds=2, lexical=False)
     # windows carry each window's sentences, numbered from 0
     parts = windows(enc, 24)
-    assert len(parts) > 1 and all(w.sentence_index[0] == 0 and w.text_index is None for w in parts)
+    assert len(parts) > 1 and all(w.sentence_index[0] == 0 and w.context_words is None for w in parts)
     assert sum(len(w.sentence_index) for w in parts) == len(enc.context)
     assert config.probe_tokens(100, 40) == 15 and config.probe_tokens(100, 5) == 5 and config.probe_tokens(3, 9) == 1
 

@@ -23,7 +23,7 @@ from envs.tasks.specs import load_tasks
 from policies.budget import Budget, BudgetConfig, TokenLimits, ceiling_units, select_units
 from policies.lexical import PARAGRAPH_CHANNELS
 from policies.network import EncoderBlock, NetworkConfig
-from policies.processor import ProcessorConfig, encode
+from policies.processor import ProcessorConfig, process
 from policies.reducer import TokenReducer
 from policies.reduction import DOCUMENT_SEPARATOR as REDUCER_SEPARATOR
 from policies.unit_scores import unit_scores
@@ -175,7 +175,7 @@ def test_read_len_reads_a_long_context_whole(tiny_lm):
 
 def test_paragraph_channel_marks_the_matching_passage(tiny_tokenizer):
     text = "Bob has a dog. The sky is blue.\n\nAnna lives in Rome. Anna has a cat.\n\nThe grass is green."
-    enc = encode(ProcessorConfig(unit="sentence", paragraphs=True), tiny_tokenizer, text, "Where does Anna live?")
+    enc = process(ProcessorConfig(unit="sentence", paragraphs=True), tiny_tokenizer, text, "Where does Anna live?")
     col = enc.lexical[:, -len(PARAGRAPH_CHANNELS)]
     second = np.array([text.find("Anna") <= s < text.find("The grass") for s, _ in enc.offsets])
     assert np.allclose(col[second], 1.0) and np.allclose(col[~second], 0.0)
@@ -285,7 +285,7 @@ def test_stop_margin_lowers_the_deployed_stop_and_nothing_else(tiny_lm):
     shifted.network.config = dataclasses.replace(reducer.network.config, stop_margin=60.0)
     encs = [encode_example(tiny_lm.tokenizer, ex) for ex in load_tasks("state:heldout:n=6")]
     budgets = [Budget(rate=0.5)] * len(encs)
-    items = [encode(processor, tiny_lm.tokenizer, e.example.context, e.example.question) for e in encs]
+    items = [process(processor, tiny_lm.tokenizer, e.example.context, e.example.question) for e in encs]
     scored = [unit_scores(r.features, r.network, r.config, items, budgets, 8, 8192) for r in (reducer, shifted)]
     for (s0, stop0, _, _), (s1, stop1, _, _) in zip(*scored, strict=True):
         assert np.array_equal(s0, s1)

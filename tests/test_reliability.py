@@ -105,9 +105,9 @@ def test_long_context_is_windowed_with_bounded_batches(reducer):
     assert len(items[0]) > 20 * reducer.max_len
     whole = reducer.reduce(ctx, "What is the code for key7?", rate=0.3)
     from policies.budget import Budget
-    from policies.processor import encode
+    from policies.processor import process
 
-    enc = encode(reducer.config.processor, reducer.tokenizer, ctx, "What is the code for key7?")
+    enc = process(reducer.config.processor, reducer.tokenizer, ctx, "What is the code for key7?")
     small = reducer.keep_masks([enc], [Budget(rate=0.3)], window_batch=2)[0]
     assert np.array_equal(small, whole.keep_mask)  # the window batch bounds memory, not the result
     assert whole.kept_tokens <= whole.max_tokens

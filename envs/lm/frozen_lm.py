@@ -29,7 +29,7 @@ from envs.lm.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBack
 from envs.lm.hf_backend import TransformersBackend
 from envs.lm.model_cache import DEFAULT_MODEL_SPEC, load_model
 from policies.features import FeatureModule
-from policies.processor import pad_token_id
+from policies.processor import encode_text, pad_token_id
 
 __all__ = ["INSTRUCTION", "AnswerScores", "FrozenLM", "PromptLayout", "PromptScores"]
 
@@ -189,8 +189,8 @@ class FrozenLM:
         return int(self.model.config.vocab_size)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without special tokens."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Token ids of ``text`` as plain text, as training encodes it (:func:`policies.processor.encode_text`)."""
+        return list(encode_text(self.tokenizer, text))
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids, special tokens dropped."""
@@ -341,4 +341,4 @@ class FrozenLM:
 
     def features(self, seqs: Sequence[Sequence[int]], layer: int = 0) -> list[torch.Tensor]:
         """Per-token features ``[len_i, hidden_size]`` (float16) of ``layer`` for each sequence, batched."""
-        return self.feature_module(layer).encode(seqs, self.pad_id, self.max_batch_tokens)
+        return self.feature_module(layer).extract(seqs, self.pad_id, self.max_batch_tokens)
