@@ -83,6 +83,15 @@ def document_force_keep(
     return spans
 
 
+def occurring_strings(items: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """The strings of ``items`` that occur in one of ``texts``, once each, in order; whitespace-only ones dropped.
+
+    For callers whose force-keep strings are a wish list (LLMLingua's ``force_tokens``, the RAG integrations'
+    ``force_keep``): a string absent from this call's text is skipped instead of refused.
+    """
+    return [s for s in dict.fromkeys(items) if s.strip() and any(s in t for t in texts)]
+
+
 def _check_list(items: object, what: str) -> None:
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise ValueError(f"force_keep must be a list of {what}, got {type(items).__name__}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from policies.force_keep import resolve_force_keep
+from policies.force_keep import occurring_strings, resolve_force_keep
 from policies.reducer_config import ReducerError
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def compress_prompt(
     text = context if isinstance(context, str) else "\n\n".join(context)
     if isinstance(force_tokens, str):
         raise ReducerError("force_tokens must be a list of strings, not one string")
-    present = [t for t in dict.fromkeys(force_tokens) if t.strip() and t in text]
+    present = occurring_strings(force_tokens, [text])
     occurrences = sorted(span for t in present for span in resolve_force_keep(text, [t]))
     forced: list[tuple[int, int]] = []
     for s, e in occurrences:  # the union of the occurrences, as disjoint spans

@@ -27,6 +27,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from pydantic import ConfigDict, Field
 
 from policies.budget import Budget, BudgetError
+from policies.force_keep import occurring_strings
 from policies.reducer import TokenReducer
 
 SPANS_KEY = "tokenkeep_spans"
@@ -77,7 +78,7 @@ class TokenKeepCompressor(BaseDocumentCompressor):
         texts = [d.page_content for d in documents]
         if not any(t.strip() for t in texts):
             return list(documents)
-        forced = [s for s in self.force_keep if any(s in t for t in texts)]
+        forced = occurring_strings(self.force_keep, texts)
         res = self.reducer.reduce_documents(
             query or None,
             texts,

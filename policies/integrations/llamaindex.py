@@ -28,6 +28,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from policies.budget import Budget, BudgetError
+from policies.force_keep import occurring_strings
 from policies.reducer import TokenReducer
 
 SPANS_KEY = "tokenkeep_spans"
@@ -82,7 +83,7 @@ class TokenKeepPostprocessor(BaseNodePostprocessor):
         texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         if not any(t.strip() for t in texts):
             return list(nodes)
-        forced = [s for s in self.force_keep if any(s in t for t in texts)]
+        forced = occurring_strings(self.force_keep, texts)
         res = self.reducer.reduce_documents(
             query_bundle.query_str if query_bundle is not None else None,
             texts,
