@@ -3,26 +3,7 @@
 The policy's reward is one number per episode; which kept units earned it is what a learner must find out by
 trial. This module asks the frozen model directly, once per training example, before PPO:
 
-1. **Candidates**: the best sentence of each question-match lexical channel (:data:`CANDIDATE_CHANNELS`: the
-   question's words, the bridge words of iterated expansion and their BM25, the latest mention of a question
-   word), then the rest by their best channel, while they fit in ``rate`` of the context
-   (:func:`candidate_sentences`). At rate 0.3 this set holds a chain of facts that the
-   question's words alone would not find (the expansion channels reach the second and third link).
-2. **Leave one out**: the candidate set S and S minus each of its sentences are scored with the reward's task
-   score (answer log-likelihood for ``loglik``), all prompts of a batch of examples in one batched frozen-model
-   call (prefix-cached, length-bucketed: :meth:`envs.core.TokenKeepCore.score_contexts`). A sentence's credit
-   is ``score(S) - score(S without it)``: how much the model's answer needs it, given the rest of what a
-   reducer would keep. Positive: evidence the model uses; negative: a distractor that misleads it.
-3. **Units**: each unit gets its sentence's credit (units never cross sentences); units outside S get 0 and are
-   marked unassessed.
-
-Cost: ``|S| + 1`` prompts per example, each about ``rate`` of the context plus the question and the chat
-template (the template's prefix is cached): at rate 0.3 on the synthetic families, 5-9 prompts of 40-90
-tokens, i.e. about 1-1.5 full-context forwards' worth of tokens per example (measured numbers in the README).
-
-:mod:`agents.warm_start` uses the credit as the behaviour-cloning target where an example has no evidence
-marks (units of sentences with credit above a threshold are pseudo-evidence) and, everywhere, to keep units of
-harmful sentences out of the filler a rate's leftover budget is filled with.
+Details: ``docs/internals.md``, section ``agents.credit``.
 """
 
 from __future__ import annotations

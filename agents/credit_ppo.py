@@ -1,33 +1,10 @@
 """PPO on dense counterfactual credit (issue 25): each unit's measured effect is the advantage of picking it.
 
-Rollouts play the deterministic selection (``ppo.exploration none``: what the reducer deploys). At each episode's
-last round the env scores the units at the selection's edge, its lowest-ranked kept units taken out and its
-best-ranked dropped units added (:func:`envs.credit.unit_credits`): a unit's credit ``c_u`` is the task score
-with it minus the score without it (0 for the units not scored). The update maximises the expected credit of one swap of
-:class:`policies.ranking.SwapDistribution` at the selection (add a dropped unit ``u`` with ``p_add(u)``, take a
-kept unit ``v`` out with ``p_out(v)``), summed over every possible pick instead of estimated from a sampled one:
+stable-baselines3's PPO with :meth:`CreditPPO.train` replaced: rollouts play the deterministic selection, the
+frozen model scores the units at its edge, and the update maximises the expected credit of one swap, with PPO's
+clipped ratio per pick and an optional anchor to the policy PPO started from (``ppo.anchor``).
 
-    J = sum_u p_add(u) A_add(u) + sum_v p_out(v) A_out(v)
-    A_add(u) = c_u - sum_w p_add_old(w) c_w        A_out(v) = -c_v + sum_w p_out_old(w) c_w
-
-with PPO's clipped ratio per pick, ``sum_u p_old(u) min(r_u A_u, clip(r_u, 1 - e, 1 + e) A_u)``,
-``r_u = p(u) / p_old(u)``. No sampled action enters the gradient: its noise is the frozen model's, not the
-policy's (``bench/gradient_snr.py --credit dense`` measures the ratio). Raising a dropped unit with positive
-credit until it crosses the cut, or lowering a kept one whose removal helps, changes what the reducer keeps.
-Probe rounds earn no credit here; the warm start trains them.
-
-Both picks' probabilities are unchanged by a shift of every score, so the objective says nothing about where
-units sit relative to STOP; under a ceiling budget the selection is what scores above STOP, and with the loglik
-reward and no anchor it shrank (one of two seeds lost recall so). ``ppo.anchor`` adds
-``anchor * sum_u (m_u - m0_u)^2`` to each row's loss, over the units the credit says nothing about (those not
-scored), ``m_u`` a unit's score minus STOP and ``m0_u`` the same under the policy PPO started from (kept frozen
-here, saved with the checkpoints): the credited units move, the rest stay where they were. Anchoring every unit
-held the whole policy at its warm start (README, "One warm start, several RL stages").
-
-This is stable-baselines3's PPO (rollouts, buffer, schedules, checkpoints, logging) with :meth:`CreditPPO.train`
-replaced; the value head is not trained (the expectation over picks needs no baseline from it), and
-``ppo.ent_coef``, ``ppo.vf_coef`` and ``ppo.target_kl`` are not used. ``ppo.batch_size`` counts scored episodes
-(last rounds) per minibatch here.
+Details: ``docs/internals.md``, section ``agents.credit_ppo``.
 """
 
 from __future__ import annotations

@@ -2,46 +2,9 @@
 
 ``eval.py`` and the training-time evaluation (:class:`agents.callbacks.HeldoutEvalCallback`) both call
 :func:`evaluate`. A trained reducer is evaluated through its text API (``TokenReducer.reduce_batch``), the
-code users run. Metrics (means over examples, with 95% bootstrap confidence intervals on the task scores):
+code users run.
 
-    em          greedy decoding emits the gold answer (teacher-forced check, exact)
-    loglik      mean log-probability per answer token
-    choice_acc  calibrated multiple-choice accuracy (tasks with choices; choice log-prob minus its log-prob
-                with an empty context)
-    kept_ratio  scored / original context tokens actually reached (a re-tokenizing reducer's kept text counts
-                in the frozen model's tokens)
-    evidence_recall  share of the recorded evidence tokens kept (tasks that record evidence)
-    readability share of the kept words that sit in runs of at least 5 consecutive words of the original text
-                or in whole sentences (:func:`readability`; 1.0 for whole sentences, low for scattered words)
-    tokens_in, tokens_out   mean context tokens before / after reduction
-    reducer_ms  ranking time per example (the method's own cost)
-    model_ms    frozen-model scoring time per example
-
-Batching. A task is read ``chunk_size`` examples at a time, and the frozen model's work on a chunk is done in two
-batched, length-bucketed :meth:`~envs.lm.frozen_lm.FrozenLM.score_continuations_and_spans` calls, each prompt
-running through the model once (after the chat-template prefix, whose keys and values are cached) and scoring
-its gold answer and every choice from its keys and values:
-
-1. What depends on the example only: the empty-context prompts that give the choice priors, and the surprisal
-   prompts of :class:`~agents.baselines.SurprisalMethod` baselines. A ``selective_context`` prompt *is* the full
-   prompt: its forward gives the ``full`` scores and, at the context positions, the context's surprisal. The
-   ``llmlingua`` prompt (question first, no chat template) is batched in the same call when its small LM is the
-   frozen model, in one call of its own otherwise.
-2. Then every method reduces the chunk at every budget, and the reduced prompts of all methods and budgets are
-   scored together. Identical (example, prompt) pairs are scored once and shared (``full`` and a rate that keeps
-   everything, two methods that keep the same tokens, a reduced prompt equal to one of step 1).
-
-Timing columns. Each scoring call is timed and its time is shared out among its distinct prompts in proportion
-to the tokens each computed (:meth:`~envs.lm.frozen_lm.FrozenLM.computed_tokens`: the prompt past the cached prefix
-plus the continuations). A row's ``model_ms`` is the share of its own prompts; a ``SurprisalMethod``'s
-``reducer_ms`` includes the share of its surprisal prompts. A prompt shared by several rows counts in full for
-each of them (what the method would cost on its own), so the rows' times add up to more than the wall time
-where prompts are shared; the choice priors count for no row.
-
-``report.json`` keys (schema_version 2): ``schema_version``, ``created``, ``machine``, ``model``, ``rates``,
-``tasks`` (name -> n_examples), ``methods``, ``results`` (list of rows with ``task``, ``method``, ``rate``,
-the metrics above, ``<metric>_ci`` = [low, high] for em, loglik and choice_acc, and ``metric``: the name of the
-task's headline metric, :func:`headline_metric`), ``examples``.
+Details: ``docs/internals.md``, section ``agents.evaluate``.
 """
 
 from __future__ import annotations

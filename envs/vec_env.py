@@ -4,29 +4,10 @@
 own forward pass; :class:`BatchedTokenKeepVecEnv` scores all n reduced prompts together (sorted by length into
 micro-batches, see :class:`~envs.lm.frozen_lm.FrozenLM`) and computes features for all new episodes at once.
 With one selection round an episode is one step long, so every step ends every episode and auto-resets it, as
-SB3 expects (``info["terminal_observation"]`` holds the finished observation); with rounds, see below.
+SB3 expects (``info["terminal_observation"]`` holds the finished observation); with R rounds it lasts R steps.
+The group-relative baseline, the credit modes and the rounds are described in the docs below.
 
-Group-relative baseline (``group_size`` G > 1): the envs form groups of G that play the *same* example under
-the *same* budget, each with its own sampled action, and each env's reward is returned minus the mean reward of
-the other G - 1 in its group (the leave-one-out baseline of RLOO, as in GRPO). With the reward only at an episode's
-last step and gamma = lambda = 1 this is an unbiased, low-variance advantage that needs no learned value: PPO
-still runs unchanged on top of it.
-Counterfactual credit (``credit="counterfactual"``, groups needed): an episode's task score is replaced by the
-frozen model's credit for the units it keeps that its group disagrees on, each scored once against the group's
-majority selection (:func:`~envs.credit.credit_gains`); centred the same way. The reward then carries
-each differing unit's own effect instead of a whole prompt's score, where every other kept unit adds noise.
-Dense credit (``credit="dense"``): the last round scores each episode's own selection and the units at its edge
-(its lowest-ranked kept units taken out, its best-ranked dropped units added), the credits per unit going into
-``info["unit_credit"]`` for :class:`agents.credit_ppo.CreditPPO`.
-``info["raw_reward"]`` and ``info["episode"]["r"]`` keep the reward before centring. The full context's score
-cancels out of a centred reward, so with groups it is not computed (one forward per example saved):
-``raw_reward`` is then the task score minus the token cost, not relative to the full context, and
-``info["full_score"]`` is NaN.
-
-Rounds (``processor.rounds`` R > 1, see :mod:`envs.core`): every episode lasts R steps, all envs in lock-step.
-The steps before the last return reward 0 and ``done`` False, and the next round's observations (each
-example conditioned on what its env's action kept); the last step scores, as above. PPO with gamma = 1 credits
-every round with the episode's (centred) reward.
+Details: ``docs/internals.md``, section ``envs.vec_env``.
 """
 
 from __future__ import annotations

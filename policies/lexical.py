@@ -4,41 +4,7 @@ No corpus and no model: statistics come from the context itself (its sentences a
 channels work for any text and any tokenizer. Words are regex word-character runs (any script), lowercased; a
 token's word is the word its character span overlaps.
 
-Channels per context token, each in [0, 1] (:data:`CHANNELS`):
-
-* ``q_match``: the token's word occurs in the question, weighted by its inverse sentence frequency (words in
-  every sentence, like "the", weigh about nothing);
-* ``hop_match``: the token's word occurs in the bridge words: the non-question words of the sentence that best
-  matches the question, and of the sentence that best matches those (iterated query expansion, as multi-hop
-  retrievers do), so an entity linked to the question through another sentence is marked;
-* ``sent_bm25``: BM25 of the token's sentence against the question, divided by the best sentence's;
-* ``sent_hop2`` / ``sent_hop3``: BM25 of the token's sentence against the first / second expansion;
-* ``last_mention``: like ``q_match``, but only on a question word's last occurrence in the context: where
-  later statements update earlier ones, the latest mention of what the question asks about is current;
-* ``position``: the relative position of the token's sentence in the context (0 first, 1 last).
-
-Paragraph channel (:data:`PARAGRAPH_CHANNELS`, with ``ProcessorConfig.paragraphs``):
-
-* ``para_bm25``: BM25 of the token's paragraph (a block of text between blank lines: a retrieved passage, a
-  section of a document) against the question, divided by the best paragraph's: relevance is often clearer for
-  a passage than for a sentence of it. A text without blank lines is one paragraph (the channel is then 1).
-
-Kept-conditioned channels (:data:`KEPT_CHANNELS`, for policies that select in rounds): given what the previous
-round kept, round k+1 sees where the kept text leads, so a bridge entity found in round k (a container, the
-person who carries it) is followed in round k+1. Words of the kept text weigh by their inverse sentence
-frequency and by how much of their sentence was kept:
-
-* ``kept``: the token was kept in the previous round;
-* ``kept_match``: the token's word occurs in kept text of *another* sentence and not in the question (a bridge
-  word the kept text brought in);
-* ``kept_bm25``: BM25 of the token's sentence against those bridge words;
-* ``kept_last``: the token's sentence is the latest not-kept sentence that mentions a kept word (the current
-  state of an entity the kept text is about: where its carrier is *now*);
-* ``kept_prev``: the token's sentence is the nearest earlier not-kept sentence that shares a word with a kept
-  sentence (what held just before a kept fact: where someone was *before* a kept move);
-* ``later_round``: 1 in every round after the first (0 in the first, where the other kept channels are 0).
-
-:func:`bm25_scores` is also the ``bm25`` baseline of ``eval.py`` (LongLLMLingua's retrieval baseline).
+Details: ``docs/internals.md``, section ``policies.lexical``.
 """
 
 from __future__ import annotations

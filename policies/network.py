@@ -3,36 +3,7 @@
 Pure torch (no stable-baselines3, no gymnasium), shared by the SB3 training policy
 (:mod:`policies.sb3_policy`) and the deployable :class:`~policies.reducer.TokenReducer`.
 
-Input: an observation dict packed by :func:`policies.processor.pack_observations`, as tensors, for B rows of
-length L (see the processor for the layout): ``features [B, L, D]``, ``lexical [B, L, C]``,
-``attention_mask``, ``reducible_mask``, ``unit_index [B, L]``, ``sentence_index [B, L]`` (read only with
-sentence blocks) and ``budget [B, K]``. Positions past the longest row of a batch are padding and are not
-computed.
-
-Output: ``scores [B, L]`` (one ranking score per unit, at the unit's index; padding units get
-:data:`~policies.ranking.NEG`), ``stop [B]`` (the STOP score of the adaptive mode and of a rate used as a
-ceiling: the STOP head's output minus ``stop_margin``) and ``value [B]``.
-
-Architecture:
-
-1. Tokens: LayerNorm + projection of the frozen-model features, plus projections of the lexical and attention
-   channels, a segment embedding (question or context) and the budget embedding; a depthwise convolution for
-   neighbouring tokens; bidirectional attention blocks in which context tokens see the question and each other.
-2. Units: the mean of each unit's token states, joined with the mean question state.
-3. Units again: attention blocks over units with a learned bias per head for the signed, log-bucketed distance
-   between units, so a unit can look for a related unit before or after it ("a later fact overrides this one").
-4. Sentences (``sentence_layers`` > 0): the mean token state of each sentence with the mean and the maximum of
-   its tokens' lexical channels (a single strongly matching word must not be averaged away), attention blocks
-   over sentences (with their own distance bias), then each unit gets its sentence's state and the sentence's
-   own score: a fact is kept or dropped as a whole more easily than word by word, while word-level scores choose
-   what fills the rest of a budget.
-5. Heads: a per-unit score, and STOP and value heads on the mean unit state; all see the budget.
-6. Prior (``prior_scale`` > 0): each unit's score is a learned residual on top of ``scale * prior``, where the
-   prior is the unit's sentence BM25 against the question (the ``sent_bm25`` lexical channel, in [0, 1]) and
-   ``scale`` is learned from ``prior_scale``. The residual heads start at 0 and the STOP head below every
-   score, so an untrained network ranks and keeps sentences as BM25 does, and training starts from there.
-
-No absolute positions anywhere, so a trained network applies to any length.
+Details: ``docs/internals.md``, section ``policies.network``.
 """
 
 from __future__ import annotations

@@ -19,19 +19,7 @@ Like a Hugging Face processor, this module is saved with the model (its :class:`
   and round k keeps the best units within :meth:`ProcessorConfig.probe_tokens`. Only the last round's
   selection, under the real budget, is the reduction.
 
-Observation layout (token arrays padded to ``max_len``; features are float16-rounded, see
-:mod:`policies.features`)::
-
-    position:       0 .. q-1          q .. q+c-1                q+c .. max_len-1
-    tokens:         question tokens   context tokens            padding
-    reducible:      0                 1                         0
-    unit_index:     -1                unit of each token        -1
-    sentence_index: -1                sentence of each token    -1
-    unit_lengths:   tokens per unit u at position u (0 past the last unit, and 0 for a force-kept unit in
-                    training: the ranking never picks it, the env keeps it anyway)
-
-The question comes first so that, for feature layers > 0, the causal frozen model's context features can
-attend to it. Actions (one priority per unit) are aligned with unit indices.
+Details: ``docs/internals.md``, section ``policies.processor``.
 """
 
 from __future__ import annotations

@@ -4,24 +4,7 @@
 selection with one unit exchanged, and :class:`ModeDistribution` the deterministic selection itself
 (``ppo.exploration``). All three share :meth:`RankingDistribution.mode`, what the reducer deploys.
 
-The network scores every unit. A sampled action is an ordering of the units (Gumbel-perturbed scores, sorted),
-which is how a ranking policy samples without replacement. The budget decides where the ordering stops:
-
-* with a rate or target, :func:`policies.budget.fill_units` walks the ordering and keeps each unit that still
-  fits; the action's *prefix* runs up to the last unit kept;
-* in adaptive mode a STOP item (the network's stop score) is ranked with the units; the prefix is every unit
-  ranked before it, and :func:`policies.budget.adaptive_count` clamps how many ranked units are kept (when the
-  prefix is too short, the units ranked right after STOP are kept too);
-* with a rate or target used as a ceiling (``BudgetConfig.ceiling``) STOP is ranked too: the prefix's units are
-  kept as :func:`policies.budget.fill_units` keeps them, and when none of them fits, the first unit ranked after
-  STOP that fits (:func:`policies.budget.ceiling_units`).
-
-The action handed to the environment is a priority per unit: ``(U - rank) / U > 0`` for the prefix in its
-order, ``-(rank + 1) / U`` for the rest in their sampled order, so the environment's rule keeps exactly what
-the sampled ranking keeps. The log-probability is that of the picks that decide what is kept under
-Plackett-Luce (the prefix, STOP in adaptive mode, and any units kept after STOP): later picks cannot change
-what is kept, so they are left out, which keeps PPO's ratios free of that noise. The deterministic action sorts
-by score, which is exactly what the deployed reducer does.
+Details: ``docs/internals.md``, section ``policies.ranking``.
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
 """The scoring-backend interface behind :class:`~envs.lm.frozen_lm.FrozenLM`, and remote model specs.
 
-A scoring backend answers the only questions the environment and the evaluator ask the frozen model, on token-id
-sequences the caller has already assembled (:meth:`FrozenLM.build_prompt`):
-
-* answer log-likelihood and teacher-forced exact match: ``score_answers(prompts, answers)``;
-* the same for several continuations of each prompt (the gold answer and every choice):
-  ``score_continuations(prompts, continuations)``;
-* the same, plus the log-probability of every token of a span of the prompt given the tokens before it (the
-  context's surprisal, from the forward that scores the full prompt anyway):
-  ``score_continuations_and_spans(prompts, continuations, spans)``;
-* the answer-position distributions, where the reward needs them (``kl``):
-  ``score_answers(..., return_distributions=True)``;
-* greedy generation: ``generate(prompts, max_new_tokens)`` (the reducer's ``generate`` helper).
-
 Two backends implement it: :class:`envs.lm.hf_backend.TransformersBackend` (in-process, the default) and
 :class:`envs.lm.vllm_backend.VLLMBackend` (a vLLM server reached over its OpenAI-compatible HTTP API). Either way
 the policy's features are computed locally, by ``FrozenLM.model``.
 
-A model spec selects the backend: every spec of :mod:`envs.lm.model_cache` loads in-process; a remote spec reads::
-
-    vllm+http://HOST:PORT[?model=NAME&features=SPEC&feature_layers=K&max_in_flight=N&timeout=S&retries=R]
-
-``model`` is the served model name to expect (default: the one model the server serves); ``features`` the
-local model that computes the policy's features and owns the tokenizer (default ``smollm2-135m``; the same HF
-directory the server loads, or a smaller sibling with the same tokenizer); ``feature_layers`` loads only its
-first K blocks (default: all); the rest bound the HTTP client (see :class:`RemoteSpec`).
+Details: ``docs/internals.md``, section ``envs.lm.backends``.
 """
 
 from __future__ import annotations

@@ -2,37 +2,7 @@
 
 Every request carries token ids, never text, so the server scores exactly the prompts the environment built.
 
-* Scoring: ``POST /v1/completions`` with ``prompt`` a list of token-id lists (prompt + answer), ``max_tokens: 1``,
-  ``temperature: 0`` and ``prompt_logprobs: 0``. ``choices[k].prompt_logprobs[i]`` is null for ``i = 0``, else
-  ``{str(token_id): {"logprob", "rank", "decoded_token"}}`` for the prompt's token ``i``. Answer token ``j`` of a
-  pair sits at position ``len(prompt) + j``; greedy decoding emits it iff its rank is 1 (no other token is as
-  likely).
-* Several continuations of each prompt (the gold answer and every choice): every (prompt, continuation) pair
-  scored as above, all in one batched call. The prompt is recomputed for each of its continuations: a prompt
-  log-probability request cannot reuse the KV cache of another (see the caveat below).
-* Continuations plus the log-probabilities of a span of the prompt (the evaluator's context surprisal): read off
-  the prompt log-probabilities of the prompt's first (prompt, continuation) pair, which cover every prompt
-  position; a prompt without continuations is sent cut after its span. One batched call, as above.
-* Distributions (``kl`` reward only): one ``max_tokens: 1`` completion per answer position, of prompt + the
-  answer tokens before it, with ``logprobs: K`` and ``return_tokens_as_token_ids: true``; K = -1 asks for the
-  whole vocabulary (the server must run with ``--max-logprobs -1``). With a finite K the tokens outside the top
-  K share the remaining probability mass evenly.
-* Generation: ``max_tokens: n``, ``temperature: 0``, ``return_token_ids: true``.
-* Connection checks: ``GET /v1/models`` (the served model's name) and ``POST /tokenize`` / ``/detokenize``
-  (the tokenizer's fingerprint on a probe text and a spread of ids, compared with the local tokenizer's).
-
-Batching: one :meth:`VLLMBackend.score_answers` call (one vec-env step) becomes requests of at most
-``request_tokens`` tokens, at least ``min(B, max_in_flight)`` of them, sent by ``max_in_flight`` worker threads
-(each with its own keep-alive session) and matched back by ``choices[k].index``. The server batches concurrent
-requests continuously.
-
-Failures (the HTTP client, :mod:`envs.lm.http_client`): scoring and the connection checks are idempotent, so a
-connection error, a time-out, or HTTP 429/5xx is retried ``retries`` times with exponential backoff, then raised
-as :class:`~envs.lm.backends.BackendError` naming the server and the cause. Generation is sent once. Any other HTTP
-error is raised at once with the server's message.
-
-Caveat: vLLM skips its prefix cache for requests that ask for prompt log-probabilities (vLLM PR #17251), so the
-shared chat-template prefix is recomputed for every prompt; the in-process backend caches it.
+Details: ``docs/internals.md``, section ``envs.lm.vllm_backend``.
 """
 
 from __future__ import annotations

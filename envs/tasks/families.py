@@ -1,31 +1,11 @@
-"""Synthetic task families: generators of :class:`~envs.tasks.examples.Example` with recorded evidence spans.
+"""The synthetic task families' registry: a generator and default sizes per family, and :func:`make_examples`.
 
 Each family has a ``train`` and a ``heldout`` split that differ beyond the seed: held-out examples use names,
 keys, places, objects, verbs and filler vocabulary never used in training (see :mod:`envs.tasks.data`), and
-longer contexts.
-
-Generators: :mod:`envs.tasks.lookup_families` (passkey, kv, qa, multihop) and :mod:`envs.tasks.move_families`
-(state, multihop3, before); shared pieces in :mod:`envs.tasks.builder`.
-
-* ``passkey``: a pass key hidden in filler text (exact match).
-* ``kv``: the code of one key among distractor key/code pairs (exact match).
-* ``qa``: which city one person lives in, among facts about many people and filler (4 choices).
-* ``multihop``: where an object is, through 2-3 chained facts: the object may lie in a container, a person
-  carries the object (or container), and that person is at a place. Distractor objects share words with the
-  asked one (same colour or same noun), so overlap with the question finds the first link but not the last
-  (4 choices).
-* ``state``: where a person is *now*, after several moves; later facts override earlier ones, and the
-  choices include the person's earlier places (4 choices). The deciding (last) move is placed uniformly in the
-  story, which goes on with other people's moves, so keeping the end of the text does not find it.
-* ``multihop3``: where an object is, through exactly three links: the object lies in a container, a person
-  carries that container, and the person's *latest* move says where they are now. Every person carries a
-  container that holds an object, containers and objects share colours and nouns, and people move several
-  times, so the question's words find only the first link, the container's words the second, and only the
-  carrier's last move (placed anywhere in the story) answers (4 choices, the carrier's earlier places among
-  them).
-* ``before``: where a person was before a given place ("Where was Ingrid before the cellar?"): the move into
-  that place and the one before it decide; the person moves 3-5 times without returning anywhere, others move
-  too (4 choices: the asked place and the person's other places among them).
+longer contexts. The generators, and what each family asks, are in :mod:`envs.tasks.lookup_families` (passkey,
+kv, qa, multihop: one fact, or a chain of facts, to look up) and :mod:`envs.tasks.move_families` (state,
+multihop3, before: people who move, where the order of the facts decides); their shared builder is
+:mod:`envs.tasks.builder`.
 """
 
 from __future__ import annotations
