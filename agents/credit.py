@@ -70,7 +70,7 @@ def candidate_sentences(enc: Encoded, rate: float) -> np.ndarray:
 def unit_credit(
     core: TokenKeepCore, indices: Sequence[int], rate: float = 0.3, batch: int = 16, progress: bool = False
 ) -> dict[int, UnitCredit]:
-    """Leave-one-sentence-out credit of pool examples ``indices`` (see the module docstring).
+    """Leave-one-sentence-out credit of pool examples ``indices`` (``docs/internals.md``, ``agents.credit``).
 
     Args:
         core: The training core (its pool, prepared inputs, frozen model and reward score).

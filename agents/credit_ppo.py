@@ -65,7 +65,10 @@ def anchor_penalty(
 
 
 class CreditPPO(PPO):
-    """PPO whose update maximises the expected counterfactual credit of one swap (see the module docstring)."""
+    """PPO whose update maximises the expected counterfactual credit of one swap.
+
+    The objective and the anchor: ``docs/internals.md``, ``agents.credit_ppo``.
+    """
 
     def __init__(self, *args: Any, anchor: float = 0.0, **kwargs: Any) -> None:
         self.anchor = anchor
@@ -126,7 +129,7 @@ class CreditPPO(PPO):
 
     @staticmethod
     def advantages(kept: torch.Tensor, credit: torch.Tensor, old: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``[B, U]`` advantages of each pick (see the module docstring), before scaling."""
+        """``[B, U]`` advantages of each pick (``docs/internals.md``, ``agents.credit_ppo``), before scaling."""
         base_add = (old[0] * credit).sum(1, keepdim=True)
         base_out = (old[1] * credit).sum(1, keepdim=True)
         return torch.where(kept, base_out - credit, credit - base_add)

@@ -77,11 +77,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate every method on every task at every rate, streaming through each task once.
 
-    A task is read ``chunk_size`` examples at a time and every method and budget is scored on that chunk, in two
-    batched scoring calls (see the module docstring), before the next is read, so memory does not grow with the
-    task (a generator of examples is fine); only the per-example metrics (a few floats each) are kept, for the
-    means and bootstrap intervals. The results do not depend on ``chunk_size`` (up to float rounding), except the
-    ``random`` baseline's, which seeds its draws by the example's position in its chunk.
+    A task is read ``chunk_size`` examples at a time, every method and budget scored on a chunk in two batched
+    calls (``docs/internals.md``, ``agents.evaluate``): memory does not grow with the task; only per-example
+    metrics are kept. Results do not depend on ``chunk_size`` (up to float rounding) but for ``random``'s draws.
 
     Args:
         lm: The frozen model that answers.
@@ -97,48 +95,19 @@ def evaluate(
         adaptive: Also score each adaptive method (a trained reducer) at its own budget, besides the rates.
 
     Returns:
-        The report dict (see the module docstring).
+        The report dict (its keys: ``docs/internals.md``, ``agents.evaluate``).
     """
-    for r in rates:
-        if not 0 < r <= 1:
-            raise ValueError(f"rates must lie in (0, 1], got {r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    budgets = {m.name: [Budget(rate=r) for r in rates] if m.uses_rate else [Budget()] for m in methods}
-    for m in methods:
-        if m.adaptive and adaptive:
-            budgets[m.name].append(Budget())  # its own choice of how much to keep
+    budgets = _method_budgets(methods, rates, adaptive)
     bar = tqdm(desc="evaluating", unit="example", disable=not progress)
     results, examples, counts = [], [], {}
     for task, items in tasks.items():
-        acc: dict[tuple[str, int], _Accumulator] = {}
-        skipped: set[str] = set()
-        n_task = 0
-        for encs in _chunks(items, chunk_size):
-            available = [m.available(encs) for m in methods]
-            active = [m for m, ok in zip(methods, available, strict=True) if ok]
-            skipped.update(m.name for m, ok in zip(methods, available, strict=True) if not ok)
-            span = f"{task}: examples {n_task + 1}-{n_task + len(encs)}"
-            _evaluate_chunk(
-                lm, active, encs, budgets, acc, trace, lambda what, s=span: bar.set_postfix_str(f"{s}: {what}")
-            )
-            n_html = max(0, min(n_html_examples - n_task, len(encs)))
-            examples += [
-                _html_example(lm, task, m, budget, acc[(m.name, b)], encs, i, n_task)
-                for m in active
-                for b, budget in enumerate(budgets[m.name])
-                for i in range(n_html)
-            ]
-            n_task += len(encs)
-            bar.update(len(encs))
-        counts[task] = n_task
-        results += [
-            _result_row(task, m, budget, acc[(m.name, b)], n_boot, seed, trace)
-            for m in methods
-            if m.name not in skipped
-            for b, budget in enumerate(budgets[m.name])
-            if (m.name, b) in acc
-        ]
+        rows, shown, counts[task] = _evaluate_task(
+            lm, methods, task, items, budgets, chunk_size, n_html_examples, trace, bar
+        )
+        results += [_result_row(task, m, budget, a, n_boot, seed, trace) for m, budget, a in rows]
+        examples += shown
     bar.close()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -151,6 +120,62 @@ def evaluate(
         "results": results,
         "examples": examples,
     }
+
+
+def _method_budgets(methods: Sequence[KeepMethod], rates: Sequence[float], adaptive: bool) -> dict[str, list[Budget]]:
+    """Per method, its budgets: every rate (once, rate-free, for a method that ignores it), plus its own if adaptive."""
+    for r in rates:
+        if not 0 < r <= 1:
+            raise ValueError(f"rates must lie in (0, 1], got {r}")
+    budgets = {m.name: [Budget(rate=r) for r in rates] if m.uses_rate else [Budget()] for m in methods}
+    for m in methods:
+        if m.adaptive and adaptive:
+            budgets[m.name].append(Budget())  # its own choice of how much to keep
+    return budgets
+
+
+def _evaluate_task(
+    lm: FrozenLM,
+    methods: Sequence[KeepMethod],
+    task: str,
+    items: Iterable[EncodedExample],
+    budgets: dict[str, list[Budget]],
+    chunk_size: int,
+    n_html_examples: int,
+    trace: EvalTrace | None,
+    bar: Any,
+) -> tuple[list[tuple[KeepMethod, Budget, _Accumulator]], list[dict[str, Any]], int]:
+    """One task, chunk by chunk: per (method, budget) its accumulated metrics, the HTML examples, the count.
+
+    A method that cannot run on some chunk (:meth:`KeepMethod.available`) is left out of the task's rows.
+    """
+    acc: dict[tuple[str, int], _Accumulator] = {}
+    skipped: set[str] = set()
+    examples: list[dict[str, Any]] = []
+    n_task = 0
+    for encs in _chunks(items, chunk_size):
+        available = [m.available(encs) for m in methods]
+        active = [m for m, ok in zip(methods, available, strict=True) if ok]
+        skipped.update(m.name for m, ok in zip(methods, available, strict=True) if not ok)
+        span = f"{task}: examples {n_task + 1}-{n_task + len(encs)}"
+        _evaluate_chunk(lm, active, encs, budgets, acc, trace, lambda what, s=span: bar.set_postfix_str(f"{s}: {what}"))
+        n_html = max(0, min(n_html_examples - n_task, len(encs)))
+        examples += [
+            _html_example(lm, task, m, budget, acc[(m.name, b)], encs, i, n_task)
+            for m in active
+            for b, budget in enumerate(budgets[m.name])
+            for i in range(n_html)
+        ]
+        n_task += len(encs)
+        bar.update(len(encs))
+    rows = [
+        (m, budget, acc[(m.name, b)])
+        for m in methods
+        if m.name not in skipped
+        for b, budget in enumerate(budgets[m.name])
+        if (m.name, b) in acc
+    ]
+    return rows, examples, n_task
 
 
 def _html_example(

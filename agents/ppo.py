@@ -1,5 +1,15 @@
 """PPO training of a TokenKeep policy on the batched vec env: set-up, warm start, resume and the training loop.
 
+Algorithm map (where each piece of the learning lives):
+
+* reward: task score relative to the full context, minus the token cost: ``envs.rewards`` (``task_gain``,
+  ``episode_reward``; the scores in ``SCORES``);
+* group baseline: RLOO centring within groups that share an example and a budget: ``envs.vec_env``
+  (``BatchedTokenKeepVecEnv``); dense per-unit credit: ``envs.credit.unit_credits``, learnt by
+  ``agents.credit_ppo.CreditPPO``;
+* ranking log-probability: ``policies.ranking.RankingDistribution.log_prob`` (the picks that decide what is kept);
+* warm-start loss: ``agents.warm_start`` (``behaviour_cloning``, ``_clone_loss``, ``_rounds_loss``).
+
 The run directory (layout, lock, resume rules) is :mod:`agents.run_dir`; checkpoints that resume exactly are
 :mod:`agents.checkpoints`.
 """

@@ -175,7 +175,7 @@ def distance_bucket(n: int, buckets: int, device: torch.device) -> torch.Tensor:
 
 
 class TokenKeepNetwork(nn.Module):
-    """Unit scores, a STOP score and a value from one observation batch (see the module docstring).
+    """Unit scores, a STOP score and a value from one observation batch (``docs/internals.md``, ``policies.network``).
 
     Args:
         config: The network's shape.

@@ -325,7 +325,7 @@ def pack_observations(
     attention_size: int = 0,
     forced_units: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Stack a batch of observations ``[B, ...]`` (see the module docstring for the layout).
+    """Stack a batch of observations ``[B, ...]`` (the layout: ``docs/internals.md``, ``policies.processor``).
 
     Args:
         items: One prepared window per row.

@@ -183,7 +183,7 @@ def remote_backend(name: str) -> type:
 
 @dataclass(frozen=True)
 class RemoteSpec:
-    """A parsed remote model spec (see the module docstring).
+    """A parsed remote model spec (``docs/internals.md``, ``envs.lm.backends``).
 
     Attributes:
         url: The server's base URL, e.g. ``http://127.0.0.1:8000`` (no ``/v1``).
