@@ -26,12 +26,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 from pydantic import ConfigDict, Field
 
-from policies.budget import Budget, BudgetError
-from policies.force_keep import occurring_strings
+from policies.integrations.common import SPANS_KEY, check_budget, reduce_texts
 from policies.reducer import TokenReducer
-
-SPANS_KEY = "tokenkeep_spans"
-"""Metadata key of the kept character spans of a compressed document."""
 
 
 class TokenKeepCompressor(BaseDocumentCompressor):
@@ -56,11 +52,8 @@ class TokenKeepCompressor(BaseDocumentCompressor):
     force_keep: list[str] = Field(default_factory=list)
 
     def model_post_init(self, context: Any, /) -> None:
-        """Refuse a bad budget when the compressor is built, not at its first call."""
-        try:
-            Budget(rate=self.rate, target_tokens=self.target_tokens, token_cost=self.token_cost)
-        except BudgetError as err:
-            raise ValueError(f"TokenKeepCompressor: {err}") from err
+        """Refuse a bad budget when the component is built, not at its first call."""
+        check_budget("TokenKeepCompressor", self.rate, self.target_tokens, self.token_cost)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], **kwargs: Any) -> TokenKeepCompressor:
@@ -76,17 +69,9 @@ class TokenKeepCompressor(BaseDocumentCompressor):
             ReducerError: If the reduction cannot be done (e.g. the force-kept text alone exceeds the budget).
         """
         texts = [d.page_content for d in documents]
-        if not any(t.strip() for t in texts):
+        res = reduce_texts(self.reducer, query, texts, self.rate, self.target_tokens, self.token_cost, self.force_keep)
+        if res is None:
             return list(documents)
-        forced = occurring_strings(self.force_keep, texts)
-        res = self.reducer.reduce_documents(
-            query or None,
-            texts,
-            rate=self.rate,
-            target_tokens=self.target_tokens,
-            token_cost=self.token_cost,
-            force_keep=forced or None,
-        )
         out = []
         for doc, kept in zip(documents, res.documents, strict=True):
             if not doc.page_content.strip():

@@ -27,12 +27,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "pip install tokenkeep[llamaindex]"
     ) from err
 
-from policies.budget import Budget, BudgetError
-from policies.force_keep import occurring_strings
+from policies.integrations.common import SPANS_KEY, check_budget, reduce_texts
 from policies.reducer import TokenReducer
-
-SPANS_KEY = "tokenkeep_spans"
-"""Metadata key of the kept character spans of a reduced node."""
 
 
 class TokenKeepPostprocessor(BaseNodePostprocessor):
@@ -56,11 +52,8 @@ class TokenKeepPostprocessor(BaseNodePostprocessor):
     force_keep: list[str] = Field(default_factory=list)
 
     def model_post_init(self, context: Any, /) -> None:
-        """Refuse a bad budget when the postprocessor is built, not at its first call."""
-        try:
-            Budget(rate=self.rate, target_tokens=self.target_tokens, token_cost=self.token_cost)
-        except BudgetError as err:
-            raise ValueError(f"TokenKeepPostprocessor: {err}") from err
+        """Refuse a bad budget when the component is built, not at its first call."""
+        check_budget("TokenKeepPostprocessor", self.rate, self.target_tokens, self.token_cost)
 
     @classmethod
     def class_name(cls) -> str:
@@ -81,17 +74,10 @@ class TokenKeepPostprocessor(BaseNodePostprocessor):
             ReducerError: If the reduction cannot be done (e.g. the force-kept text alone exceeds the budget).
         """
         texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
-        if not any(t.strip() for t in texts):
+        query = query_bundle.query_str if query_bundle is not None else None
+        res = reduce_texts(self.reducer, query, texts, self.rate, self.target_tokens, self.token_cost, self.force_keep)
+        if res is None:
             return list(nodes)
-        forced = occurring_strings(self.force_keep, texts)
-        res = self.reducer.reduce_documents(
-            query_bundle.query_str if query_bundle is not None else None,
-            texts,
-            rate=self.rate,
-            target_tokens=self.target_tokens,
-            token_cost=self.token_cost,
-            force_keep=forced or None,
-        )
         out = []
         for item, text, kept in zip(nodes, texts, res.documents, strict=True):
             if not text.strip():
