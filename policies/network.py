@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,8 +18,9 @@ from torch import nn
 from policies.lexical import CHANNELS
 from policies.ranking import NEG
 
-PRIOR_CHANNEL = CHANNELS.index("sent_bm25")
-"""The lexical channel the prior reads (see ``NetworkConfig.prior_scale``)."""
+PRIOR_CHANNELS = {"bm25": CHANNELS.index("sent_bm25"), "semantic": len(CHANNELS)}
+"""The lexical column each prior reads: ``sent_bm25``, or ``sent_sim`` (right after CHANNELS when the processor's
+``semantic`` channel is on; see ``NetworkConfig.prior``)."""
 
 
 @dataclass
@@ -39,9 +41,12 @@ class NetworkConfig:
             tokens, so their cost grows linearly with the context (0: every token attends to every token; the
             same function on windows of at most this many tokens). Units and sentences still see the whole
             context.
-        prior_scale: Starting weight of the BM25 prior in every unit's score (the unit's sentence BM25 against the
-            question, in [0, 1]; the weight is learned): the network scores a residual on top of it, so that an
-            untrained network ranks as BM25 over sentences does (0: no prior; needs lexical channels).
+        prior_scale: Starting weight of the prior in every unit's score (the weight is learned): the network scores
+            a residual on top of it, so that an untrained network ranks as the prior does (0: no prior; needs
+            lexical channels).
+        prior: What the prior is, per unit in [0, 1]: ``bm25``, its sentence's BM25 against the question (the
+            ``sent_bm25`` channel); ``semantic``, its sentence's similarity to the question (the ``sent_sim``
+            channel; needs ``processor.semantic``).
         stop_margin: The STOP score the network outputs is its STOP head's minus this margin. The warm start fits
             the head as a classifier (evidence above it, the rest below); where the ranking of new text is
             unsure, that keeps far less than a rate allows and loses evidence, so the deployed STOP sits lower:
@@ -59,6 +64,7 @@ class NetworkConfig:
     sentence_layers: int = 0
     token_window: int = 0
     prior_scale: float = 0.0
+    prior: Literal["bm25", "semantic"] = "bm25"
     stop_margin: float = 0.0
 
     def __post_init__(self) -> None:
@@ -72,6 +78,8 @@ class NetworkConfig:
             raise ValueError(f"token_window must be >= 0, got {self.token_window}")
         if self.prior_scale < 0:
             raise ValueError(f"prior_scale must be >= 0, got {self.prior_scale}")
+        if self.prior not in PRIOR_CHANNELS:
+            raise ValueError(f"prior must be one of {sorted(PRIOR_CHANNELS)}, got {self.prior!r}")
 
 
 class EncoderBlock(nn.Module):
@@ -232,12 +240,15 @@ class TokenKeepNetwork(nn.Module):
         nn.init.normal_(self.score_head[-1].weight, std=0.01)
         nn.init.zeros_(self.score_head[-1].bias)
         if config.prior_scale > 0:
-            if not lexical_size:
-                raise ValueError("prior_scale > 0 reads the sent_bm25 lexical channel: the processor needs lexical")
+            if lexical_size <= PRIOR_CHANNELS[config.prior]:
+                raise ValueError(
+                    f"prior_scale > 0 reads the {config.prior} prior's lexical channel: the processor needs lexical"
+                    + (" and semantic" if config.prior == "semantic" else "")
+                )
             self.prior_log_scale = nn.Parameter(torch.tensor(float(config.prior_scale)).log())
             # The residual heads start at exactly 0 (their inputs still get gradients through the weights) and
             # STOP at -1, below every score: an untrained network ranks, ties included, and fills a rate's budget
-            # exactly as BM25 over sentences does.
+            # exactly as the prior over sentences does.
             heads = [self.score_head[-1], self.stop_head[-1]]
             if config.sentence_layers:
                 heads.append(self.sent_score_head[-1])
@@ -300,7 +311,7 @@ class TokenKeepNetwork(nn.Module):
         if sent_scores is not None:
             scores = scores + sent_scores
         if self.config.prior_scale > 0:
-            prior = obs["lexical"][:, :width, PRIOR_CHANNEL].float() * (unit_index >= 0)
+            prior = obs["lexical"][:, :width, PRIOR_CHANNELS[self.config.prior]].float() * (unit_index >= 0)
             unit_prior = prior.new_zeros(b, n_units).scatter_reduce(1, unit_index.clamp(min=0), prior, reduce="amax")
             scores = scores + self.prior_log_scale.exp() * unit_prior
         scores = torch.where(unit_valid, scores, torch.full_like(scores, NEG))

@@ -42,6 +42,7 @@ from policies.lexical import (
     paragraph_channels,
     text_words,
 )
+from policies.semantic import SEMANTIC_CHANNELS, SentenceEncoder, similarity_columns
 from policies.units import Unit, segment, unit_lengths
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -66,12 +67,14 @@ class ProcessorConfig:
             budget, if smaller): what the next round is conditioned on.
         paragraphs: Add the paragraph channel of policies/lexical.py (BM25 of the token's paragraph, the text
             between blank lines: a retrieved passage, a section of a document); needs lexical.
+        semantic: Add the semantic channel of policies/semantic.py (each sentence's similarity to the question
+            from a small sentence encoder, which sees paraphrase where the lexical channels see shared words);
+            needs lexical. The encoder is then part of the reducer.
         read_len: Question + context tokens the deployed reducer reads at once (0: ``max_len``). Training
             observations have a fixed ``max_len``; the network has no absolute positions, so with local token
             attention (``NetworkConfig.token_window``) and input-embedding features it reads a longer context
             whole at a cost linear in its length, where windows of ``max_len`` would each be ranked without
-            the rest of the document (on held-out longdoc, 1.1k-3.1k tokens: evidence recall 0.89 in windows of
-            1,024 against 0.93 read whole at rate 0.3, README "Real text").
+            the rest of the document (README, "Real text").
     """
 
     max_len: int = 256
@@ -82,6 +85,7 @@ class ProcessorConfig:
     rounds: int = 1
     probe_rate: float = 0.15
     paragraphs: bool = False
+    semantic: bool = False
     read_len: int = 0
 
     def __post_init__(self) -> None:
@@ -95,8 +99,8 @@ class ProcessorConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.rounds > 1 and not self.lexical:
             raise ValueError("rounds > 1 condition on kept words through the lexical channels: they need lexical")
-        if self.paragraphs and not self.lexical:
-            raise ValueError("paragraphs is a lexical channel: it needs lexical")
+        if (self.paragraphs or self.semantic) and not self.lexical:
+            raise ValueError("paragraphs and semantic are channels of the lexical block: they need lexical")
         if not 0 < self.probe_rate <= 1:
             raise ValueError(f"probe_rate must be in (0, 1], got {self.probe_rate}")
         if self.read_len and self.read_len < self.max_len:
@@ -109,11 +113,11 @@ class ProcessorConfig:
 
     @property
     def lexical_size(self) -> int:
-        """Number of lexical channels per token (0 when off): CHANNELS, then PARAGRAPH_CHANNELS, then KEPT_CHANNELS."""
+        """Lexical channels per token (0 when off): CHANNELS, SEMANTIC_CHANNELS, PARAGRAPH_CHANNELS, KEPT_CHANNELS."""
         if not self.lexical:
             return 0
         kept = len(KEPT_CHANNELS) if self.rounds > 1 else 0
-        return len(CHANNELS) + len(PARAGRAPH_CHANNELS) * self.paragraphs + kept
+        return len(CHANNELS) + len(SEMANTIC_CHANNELS) * self.semantic + len(PARAGRAPH_CHANNELS) * self.paragraphs + kept
 
     def probe_tokens(self, n_tokens: int, max_tokens: int) -> int:
         """Tokens a round before the last keeps: ``probe_rate`` of the context, at most ``max_tokens``, at least 1."""
@@ -201,14 +205,58 @@ def prepare(
     offsets: Sequence[tuple[int, int]],
     question: str | None,
     question_ids: Sequence[int],
+    encoder: SentenceEncoder | None = None,
 ) -> Encoded:
-    """Units and lexical channels of an encoded context (see :func:`encode_context`), for the first round."""
-    unit_index = segment(context, offsets, config.unit)
-    sentences = unit_index if config.unit == "sentence" else segment(context, offsets, "sentence")
+    """Units and lexical channels of an encoded context (see :func:`encode_context`), for the first round.
+
+    Several contexts: :func:`prepare_batch` (one sentence-encoder call for all of them).
+
+    Raises:
+        ValueError: If ``config.semantic`` is on and no sentence ``encoder`` is given.
+    """
+    return prepare_batch(config, [(context, context_ids, offsets, question, question_ids)], encoder)[0]
+
+
+def prepare_batch(
+    config: ProcessorConfig,
+    items: Sequence[tuple[str, Sequence[int], Sequence[tuple[int, int]], str | None, Sequence[int]]],
+    encoder: SentenceEncoder | None = None,
+) -> list[Encoded]:
+    """:func:`prepare` for ``(context, context_ids, offsets, question, question_ids)`` items.
+
+    Raises:
+        ValueError: If ``config.semantic`` is on and no sentence ``encoder`` is given.
+    """
+    sentences = [segment(c, offsets, "sentence") for c, _, offsets, _, _ in items]
+    sims: list[np.ndarray | None] = [None] * len(items)
+    if config.lexical and config.semantic:
+        if encoder is None:
+            raise ValueError("processor.semantic needs a sentence encoder (policies.semantic.SentenceEncoder)")
+        sims = list(
+            similarity_columns(
+                [(c, o, s, q or "") for (c, _, o, q, _), s in zip(items, sentences, strict=True)], encoder
+            )
+        )
+    return [_prepare_one(config, *item, sent, sim) for item, sent, sim in zip(items, sentences, sims, strict=True)]
+
+
+def _prepare_one(
+    config: ProcessorConfig,
+    context: str,
+    context_ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    question: str | None,
+    question_ids: Sequence[int],
+    sentences: np.ndarray,
+    similarity: np.ndarray | None,
+) -> Encoded:
+    unit_index = sentences if config.unit == "sentence" else segment(context, offsets, config.unit)
     context_words = None
     if config.lexical:
         context_words = text_words(context, offsets, sentences)
         lexical = lexical_channels(context, offsets, sentences, question or "", context_words)
+        if similarity is not None:
+            lexical = np.concatenate([lexical, similarity], 1)
         if config.paragraphs:
             lexical = np.concatenate([lexical, paragraph_channels(context, offsets, question or "", context_words)], 1)
         if config.rounds > 1:
@@ -239,7 +287,8 @@ def condition(enc: Encoded, kept: np.ndarray) -> Encoded:
         ValueError: If ``enc`` has no kept channels or ``kept`` has the wrong length.
     """
     base = enc.lexical.shape[1] - len(KEPT_CHANNELS)  # the channels before the kept ones
-    if base not in (len(CHANNELS), len(CHANNELS) + len(PARAGRAPH_CHANNELS)):
+    optional = {a * len(SEMANTIC_CHANNELS) + b * len(PARAGRAPH_CHANNELS) for a in (0, 1) for b in (0, 1)}
+    if base - len(CHANNELS) not in optional:
         raise ValueError("condition needs a context prepared with rounds > 1 (kept channels in its lexical)")
     if len(kept) != len(enc.context):
         raise ValueError(f"kept has {len(kept)} entries for {len(enc.context)} context tokens")
@@ -249,10 +298,26 @@ def condition(enc: Encoded, kept: np.ndarray) -> Encoded:
     return replace(enc, lexical=np.concatenate([enc.lexical[:, :base], extra], 1))
 
 
-def process(config: ProcessorConfig, tokenizer: Any, context: str, question: str | None) -> Encoded:
-    """Tokenise and prepare a (context, question) pair, as the deployed reducer does."""
-    ids, offsets, _ = encode_context(tokenizer, context)
-    return prepare(config, context, ids, offsets, question, encode_question(tokenizer, question))
+def process_batch(
+    config: ProcessorConfig,
+    tokenizer: Any,
+    contexts: Sequence[str],
+    questions: Sequence[str | None],
+    encoder: SentenceEncoder | None = None,
+) -> list[Encoded]:
+    """Tokenise and prepare (context, question) pairs, as the deployed reducer does."""
+    items = []
+    for context, question in zip(contexts, questions, strict=True):
+        ids, offsets, _ = encode_context(tokenizer, context)
+        items.append((context, ids, offsets, question, encode_question(tokenizer, question)))
+    return prepare_batch(config, items, encoder)
+
+
+def process(
+    config: ProcessorConfig, tokenizer: Any, context: str, question: str | None, encoder: SentenceEncoder | None = None
+) -> Encoded:
+    """Tokenise and prepare one (context, question) pair (:func:`process_batch`)."""
+    return process_batch(config, tokenizer, [context], [question], encoder)[0]
 
 
 def windows(enc: Encoded, max_len: int) -> list[Encoded]:

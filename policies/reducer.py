@@ -45,7 +45,8 @@ from policies.reduction import (
 )
 from policies.retokenize import retokenize as retokenize_text
 from policies.selection import Selection
-from policies.text_api import call_budget, make_reduction, prepare_context
+from policies.semantic import SentenceEncoder
+from policies.text_api import call_budget, make_reduction, prepare_contexts
 from policies.unit_scores import unit_scores
 
 
@@ -57,20 +58,29 @@ class TokenReducer(nn.Module):
         network: The keep network.
         tokenizer: The base model's tokenizer.
         config: The reducer config.
+        encoder: The sentence encoder of the semantic channel (needed when ``config.processor.semantic``).
     """
 
     def __init__(
-        self, features: FeatureModule, network: TokenKeepNetwork, tokenizer: Any, config: ReducerConfig
+        self,
+        features: FeatureModule,
+        network: TokenKeepNetwork,
+        tokenizer: Any,
+        config: ReducerConfig,
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         super().__init__()
         if features.layer != config.processor.feature_layer:
             raise ReducerError(
                 f"feature module is layer {features.layer}, config says {config.processor.feature_layer}"
             )
+        if config.processor.semantic and encoder is None:
+            raise ReducerError("the processor's semantic channel needs a sentence encoder")
         self.features = features
         self.network = network
         self.tokenizer = tokenizer
         self.config = config
+        self.encoder = encoder if config.processor.semantic else None
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -87,6 +97,7 @@ class TokenReducer(nn.Module):
         budget: BudgetConfig | None = None,
         network: TokenKeepNetwork | NetworkConfig | None = None,
         trained_on: dict[str, Any] | None = None,
+        encoder: SentenceEncoder | None = None,
     ) -> TokenReducer:
         """A reducer over a loaded ``*ForCausalLM``, sharing its weights; untrained unless ``network`` is given.
 
@@ -99,8 +110,12 @@ class TokenReducer(nn.Module):
             budget: Budget settings (default: :class:`BudgetConfig` defaults).
             network: A trained network, or a shape for a fresh untrained one.
             trained_on: Notes recorded in the config.
+            encoder: The semantic channel's sentence encoder (default: :meth:`SentenceEncoder.default` when the
+                processor uses the channel).
         """
         processor = processor or ProcessorConfig()
+        if processor.semantic and encoder is None:
+            encoder = SentenceEncoder.default()
         budget = budget or BudgetConfig()
         features = FeatureModule.from_causal_lm(model, processor.feature_layer, processor.attention_layers)
         if not isinstance(network, TokenKeepNetwork):
@@ -111,7 +126,7 @@ class TokenReducer(nn.Module):
         config = ReducerConfig.for_base_model(
             model, tokenizer, spec, file_hash, processor, budget, network.config, trained_on
         )
-        return cls(features, network, tokenizer, config)
+        return cls(features, network, tokenizer, config, encoder)
 
     @property
     def max_len(self) -> int:
@@ -136,7 +151,7 @@ class TokenReducer(nn.Module):
 
     def write_files(self, directory: Path) -> None:
         """Write the reducer's files into an existing directory (use :meth:`save_pretrained` for atomicity)."""
-        write_reducer_files(directory, self.features, self.network, self.tokenizer, self.config)
+        write_reducer_files(directory, self.features, self.network, self.tokenizer, self.config, self.encoder)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> TokenReducer:
@@ -271,14 +286,19 @@ class TokenReducer(nn.Module):
             raise ReducerError(
                 f"force_keep must hold one list (or None) per context: got {n_lists} for {len(contexts)} contexts"
             )
-        items, forced = [], []
-        for i, (c, q) in enumerate(zip(contexts, questions or [None] * len(contexts), strict=True)):
-            fk = force_keep[i] if force_keep is not None else None
-            enc, f = prepare_context(
-                self.config, self.tokenizer, self.window_len, c, q, budget, fk, too_long, f"context {i}"
-            )
-            items.append(enc)
-            forced.append(f)
+        prepared = prepare_contexts(
+            self.config,
+            self.tokenizer,
+            self.encoder,
+            self.window_len,
+            contexts,
+            questions or [None] * len(contexts),
+            budget,
+            force_keep or [None] * len(contexts),
+            too_long,
+            [f"context {i}" for i in range(len(contexts))],
+        )
+        items, forced = [enc for enc, _ in prepared], [f for _, f in prepared]
         keeps = self.keep_masks(items, [budget] * len(items), forced=forced)
         return [
             make_reduction(self.config, self.tokenizer, enc, keep, budget, f)
@@ -330,9 +350,10 @@ class TokenReducer(nn.Module):
             raise ReducerError(str(err)) from err
         budget = call_budget(rate, target_tokens, token_cost, too_long)
         label = f"the {len(starts)} documents joined"
-        enc, forced = prepare_context(
-            self.config, self.tokenizer, self.window_len, joined, question, budget, spans, too_long, label
-        )
+        [(enc, forced)] = prepare_contexts(
+            self.config, self.tokenizer, self.encoder, self.window_len, [joined], [question], budget, [spans], too_long,
+            [label],
+        )  # fmt: skip
         keep = self.keep_masks([enc], [budget], forced=[forced])[0]
         reduction = make_reduction(self.config, self.tokenizer, enc, keep, budget, forced)
         return split_documents(documents, starts, reduction)

@@ -2,7 +2,9 @@
 
 Reading never executes code from the directory: weights come from safetensors, the config from JSON (validated
 into a :class:`~policies.reducer_config.ReducerConfig`), the tokenizer from Hugging Face tokenizer files with
-``trust_remote_code=False``; no other file in the directory is opened.
+``trust_remote_code=False``, and, for a processor with the semantic channel, the sentence encoder from its own
+folder (``sentence_encoder/``: safetensors weights, Hugging Face config and tokenizer files); no other file in the
+directory is opened.
 """
 
 from __future__ import annotations
@@ -20,13 +22,20 @@ from policies.features import FeatureModule
 from policies.fileio import file_sha256
 from policies.network import TokenKeepNetwork
 from policies.reducer_config import FORMAT_VERSION, ReducerConfig, ReducerError, tokenizer_fingerprint
+from policies.semantic import SentenceEncoder
 
 CONFIG_NAME = "reducer_config.json"
 WEIGHTS_NAME = "model.safetensors"
+ENCODER_DIR = "sentence_encoder"
 
 
 def write_reducer_files(
-    directory: Path, features: FeatureModule, network: TokenKeepNetwork, tokenizer: Any, config: ReducerConfig
+    directory: Path,
+    features: FeatureModule,
+    network: TokenKeepNetwork,
+    tokenizer: Any,
+    config: ReducerConfig,
+    encoder: SentenceEncoder | None = None,
 ) -> None:
     """Write a reducer's files into an existing directory; fills in ``config.weights_sha256``."""
     tensors = {f"network.{k}": v.contiguous() for k, v in network.state_dict().items()}
@@ -38,10 +47,14 @@ def write_reducer_files(
     config.weights_sha256 = file_sha256(directory / WEIGHTS_NAME)
     (directory / CONFIG_NAME).write_text(json.dumps(to_dict(config), indent=2) + "\n")
     tokenizer.save_pretrained(directory)
+    if encoder is not None:
+        encoder.save(directory / ENCODER_DIR)
 
 
-def read_reducer_files(directory: str | os.PathLike[str]) -> tuple[FeatureModule, TokenKeepNetwork, Any, ReducerConfig]:
-    """The feature module, network, tokenizer and config stored in a reducer directory.
+def read_reducer_files(
+    directory: str | os.PathLike[str],
+) -> tuple[FeatureModule, TokenKeepNetwork, Any, ReducerConfig, SentenceEncoder | None]:
+    """The feature module, network, tokenizer, config and sentence encoder (or None) of a reducer directory.
 
     Raises:
         ReducerError: On a missing or corrupted file, an unknown format version, or a tokenizer that does
@@ -88,4 +101,10 @@ def read_reducer_files(directory: str | os.PathLike[str]) -> tuple[FeatureModule
         features.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("features.")})
     except RuntimeError as err:
         raise ReducerError(f"{d / WEIGHTS_NAME} does not match {CONFIG_NAME}: {err}") from err
-    return features, network, tokenizer, config
+    encoder = None
+    if proc.semantic:
+        try:
+            encoder = SentenceEncoder.from_directory(d / ENCODER_DIR)
+        except Exception as err:
+            raise ReducerError(f"the sentence encoder in {d / ENCODER_DIR} cannot be loaded: {err}") from err
+    return features, network, tokenizer, config, encoder

@@ -125,7 +125,9 @@ def test_saved_files_and_no_pickle(exported):
         assert key in cfg
     assert cfg["budget"]["default_token_cost"] == 0.4 and cfg["budget"]["cost_low"] == 0.2
     processor = {"max_len": MAX_LEN, "feature_layer": 0, "unit": "word", "lexical": True, "attention_layers": 0}
-    assert cfg["processor"] == {**processor, "rounds": 1, "probe_rate": 0.15, "paragraphs": False, "read_len": 0}
+    assert cfg["processor"] == {
+        **processor, "rounds": 1, "probe_rate": 0.15, "paragraphs": False, "semantic": False, "read_len": 0
+    }
 
 
 def test_rate_and_target_are_met_and_deterministic(exported):

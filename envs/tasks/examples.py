@@ -11,10 +11,12 @@ deployed reducer uses, so a training observation and a deployed one are built fr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policies.processor import Encoded, ProcessorConfig, encode_context, encode_question, encode_text, prepare
+from policies.processor import Encoded, ProcessorConfig, encode_context, encode_question, encode_text, prepare_batch
+from policies.semantic import SentenceEncoder
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,12 @@ def encode_example(tokenizer: Any, ex: Example) -> EncodedExample:
     )
 
 
-def prepare_example(config: ProcessorConfig, enc: EncodedExample) -> Encoded:
-    """The policy's view of an encoded example (units, lexical channels), exactly as the reducer builds it."""
-    ex = enc.example
-    return prepare(config, ex.context, enc.context, enc.offsets, ex.question, enc.question)
+def prepare_examples(
+    config: ProcessorConfig, encs: Sequence[EncodedExample], encoder: SentenceEncoder | None = None
+) -> list[Encoded]:
+    """The policy's view of encoded examples (units, lexical channels), exactly as the reducer builds it.
+
+    ``encoder``: the sentence encoder of the semantic channel (needed when ``config.semantic``).
+    """
+    items = [(e.example.context, e.context, e.offsets, e.example.question, e.question) for e in encs]
+    return prepare_batch(config, items, encoder)
