@@ -33,10 +33,11 @@ from envs.lm.frozen_lm import FrozenLM
 from envs.tasks.examples import EncodedExample
 from policies.budget import Budget, fill_units, keep_top, rank_priorities
 from policies.lexical import bm25_scores, token_words, unit_words, words
-from policies.processor import encode_context
 from policies.reducer import TokenReducer
 from policies.reduction import Reduction
 from policies.retokenize import project_keep, retokenize
+from policies.semantic import SentenceEncoder, similarity_columns
+from policies.tokenization import encode_context
 from policies.units import segment, unit_lengths
 
 
@@ -224,6 +225,35 @@ class BM25Sentences(KeepMethod):
         return out
 
 
+class SemanticSentences(KeepMethod):
+    """Sentences ranked by a sentence encoder's similarity to the question (the semantic channel), filled in order.
+
+    The dense-retrieval counterpart of :class:`BM25Sentences`; also what an untrained reducer with the semantic
+    prior ranks by.
+
+    Args:
+        encoder: The sentence encoder (default: :meth:`SentenceEncoder.default`, loaded at first use).
+    """
+
+    name = "semantic"
+    static = False
+
+    def __init__(self, encoder: SentenceEncoder | None = None) -> None:
+        self.encoder = encoder
+
+    def keep(self, encs, budget):  # noqa: D102
+        self.encoder = self.encoder or SentenceEncoder.default()
+        sents = [segment(e.example.context, e.offsets, "sentence") for e in encs]
+        items = [(e.example.context, e.offsets, s, e.example.question) for e, s in zip(encs, sents, strict=True)]
+        out = []
+        for e, sentence, sim in zip(encs, sents, similarity_columns(items, self.encoder), strict=True):
+            scores = np.zeros(int(sentence.max()) + 1 if len(sentence) else 0)
+            np.maximum.at(scores, sentence, sim[:, 0])
+            keep = fill_units(rank_priorities(scores), unit_lengths(sentence), budget.max_tokens(len(e.context)))
+            out.append(keep[sentence])
+        return out
+
+
 class ReducerMethod(KeepMethod):
     """A TokenReducer, called through its text API (:meth:`~policies.reducer.TokenReducer.reduce_batch`).
 
@@ -281,7 +311,7 @@ class ReducerMethod(KeepMethod):
         return masks, [kept_tokens(e.context, m) for e, m in zip(encs, masks, strict=True)]
 
 
-HEURISTICS = ("random", "head", "tail", "bm25", "selective_context", "llmlingua")
+HEURISTICS = ("random", "head", "tail", "bm25", "semantic", "selective_context", "llmlingua")
 """The baselines that rank without the answer (what a reducer must beat)."""
 BASELINES = ("full", *HEURISTICS, "oracle")
 """Every baseline ``eval.py --baselines`` knows: the full context, the heuristics and the evidence oracle."""
@@ -307,6 +337,8 @@ def make_baselines(
             out.append(TailKeep())
         elif n == "bm25":
             out.append(BM25Sentences())
+        elif n == "semantic":
+            out.append(SemanticSentences())
         elif n == "selective_context":
             out.append(SelectiveContext(lm))
         elif n == "llmlingua":

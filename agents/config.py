@@ -295,20 +295,16 @@ _SYNTHETIC_HELDOUT = (
 # (episodes are drawn family by family, so a larger pool costs no time)
 _ALL_TRAIN = _SYNTHETIC_TRAIN + ",passages:train:n=300,longdoc:train:n=560"
 _ALL_HELDOUT = _SYNTHETIC_HELDOUT + ",passages:heldout,longdoc:heldout"
-_CHEAP = ("random", "tail", "bm25")  # heuristics that need no frozen-model forward to rank
+_CHEAP = ("random", "tail", "bm25", "semantic")  # heuristics that need no frozen-model forward to rank
 
 # The default recipe, shared by the default and long presets. Whole sentences are the units (kept text reads as
-# text); a rate is a ceiling (the policy's STOP keeps less where nothing more is relevant; STOP deployed 4 below
-# its fitted classifier: a fitted STOP kept 10-15% of the context at rate 0.3 on real text and lost evidence
-# below BM25's recall, README "Real text and the new default"); the network scores a residual on top of the
-# sentences' BM25 (an untrained reducer ranks as BM25 does); the paragraph channel gives a passage's relevance.
-# max_len 1024 holds the real-text training examples; the reducer reads contexts of up to 8,192 tokens whole
-# (read_len; windows of 1,024 lost 0.04 of longdoc's evidence recall). Three selection rounds, each conditioned
-# on the words the one before kept: a chain's next fact is named only by the fact before it (README, "Chained
-# evidence").
-_PROCESSOR = ProcessorConfig(
-    max_len=1024, unit="sentence", rounds=3, paragraphs=True, semantic=True, read_len=8192
-)
+# text); a rate is a ceiling (STOP keeps less where nothing more is relevant; deployed 4 below its fitted
+# classifier, which lost evidence on real text: README "Real text and the previous default `d5`"); the network scores a
+# residual on top of each sentence's similarity to the question (the semantic channel: an untrained reducer ranks
+# as the sentence encoder does); the paragraph channel gives a passage's relevance. max_len 1024 holds the
+# real-text training examples; the reducer reads up to 8,192 tokens whole (read_len). Three selection rounds, each
+# conditioned on the words the one before kept: a chain's next fact is named only by the fact before it.
+_PROCESSOR = ProcessorConfig(max_len=1024, unit="sentence", rounds=3, paragraphs=True, semantic=True, read_len=8192)
 _NETWORK = NetworkConfig(sentence_layers=1, token_window=128, prior_scale=4.0, prior="semantic", stop_margin=4.0)
 _BUDGET = BudgetConfig(ceiling=True)
 

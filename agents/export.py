@@ -54,7 +54,7 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
 
 
 ONNX_INPUTS = ("features", "lexical", "attention_mask", "reducible_mask", "unit_index", "sentence_index", "budget")
-"""Inputs of ``policy.onnx``, in order: the observation arrays of :func:`policies.processor.pack_observations`
+"""Inputs of ``policy.onnx``, in order: the observation arrays of :func:`policies.observations.pack_observations`
 (``sentence_index`` only for a network with sentence layers: :func:`onnx_inputs`)."""
 
 
@@ -128,9 +128,7 @@ def export_reducer(
     return Path(out)
 
 
-def resolve_checkpoint(
-    path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
-) -> tuple[Path, Path]:
+def resolve_checkpoint(path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
     """``(checkpoint zip, run config.json)`` for a run directory or a checkpoint file inside one.
 
     A checkpoint is inside a run directory when it is ``RUN/final_model.zip`` or ``RUN/checkpoints/*.zip`` and

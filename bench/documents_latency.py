@@ -31,9 +31,9 @@ import torch
 from agents.config import PRESETS
 from envs.lm.frozen_lm import FrozenLM
 from envs.tasks.families import make_examples
-from policies.processor import encode_question
 from policies.reducer import TokenReducer
 from policies.reduction import DOCUMENT_SEPARATOR
+from policies.tokenization import encode_question
 
 
 def untrained_reducer(lm: FrozenLM, out: Path) -> TokenReducer:

@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="task seed")
     args = ap.parse_args()
     loaded = load_model("smollm2-135m")
-    methods: list[KeepMethod] = make_baselines(["bm25", "random"], lm=None, seed=args.seed)  # type: ignore[arg-type]
+    methods: list[KeepMethod] = make_baselines(["bm25", "semantic", "random"], lm=None, seed=args.seed)  # type: ignore[arg-type]
     names: set[str] = set()
     for d in args.reducer:
         methods.append(ReducerMethod(TokenReducer.from_pretrained(d), unique_name(reducer_name(Path(d)), names)))

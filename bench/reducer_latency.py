@@ -32,8 +32,9 @@ import torch
 from agents.config import PRESETS
 from envs.lm.frozen_lm import FrozenLM
 from envs.tasks.families import make_examples
-from policies.processor import ProcessorConfig, encode_question
+from policies.processor import ProcessorConfig
 from policies.reducer import TokenReducer
+from policies.tokenization import encode_question
 
 
 def untrained_reducer(lm: FrozenLM, out: Path, processor: ProcessorConfig) -> TokenReducer:

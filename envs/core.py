@@ -5,11 +5,10 @@ One :class:`TokenKeepCore` holds the frozen model, the tokenised example pool, t
 batched vec env both call :meth:`TokenKeepCore.observe` and :meth:`TokenKeepCore.step_batch`, so a batch of n
 episodes costs one frozen-model forward (per micro-batch), and full-context work is done once per example.
 
-Observations are :func:`policies.processor.pack_observations` (the layout is documented there), the function the
-deployed reducer uses. Action: one priority per selection unit (``Box(-1, 1, (max_len,))``, aligned with
-``unit_index``). An episode is ``processor.rounds`` steps played by the selection engine
-(:class:`policies.selection.Selection`, the reducer's and the warm start's too): a round before the last keeps a
-probe, scores nothing and earns 0; the last round's keep decision is the reduction, scored.
+Observations are :func:`policies.observations.pack_observations`, as the deployed reducer packs them. Action: one
+priority per unit (``Box(-1, 1, (max_len,))``, aligned with ``unit_index``). An episode is ``processor.rounds``
+steps of the selection engine (:class:`policies.selection.Selection`, also the reducer's and the warm start's): a
+round before the last keeps a probe, scores nothing, earns 0; the last round's keep decision is scored.
 
 Force-keep: an example's ``force_keep`` spans mark units every selection keeps, first and inside the budget. The
 observation gives those units ``unit_lengths`` 0 and ``limits`` what is left of the budget
@@ -47,7 +46,8 @@ from policies.budget import (
     forced_tokens,
 )
 from policies.force_keep import force_keep_mask, resolve_force_keep
-from policies.processor import Encoded, ProcessorConfig, observation_layout, pack_observations
+from policies.observations import observation_layout, pack_observations
+from policies.processor import Encoded, ProcessorConfig
 from policies.selection import Selection
 from policies.semantic import SentenceEncoder
 
@@ -66,8 +66,7 @@ class TokenKeepCore:
         too_long: ``"error"`` or ``"skip"`` for contexts that do not fit (see the module docstring).
         cache_bytes: Memory bound of the feature and full-score cache.
         dtype: Model dtype when ``model`` is a spec.
-        encoder: The semantic channel's sentence encoder (default: :meth:`SentenceEncoder.default` when
-            ``processor.semantic``; the exported reducer saves it).
+        encoder: The sentence encoder of ``processor.semantic`` (default: :meth:`SentenceEncoder.default`).
     """
 
     def __init__(
@@ -91,9 +90,7 @@ class TokenKeepCore:
         self.processor = processor if processor is not None else ProcessorConfig()
         self.budget = budget if budget is not None else BudgetConfig()
         self.max_len = self.processor.max_len
-        if self.processor.semantic and encoder is None:
-            encoder = SentenceEncoder.default()
-        self.encoder = encoder if self.processor.semantic else None
+        self.encoder = (encoder or SentenceEncoder.default()) if self.processor.semantic else None
         self.features = self.lm.feature_module(self.processor.feature_layer, self.processor.attention_layers)
         self.score = make_score(reward)
         examples = load_tasks(tasks, default_n=num_examples, seed=task_seed) if isinstance(tasks, str) else list(tasks)

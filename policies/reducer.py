@@ -24,12 +24,7 @@ from policies.fileio import atomic_directory
 from policies.force_keep import ForceKeep, document_force_keep
 from policies.llmlingua import compress_prompt
 from policies.network import NetworkConfig, TokenKeepNetwork
-from policies.processor import (
-    Encoded,
-    ProcessorConfig,
-    encode_question,
-    encode_text,
-)
+from policies.processor import Encoded, ProcessorConfig
 from policies.reducer_config import (
     ReducerConfig,
     ReducerError,
@@ -47,6 +42,7 @@ from policies.retokenize import retokenize as retokenize_text
 from policies.selection import Selection
 from policies.semantic import SentenceEncoder
 from policies.text_api import call_budget, make_reduction, prepare_contexts
+from policies.tokenization import encode_question, encode_text
 from policies.unit_scores import unit_scores
 
 
@@ -279,31 +275,10 @@ class TokenReducer(nn.Module):
                 both numbers).
         """
         budget = call_budget(rate, target_tokens, token_cost, too_long)
-        if questions is not None and len(questions) != len(contexts):
-            raise ReducerError(f"got {len(contexts)} contexts but {len(questions)} questions")
-        if force_keep is not None and (isinstance(force_keep, str) or len(force_keep) != len(contexts)):
-            n_lists = "a string" if isinstance(force_keep, str) else f"{len(force_keep)} lists"
-            raise ReducerError(
-                f"force_keep must hold one list (or None) per context: got {n_lists} for {len(contexts)} contexts"
-            )
-        prepared = prepare_contexts(
-            self.config,
-            self.tokenizer,
-            self.encoder,
-            self.window_len,
-            contexts,
-            questions or [None] * len(contexts),
-            budget,
-            force_keep or [None] * len(contexts),
-            too_long,
-            [f"context {i}" for i in range(len(contexts))],
-        )
+        prepared = prepare_contexts(self, contexts, questions, budget, force_keep, too_long)
         items, forced = [enc for enc, _ in prepared], [f for _, f in prepared]
         keeps = self.keep_masks(items, [budget] * len(items), forced=forced)
-        return [
-            make_reduction(self.config, self.tokenizer, enc, keep, budget, f)
-            for enc, keep, f in zip(items, keeps, forced, strict=True)
-        ]
+        return [make_reduction(self, enc, keep, budget, f) for enc, keep, f in zip(items, keeps, forced, strict=True)]
 
     def reduce_documents(
         self,
@@ -350,12 +325,9 @@ class TokenReducer(nn.Module):
             raise ReducerError(str(err)) from err
         budget = call_budget(rate, target_tokens, token_cost, too_long)
         label = f"the {len(starts)} documents joined"
-        [(enc, forced)] = prepare_contexts(
-            self.config, self.tokenizer, self.encoder, self.window_len, [joined], [question], budget, [spans], too_long,
-            [label],
-        )  # fmt: skip
+        [(enc, forced)] = prepare_contexts(self, [joined], [question], budget, [spans], too_long, [label])
         keep = self.keep_masks([enc], [budget], forced=[forced])[0]
-        reduction = make_reduction(self.config, self.tokenizer, enc, keep, budget, forced)
+        reduction = make_reduction(self, enc, keep, budget, forced)
         return split_documents(documents, starts, reduction)
 
     def compress_prompt(

@@ -15,7 +15,8 @@ from typing import Any
 
 from policies.budget import BudgetConfig
 from policies.network import NetworkConfig
-from policies.processor import ProcessorConfig, pad_token_id
+from policies.processor import ProcessorConfig
+from policies.tokenization import pad_token_id
 
 FORMAT_VERSION = 2
 """Layout version of a reducer directory; readers refuse other versions."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.processor import encode_text
+from policies.tokenization import encode_text
 
 Offsets = Sequence[tuple[int, int]]
 

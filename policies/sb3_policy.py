@@ -42,7 +42,7 @@ class TokenKeepPolicy(ActorCriticPolicy):
     """SB3 actor-critic policy over TokenKeep observations.
 
     Args:
-        observation_space: The env's Dict observation space (:func:`policies.processor.observation_layout`).
+        observation_space: The env's Dict observation space (:func:`policies.observations.observation_layout`).
         action_space: ``Box(-1, 1, (max_len,))``: one priority per unit.
         lr_schedule: Learning-rate schedule (from PPO).
         network: The keep network's shape (input widths are read off the observation space).

@@ -9,7 +9,7 @@ and :func:`make_reduction` reads a keep mask back as a :class:`~policies.reducti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from policies.force_keep import ForceKeep, force_keep_mask, kept_spans, resolve_
 from policies.processor import Encoded, process_batch
 from policies.reducer_config import ReducerConfig, ReducerError
 from policies.reduction import Reduction
-from policies.semantic import SentenceEncoder
+
+if TYPE_CHECKING:
+    from policies.reducer import TokenReducer
 
 
 def call_budget(rate: float | None, target_tokens: int | None, token_cost: float | None, too_long: str) -> Budget:
@@ -37,33 +39,48 @@ def call_budget(rate: float | None, target_tokens: int | None, token_cost: float
 
 
 def prepare_contexts(
-    config: ReducerConfig,
-    tokenizer: Any,
-    encoder: SentenceEncoder | None,
-    window_len: int,
+    reducer: TokenReducer,
     contexts: Sequence[str],
-    questions: Sequence[str | None],
+    questions: Sequence[str | None] | None,
     budget: Budget,
-    force_keep: Sequence[ForceKeep | None],
+    force_keep: Sequence[ForceKeep | None] | None,
     too_long: str,
-    labels: Sequence[str],
+    labels: Sequence[str] | None = None,
 ) -> list[tuple[Encoded, np.ndarray | None]]:
     """Each context encoded (all together: :func:`~policies.processor.process_batch`), with its force-kept tokens.
+
+    Args:
+        reducer: The reducer whose config, tokenizer, sentence encoder and window length apply.
+        contexts: The texts.
+        questions: One per context, or None (no questions).
+        budget: The call's budget.
+        force_keep: One list (or None) per context, or None.
+        too_long: ``"chunk"`` or ``"error"``.
+        labels: How errors name each context (default ``context i``).
 
     Returns:
         Per context, its :class:`Encoded` and its force-kept tokens (bool per context token, or None).
 
     Raises:
-        ReducerError: Naming the context (its label): no text, no tokens, longer than ``window_len`` with
-            ``too_long="error"``, a bad ``force_keep``, or forced units that alone exceed the budget.
+        ReducerError: On a questions or force_keep list of the wrong length, or naming the context: no text, no
+            tokens, longer than the window with ``too_long="error"``, a bad ``force_keep``, or forced units that
+            alone exceed the budget.
     """
+    n = len(contexts)
+    if questions is not None and len(questions) != n:
+        raise ReducerError(f"got {n} contexts but {len(questions)} questions")
+    if force_keep is not None and (isinstance(force_keep, str) or len(force_keep) != n):
+        n_lists = "a string" if isinstance(force_keep, str) else f"{len(force_keep)} lists"
+        raise ReducerError(f"force_keep must hold one list (or None) per context: got {n_lists} for {n} contexts")
+    labels = labels or [f"context {i}" for i in range(n)]
+    config, window_len = reducer.config, reducer.window_len
     for context, label in zip(contexts, labels, strict=True):
         if not isinstance(context, str) or not context.strip():
             raise ReducerError(f"{label} has no text (empty or whitespace only)")
-    encs = process_batch(config.processor, tokenizer, contexts, questions, encoder)
+    encs = process_batch(config.processor, reducer.tokenizer, contexts, questions or [None] * n, reducer.encoder)
     return [
         (enc, _forced_tokens(config, window_len, enc, budget, fk, too_long, label))
-        for enc, fk, label in zip(encs, force_keep, labels, strict=True)
+        for enc, fk, label in zip(encs, force_keep or [None] * n, labels, strict=True)
     ]
 
 
@@ -101,20 +118,20 @@ def _forced_tokens(
 
 
 def make_reduction(
-    config: ReducerConfig, tokenizer: Any, enc: Encoded, keep: np.ndarray, budget: Budget, forced: np.ndarray | None
+    reducer: TokenReducer, enc: Encoded, keep: np.ndarray, budget: Budget, forced: np.ndarray | None
 ) -> Reduction:
     """The :class:`Reduction` of a context's keep mask: kept ids and text, ratios, limits and kept spans."""
     n = len(enc.context)
     kept = [int(t) for t, k in zip(enc.context, keep, strict=True) if k]
     return Reduction(
-        text=tokenizer.decode(kept, skip_special_tokens=True),
+        text=reducer.tokenizer.decode(kept, skip_special_tokens=True),
         kept_ids=kept,
         keep_mask=keep,
         kept_ratio=len(kept) / n,
         original_tokens=n,
         kept_tokens=len(kept),
         budget=budget,
-        max_tokens=config.budget.limits(budget, n).max_tokens,
+        max_tokens=reducer.config.budget.limits(budget, n).max_tokens,
         kept_spans=kept_spans(enc.offsets, keep, len(enc.text)),
         forced_tokens=0 if forced is None else int(forced.sum()),
     )

@@ -10,7 +10,8 @@ import torch
 from policies.budget import Budget
 from policies.features import FeatureModule
 from policies.network import TokenKeepNetwork
-from policies.processor import Encoded, pack_observations, windows
+from policies.observations import pack_observations
+from policies.processor import Encoded, windows
 from policies.reducer_config import ReducerConfig, ReducerError
 
 

@@ -8,7 +8,7 @@ from envs.lm.model_cache import DEFAULT_MODEL_SPEC, embedded_gguf_path
 from envs.scoring import build_prompts, exact_match
 from envs.tasks.examples import encode_example
 from envs.tasks.families import make_examples
-from policies.processor import encode_text
+from policies.tokenization import encode_text
 from tests.conftest import make_tiny_lm
 
 

@@ -15,8 +15,9 @@ from envs.vec_env import BatchedTokenKeepVecEnv
 from policies import Budget, TokenReducer
 from policies.budget import BudgetConfig
 from policies.network import NetworkConfig
-from policies.processor import ProcessorConfig, encode_question
+from policies.processor import ProcessorConfig
 from policies.reducer import ReducerError
+from policies.tokenization import encode_question
 from tests.conftest import build_tiny_tokenizer, make_tiny_lm
 
 MAX_LEN = 128
@@ -126,7 +127,12 @@ def test_saved_files_and_no_pickle(exported):
     assert cfg["budget"]["default_token_cost"] == 0.4 and cfg["budget"]["cost_low"] == 0.2
     processor = {"max_len": MAX_LEN, "feature_layer": 0, "unit": "word", "lexical": True, "attention_layers": 0}
     assert cfg["processor"] == {
-        **processor, "rounds": 1, "probe_rate": 0.15, "paragraphs": False, "semantic": False, "read_len": 0
+        **processor,
+        "rounds": 1,
+        "probe_rate": 0.15,
+        "paragraphs": False,
+        "semantic": False,
+        "read_len": 0,
     }
 
 

@@ -14,9 +14,10 @@ from envs.tasks.families import make_examples
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies import Budget, TokenReducer
 from policies.network import NetworkConfig
-from policies.processor import ProcessorConfig, encode_question
+from policies.processor import ProcessorConfig
 from policies.reducer import ReducerError
 from policies.retokenize import project_keep, retokenize
+from policies.tokenization import encode_question
 from tests.conftest import build_tiny_tokenizer, make_tiny_lm
 
 

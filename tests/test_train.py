@@ -19,7 +19,8 @@ from envs.tasks.specs import load_tasks
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
 from policies.network import NetworkConfig, TokenKeepNetwork
-from policies.processor import ProcessorConfig, encode_question, prepare
+from policies.processor import ProcessorConfig, prepare
+from policies.tokenization import encode_question
 
 
 def smoke_config(total: int = 64, eval_freq: int = 32, **ppo) -> TrainConfig:

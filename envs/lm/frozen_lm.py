@@ -29,7 +29,7 @@ from envs.lm.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBack
 from envs.lm.hf_backend import TransformersBackend
 from envs.lm.model_cache import DEFAULT_MODEL_SPEC, load_model
 from policies.features import FeatureModule
-from policies.processor import encode_text, pad_token_id
+from policies.tokenization import encode_text, pad_token_id
 
 __all__ = ["INSTRUCTION", "AnswerScores", "FrozenLM", "PromptLayout", "PromptScores"]
 
@@ -189,7 +189,7 @@ class FrozenLM:
         return int(self.model.config.vocab_size)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` as plain text, as training encodes it (:func:`policies.processor.encode_text`)."""
+        """Token ids of ``text`` as plain text, as training encodes it (:func:`policies.tokenization.encode_text`)."""
         return list(encode_text(self.tokenizer, text))
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policies.processor import Encoded, ProcessorConfig, encode_context, encode_question, encode_text, prepare_batch
+from policies.processor import Encoded, ProcessorConfig, prepare_batch
 from policies.semantic import SentenceEncoder
+from policies.tokenization import encode_context, encode_question, encode_text
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Example:
         family: Name of the family or file it came from.
         force_keep: Character spans ``(start, end)`` of the context that every selection keeps (the units they
             touch, first, inside the budget; see :func:`policies.budget.select_units`), sorted, not overlapping
-            (:func:`policies.processor.resolve_force_keep`).
+            (:func:`policies.force_keep.resolve_force_keep`).
     """
 
     context: str
@@ -54,7 +55,7 @@ class EncodedExample:
     Attributes:
         example: The source example.
         context: Context token ids (the reducible span).
-        question: Question token ids (:func:`policies.processor.encode_question`).
+        question: Question token ids (:func:`policies.tokenization.encode_question`).
         answer_prefix: Answer-prefix token ids.
         answer: Gold answer token ids.
         choices: Token ids of each choice, or None.
