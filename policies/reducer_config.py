@@ -68,6 +68,7 @@ class ReducerConfig:
         format_version: Layout version of the reducer directory.
         package_version: tokenkeep version that wrote it.
         weights_sha256: SHA-256 of ``model.safetensors`` (filled in on save).
+        encoder_sha256: SHA-256 of ``sentence_encoder/model.safetensors`` (with the semantic channel; on save).
     """
 
     base_model: BaseModelInfo
@@ -79,6 +80,7 @@ class ReducerConfig:
     format_version: int = FORMAT_VERSION
     package_version: str = "unknown"
     weights_sha256: str = ""
+    encoder_sha256: str = ""
 
     @classmethod
     def for_base_model(

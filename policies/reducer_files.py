@@ -37,7 +37,7 @@ def write_reducer_files(
     config: ReducerConfig,
     encoder: SentenceEncoder | None = None,
 ) -> None:
-    """Write a reducer's files into an existing directory; fills in ``config.weights_sha256``."""
+    """Write a reducer's files into an existing directory; fills in the config's SHA-256 fields."""
     tensors = {f"network.{k}": v.contiguous() for k, v in network.state_dict().items()}
     feats = features.state_dict()
     if features.layer == 0:  # features are float16-rounded: a float16 table gives identical values
@@ -45,10 +45,11 @@ def write_reducer_files(
     tensors |= {f"features.{k}": v.contiguous() for k, v in feats.items()}
     save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     config.weights_sha256 = file_sha256(directory / WEIGHTS_NAME)
-    (directory / CONFIG_NAME).write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    tokenizer.save_pretrained(directory)
     if encoder is not None:
         encoder.save(directory / ENCODER_DIR)
+        config.encoder_sha256 = file_sha256(directory / ENCODER_DIR / WEIGHTS_NAME)
+    (directory / CONFIG_NAME).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    tokenizer.save_pretrained(directory)
 
 
 def read_reducer_files(
@@ -103,6 +104,9 @@ def read_reducer_files(
         raise ReducerError(f"{d / WEIGHTS_NAME} does not match {CONFIG_NAME}: {err}") from err
     encoder = None
     if proc.semantic:
+        weights = d / ENCODER_DIR / WEIGHTS_NAME
+        if config.encoder_sha256 and weights.is_file() and file_sha256(weights) != config.encoder_sha256:
+            raise ReducerError(f"{weights} is corrupted: its SHA-256 does not match {CONFIG_NAME}")
         try:
             encoder = SentenceEncoder.from_directory(d / ENCODER_DIR)
         except Exception as err:

@@ -109,6 +109,17 @@ def test_untrained_reducer_ranks_sentences_as_the_encoder_and_ships_it(tiny_lm, 
     again = loaded.reduce_batch(contexts, questions, rate=0.3)
     first = reducer.reduce_batch(contexts, questions, rate=0.3)
     assert [r.kept_ids for r in again] == [r.kept_ids for r in first]
+    # an encoder swapped for other weights is refused (its SHA-256 is in reducer_config.json)
+    weights = tmp_path / "r" / "sentence_encoder" / "model.safetensors"
+    good = weights.read_bytes()
+    reducer.encoder.model.embeddings.word_embeddings.weight.data[0, 0] += 1.0
+    reducer.save_pretrained(tmp_path / "other")
+    reducer.encoder.model.embeddings.word_embeddings.weight.data[0, 0] -= 1.0  # the fixture is shared
+    weights.write_bytes((tmp_path / "other" / "sentence_encoder" / "model.safetensors").read_bytes())
+    with pytest.raises(ReducerError, match="corrupted"):
+        TokenReducer.from_pretrained(tmp_path / "r")
+    weights.write_bytes(good)
+    assert TokenReducer.from_pretrained(tmp_path / "r").config.encoder_sha256
     # a reducer directory whose encoder folder is gone is refused with the cause
     for f in (tmp_path / "r" / "sentence_encoder").iterdir():
         f.unlink()
