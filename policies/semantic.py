@@ -56,7 +56,8 @@ class SentenceEncoder:
         """Load an encoder saved by :meth:`save` (or any Hugging Face encoder folder).
 
         Raises:
-            SentenceEncoderError: If the folder or its files are missing.
+            SentenceEncoderError: If the folder holds no ``config.json`` (other missing or broken files raise
+                transformers' own errors).
         """
         from transformers import AutoModel, AutoTokenizer
 
