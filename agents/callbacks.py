@@ -30,6 +30,7 @@ from agents.evaluate import evaluate
 from agents.export import reducer_from_policy
 from envs.lm.frozen_lm import FrozenLM
 from envs.tasks.examples import EncodedExample
+from policies.semantic import SentenceEncoder
 
 
 class ReductionStatsCallback(BaseCallback):
@@ -108,6 +109,8 @@ class HeldoutEvalCallback(BaseCallback):
             entries, e.g. from before a resume, are kept).
         steps_per_episode: Env steps per episode (``processor.rounds``): SB3 counts steps, ``eval_freq`` and the
             history's ``timesteps`` count episodes.
+        encoder: The training core's sentence encoder, shared by every evaluated reducer (None: loaded per
+            evaluation when the processor uses the semantic channel).
     """
 
     def __init__(
@@ -120,9 +123,11 @@ class HeldoutEvalCallback(BaseCallback):
         n_text_examples: int = 3,
         history_path: Path | None = None,
         steps_per_episode: int = 1,
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         super().__init__()
         self.steps_per_episode = steps_per_episode
+        self.encoder = encoder
         self.lm = lm
         self.config = config
         self.tasks = tasks
@@ -157,7 +162,7 @@ class HeldoutEvalCallback(BaseCallback):
 
     def run_eval(self) -> dict[str, Any]:
         """Evaluate now, log under ``eval/`` and append a summary to :attr:`history`."""
-        reducer = reducer_from_policy(self.model.policy, self.lm, self.config)
+        reducer = reducer_from_policy(self.model.policy, self.lm, self.config, self.encoder)
         policy = ReducerMethod(reducer, "policy")
         report = evaluate(self.lm, [policy], self.tasks, self.rates, progress=False, n_html_examples=1)
         rows = report["results"] + self._baselines()

@@ -25,9 +25,12 @@ from envs.lm.frozen_lm import FrozenLM
 from policies.fileio import atomic_directory
 from policies.network import TokenKeepNetwork
 from policies.reducer import TokenReducer
+from policies.semantic import SentenceEncoder
 
 
-def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> TokenReducer:
+def reducer_from_policy(
+    policy: Any, lm: FrozenLM, config: TrainConfig, encoder: SentenceEncoder | None = None
+) -> TokenReducer:
     """A TokenReducer over the live frozen model and a copy of the policy's current network (nothing saved).
 
     Used for the exported reducer and for training-time evaluation, so both go through the deployed code.
@@ -36,6 +39,8 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
         policy: The SB3 :class:`~policies.sb3_policy.TokenKeepPolicy` (``model.policy``).
         lm: The frozen model it was trained over (its weights are shared, not copied).
         config: The run's config.
+        encoder: The training core's sentence encoder, shared (None: the default one is loaded when the processor
+            uses the semantic channel).
     """
     net = policy.net
     with torch.random.fork_rng():  # building the copy must not move training's random stream
@@ -50,6 +55,7 @@ def reducer_from_policy(policy: Any, lm: FrozenLM, config: TrainConfig) -> Token
         budget=config.budget,
         network=network,
         trained_on={"tasks": config.tasks.train, "reward": config.tasks.reward, "seed": config.run.seed},
+        encoder=encoder,
     )
 
 
@@ -106,7 +112,12 @@ def export_onnx(reducer: TokenReducer, path: Path) -> Path:
 
 
 def export_reducer(
-    model: Any, lm: FrozenLM, config: TrainConfig, out: str | os.PathLike[str], onnx: bool = False
+    model: Any,
+    lm: FrozenLM,
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    onnx: bool = False,
+    encoder: SentenceEncoder | None = None,
 ) -> Path:
     """Write ``out`` as a reducer directory, atomically (a temporary directory, then rename).
 
@@ -116,11 +127,12 @@ def export_reducer(
         config: The run's config.
         out: Target directory; must not exist or be empty.
         onnx: Also write ``policy.onnx`` (needs the ``onnx`` package).
+        encoder: The sentence encoder to ship (as :func:`reducer_from_policy`).
 
     Returns:
         The directory.
     """
-    reducer = reducer_from_policy(getattr(model, "policy", model), lm, config)
+    reducer = reducer_from_policy(getattr(model, "policy", model), lm, config, encoder)
     with atomic_directory(out) as tmp:
         reducer.write_files(tmp)
         if onnx:

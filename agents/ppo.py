@@ -254,6 +254,7 @@ def _train(
             run.eval_heuristics,
             history_path=out / "eval_history.json",
             steps_per_episode=rounds,
+            encoder=core.encoder,
         )
         evaluator.last_eval = model.num_timesteps
         callbacks.append(evaluator)
@@ -282,7 +283,7 @@ def _train(
             import shutil
 
             shutil.rmtree(reducer_dir)
-        export_reducer(model, lm, config, reducer_dir)
+        export_reducer(model, lm, config, reducer_dir, encoder=core.encoder)
     final = out / "final_model.zip"
     tmp = out / ".final_model.tmp.zip"
     model.save(tmp)
