@@ -17,7 +17,10 @@ Methods:
                        preceding context) under the frozen model, read off the full prompt's forward
     llmlingua          LLMLingua-style: rank by perplexity (surprisal) under a small LM, question-aware
                        (the question is placed before the context, as LongLLMLingua does)
-    oracle             the task's recorded evidence tokens first (only for tasks that record evidence)
+    oracle             the task's recorded evidence tokens first, then the rest by position (only for tasks that
+                       record evidence)
+    evidence           the recorded evidence tokens alone, nothing else (a reference: what keeping exactly the
+                       facts gives the frozen model; at most the budget, the earliest first)
     reducer:NAME       a trained :class:`~policies.reducer.TokenReducer`
 """
 
@@ -207,6 +210,20 @@ class Oracle(KeepMethod):
         return out
 
 
+class EvidenceOnly(Oracle):
+    """The recorded evidence tokens alone (the earliest first where they exceed the budget)."""
+
+    name = "evidence"
+    static = False  # keeps less than the budget: not a ranking cut at each rate
+
+    def keep(self, encs, budget):  # noqa: D102
+        out = []
+        for e, s in zip(encs, self.scores(encs), strict=True):
+            evidence = np.asarray(e.evidence, dtype=bool)
+            out.append(keep_top(s, min(int(evidence.sum()), budget.max_tokens(len(s)))) & evidence)
+        return out
+
+
 class BM25Sentences(KeepMethod):
     """Sentences ranked by BM25 against the question (idf from the context's own sentences), filled in order."""
 
@@ -313,8 +330,8 @@ class ReducerMethod(KeepMethod):
 
 HEURISTICS = ("random", "head", "tail", "bm25", "semantic", "selective_context", "llmlingua")
 """The baselines that rank without the answer (what a reducer must beat)."""
-BASELINES = ("full", *HEURISTICS, "oracle")
-"""Every baseline ``eval.py --baselines`` knows: the full context, the heuristics and the evidence oracle."""
+BASELINES = ("full", *HEURISTICS, "oracle", "evidence")
+"""Every baseline ``eval.py --baselines`` knows: the full context, the heuristics and the two evidence oracles."""
 
 
 def make_baselines(
@@ -348,6 +365,8 @@ def make_baselines(
             out.append(LLMLinguaStyle(small))
         elif n == "oracle":
             out.append(Oracle())
+        elif n == "evidence":
+            out.append(EvidenceOnly())
         else:
             raise ValueError(f"unknown baseline {n!r}; choose from {', '.join(BASELINES)}")
     return out

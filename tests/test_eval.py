@@ -61,12 +61,25 @@ def test_every_baseline_meets_its_rate(tiny_lm):
             masks = method.keep(encs, Budget(rate=rate))
             assert [len(m) for m in masks] == [len(e.context) for e in encs], method.name
             for e, m in zip(encs, masks, strict=True):
-                if method.name in ("bm25", "semantic"):  # whole sentences, never above the budget
+                if method.name in ("bm25", "semantic", "evidence"):  # whole sentences, never above the budget
                     assert 0 < m.sum() <= Budget(rate=rate).max_tokens(len(e.context)), (method.name, rate)
                 elif method.uses_rate:
                     assert m.sum() == Budget(rate=rate).max_tokens(len(e.context)), (method.name, rate)
                 else:  # full context ignores the budget and keeps everything
                     assert m.all(), method.name
+
+
+def test_evidence_baseline_keeps_the_evidence_alone(tiny_lm):
+    encs = _encs(tiny_lm, "multihop", 6)
+    (method,) = make_baselines(["evidence"], tiny_lm)
+    for rate in (0.05, 0.3, 0.9):
+        for e, m in zip(encs, method.keep(encs, Budget(rate=rate)), strict=True):
+            evidence = np.asarray(e.evidence, dtype=bool)
+            budget = Budget(rate=rate).max_tokens(len(e.context))
+            assert not (m & ~evidence).any(), "nothing but evidence"
+            assert m.sum() == min(int(evidence.sum()), budget), (rate, "all of it, up to the budget")
+            if m.sum() < evidence.sum():  # over the budget: the earliest evidence tokens
+                assert m[evidence][: m.sum()].all()
 
 
 def test_report_keys_and_oracle_beats_random_on_evidence(tiny_lm):
