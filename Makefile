@@ -54,7 +54,7 @@ train: install
 	# 100 examples per synthetic family, 24 per real-text one (3-10 times longer); the LLMLingua-style baseline
 	# (a second full-context forward per example) is left to eval.py --baselines llmlingua
 	$(PY) eval.py --reducer $(RUN)/reducer --tasks $(HELDOUT) --n 100 --n-real 24 --rates 0.3 \
-		--baselines full random head tail bm25 selective_context oracle --out $(RUN)/eval
+		--baselines full random head tail bm25 semantic selective_context oracle evidence --out $(RUN)/eval
 	@echo "report:         $(RUN)/eval/report.md"
 	@echo "Pareto plot:    $(RUN)/eval/pareto.png"
 	@echo "examples page:  $(RUN)/eval/examples.html"

@@ -27,7 +27,9 @@ class EvalArgs:
             scores with a vLLM server (docs/scaling.md).
         small_lm: Small LM spec for the llmlingua baseline (default: the frozen model).
         rates: Kept ratios to compare at, each in (0, 1].
-        baselines: Baselines to include.
+        baselines: Baselines to include: full, random, head, tail, bm25, semantic, selective_context, llmlingua,
+            oracle (the marked evidence, then the rest of the rate) and evidence (the marked evidence alone); the
+            last two only on tasks that mark evidence.
         n: Examples per built-in task spec without its own n=.
         n_real: Examples per real-text task spec (passages, longdoc) without its own n= (default: n); their
             contexts are 3-10 times longer than the synthetic ones'.
