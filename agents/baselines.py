@@ -20,7 +20,8 @@ Methods:
     oracle             the task's recorded evidence tokens first, then the rest by position (only for tasks that
                        record evidence)
     evidence           the recorded evidence tokens alone, nothing else (a reference: what keeping exactly the
-                       facts gives the frozen model; at most the budget, the earliest first)
+                       facts gives the frozen model; at most the budget, the earliest first). Where the marks are
+                       the answer span itself (the real-text families) this hands the model its answer
     reducer:NAME       a trained :class:`~policies.reducer.TokenReducer`
 """
 
