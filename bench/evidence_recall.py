@@ -1,4 +1,4 @@
-"""Evidence recall, kept ratio and readability of reducers against BM25 and random, without the frozen model.
+"""Evidence recall, kept ratio and readability of reducers against BM25, semantic and random (no frozen model).
 
 What a reducer keeps can be checked without scoring a single answer: the share of the recorded evidence tokens
 it keeps (evidence recall), how much it keeps (a rate is a ceiling for reducers trained with one), and the share
@@ -11,7 +11,7 @@ Usage:
         [--rates 0.2 0.3] [--untrained]
 
 ``--untrained`` adds the default preset's network shape, untrained, over the embedded default model: with its
-BM25 prior it must rank as BM25 does (the floor of issue 24).
+semantic prior it must rank as the ``semantic`` baseline does (the floor of issue 24).
 """
 
 from __future__ import annotations
