@@ -174,13 +174,17 @@ class WarmStartConfig:
         filler_weight: Share of the listwise target given to non-evidence units, more to those less related to the
             question (0: evidence only). Above 0 the clone ranks unrelated text above near-miss distractors, the
             order in which a rate's leftover budget is filled.
-        credit_examples: Training examples (the first of the pool, which mixes the tasks evenly) whose units get
-            the frozen model's leave-one-sentence-out credit (agents/credit.py; 0: off). Where an example has no
-            evidence marks, its units with credit above credit_threshold become its clone target; everywhere,
-            units with credit below -credit_threshold are kept out of the filler.
-        credit_threshold: Credit (in the reward's score units, nats per answer token for loglik) that makes a
-            sentence evidence, or (negated) a distractor.
-        credit_rate: Size of the candidate set the credit is measured over, as a share of the context.
+        credit_examples: Training examples (the first of the pool, which mixes the tasks evenly) the evidence
+            teacher assesses (agents/credit.py; 0: off). Where an example has no evidence marks, the teacher's
+            evidence (deciding sentences and their bridge paths from the question) becomes its clone target;
+            everywhere, sentences whose leave-one-out credit is below -credit_threshold are kept out of the filler.
+        credit_threshold: Score gain (the reward's units, nats per answer token for loglik) that makes a
+            sentence count: alone against the empty context, or left out of the candidate set (negated: a
+            distractor).
+        credit_rate: Size of the teacher's candidate set, as a share of the context.
+        use_marks: Clone the evidence marks of the examples that have them. False: train as on data without
+            marks (only the teacher's evidence is a target; with credit_examples 0 nothing is), and print the
+            teacher's precision and recall against the marks it did not use, per family.
         stop_recall: Weight of an evidence unit in the STOP score's loss against a non-evidence unit (STOP is
             learned below the evidence and above the rest; it decides how much of a rate's ceiling, or of an
             adaptive reduction, is kept): above 1 keeps more, for recall.
@@ -199,6 +203,7 @@ class WarmStartConfig:
     credit_examples: int = 0
     credit_threshold: float = 0.3
     credit_rate: float = 0.3
+    use_marks: bool = True
     stop_recall: float = 1.0
     stop_holdout: float = 0.0
     init_from: str = ""

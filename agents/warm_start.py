@@ -13,9 +13,10 @@ PPO then optimises the task reward from this start: what to keep besides the evi
 evidence is really what the frozen model needs, are left to the reward. Examples without evidence are skipped;
 with none at all the warm start is skipped with a warning.
 
-With ``credit_examples`` > 0, the frozen model's own leave-one-sentence-out credit (:mod:`agents.credit`) is
-computed first for that many examples: it is the target of examples without evidence marks (data as users
-have it), and it keeps units that mislead the model out of the filler target everywhere.
+With ``credit_examples`` > 0, the evidence teacher (:mod:`agents.credit`: the frozen model's score of each
+sentence alone and leave-one-out in a candidate set, and bridge paths from the question) runs first on that
+many examples: its evidence is the target of examples without evidence marks (data as users have it), and the
+sentences whose removal helps the model are kept out of the filler target everywhere.
 
 With ``processor.rounds`` R > 1 every round is cloned: round 1 on the plain observation, and round k+1 on the
 observation conditioned on the probe the network itself keeps in round k (its deterministic ranking, as the
@@ -84,6 +85,38 @@ def unit_relevance(obs: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.scatter_reduce(1, unit.clamp(min=0), per_token * (unit >= 0), reduce="amax", include_self=True)
 
 
+def teacher_report(core: TokenKeepCore, credits: dict, marks: dict[int, np.ndarray]) -> str:
+    """Per family: the teacher's unit precision and recall against the evidence marks, and its cost.
+
+    Only examples with marks count towards precision and recall; precision counts examples where the teacher
+    found something, recall examples with marks.
+    """
+    rows: dict[str, list[tuple[float, float, bool, int, float]]] = {}
+    for i, c in credits.items():
+        found, marked = c.evidence, marks[i]
+        hit = int((found & marked).sum())
+        rows.setdefault(core.pool[i].example.family, []).append(
+            (
+                hit / found.sum() if found.any() else np.nan,
+                hit / marked.sum() if marked.any() else np.nan,
+                bool(marked.any() and (found == marked).all()),
+                c.prompts,
+                c.model_tokens / max(c.full_tokens, 1),
+            )
+        )
+    lines = [
+        "| family | examples | precision | recall | equal to the marks | prompts | full prompts' worth |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for family, r in rows.items():
+        p, rec, eq, prompts, cost = (np.array(col, dtype=float) for col in zip(*r, strict=True))
+        lines.append(
+            f"| {family} | {len(r)} | {np.nanmean(p):.2f} | {np.nanmean(rec):.2f} | {eq.mean():.0%} | "
+            f"{prompts.mean():.1f} | {cost.mean():.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def behaviour_cloning(
     net: torch.nn.Module,
     core: TokenKeepCore,
@@ -105,22 +138,25 @@ def behaviour_cloning(
     Returns:
         The loss of every step.
     """
-    labels = {i: evidence_units(core, i) for i in range(len(core.pool))}
+    marks = {i: evidence_units(core, i) for i in range(len(core.pool))}
+    labels = dict(marks) if config.use_marks else {i: np.zeros_like(m) for i, m in marks.items()}
     harmful: dict[int, np.ndarray] = {}
     if config.credit_examples:
         assessed = list(range(min(config.credit_examples, len(core.pool))))
-        credits = unit_credit(core, assessed, config.credit_rate, progress=True)
+        credits = unit_credit(core, assessed, config.credit_rate, config.credit_threshold, progress=True)
         for i, c in credits.items():
-            if not labels[i].any():  # no evidence marks: the frozen model's credit is the target
-                labels[i] = c.credit > config.credit_threshold
-            harmful[i] = c.credit < -config.credit_threshold
+            if not labels[i].any():  # no evidence marks (or not used): the teacher's evidence is the target
+                labels[i] = c.evidence
+            harmful[i] = (c.credit < -config.credit_threshold) & ~labels[i]
+        n = len(credits)
         prompts = sum(c.prompts for c in credits.values())
-        tokens = sum(c.tokens for c in credits.values())
-        full = sum(len(core.pool[i].context) for i in credits)
+        cost = sum(c.model_tokens for c in credits.values()) / max(sum(c.full_tokens for c in credits.values()), 1)
         print(
-            f"credit teacher: {len(credits)} examples, {prompts / len(credits):.1f} prompts and "
-            f"{tokens / max(full, 1):.2f} full contexts' worth of context tokens per example"
+            f"evidence teacher: {n} examples, {prompts / n:.1f} prompts and {cost:.2f} full prompts' worth of "
+            "frozen-model tokens per example"
         )
+        if not config.use_marks:
+            print(teacher_report(core, credits, marks))
     labelled = [i for i in range(len(core.pool)) if labels[i].any()]
     information = {i: unit_information(core, i) for i in labelled} if config.filler_weight > 0 else {}
     if not labelled:
