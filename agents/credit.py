@@ -40,6 +40,13 @@ within this share of the question's rarest word present in the context."""
 LINK_KEEP = 0.8
 """A bridge path with more links is taken only when its weakest link is stronger than this share of the best
 path's weakest link (``bridge_path``)."""
+ALONE_NEAR = 0.8
+"""Sentences whose score alone is at least this share of the best sentence's may be the deciding one
+(:func:`_best_alone` picks among them by the question). The same person's earlier moves score 0.5-0.75 of the
+best alone (a 135M model still gives the answer some weight), other people's moves to the answer's place 0.85-1."""
+ALONE_SHARE = 0.5
+"""A left-out sentence with positive credit is deciding besides the best alone only if its score alone is at least
+this share of the best (:func:`_deciding`)."""
 MAX_LINKS = 3
 """Sentences a bridge path may put between the question's best match and the deciding sentence, plus one."""
 
@@ -233,9 +240,7 @@ def unit_credit(
             n_sent = len(sentences[i])
             sent_credit = np.zeros(n_sent)
             sent_credit[out_one] = base - scores[first + 1 : first + 1 + len(out_one)]
-            deciding = [int(s) for s in out_one if sent_credit[s] > threshold]
-            if not deciding and alone[i].max() > threshold:
-                deciding = [_best_alone(enc, alone[i])]
+            deciding = _deciding(enc, alone[i], sent_credit, out_one, threshold, relevance(core, enc))
             sent_evidence = np.zeros(n_sent, bool)
             for s in deciding:
                 sent_evidence[bridge_path(_words(enc), enc.question_text, s)] = True
@@ -270,24 +275,68 @@ def _sentence_tokens(core: TokenKeepCore, i: int) -> list[tuple[int, ...]]:
     return [tuple(ids[enc.sentence_index == s].tolist()) for s in range(n_sent)]
 
 
-def _best_alone(enc: Encoded, alone: np.ndarray) -> int:
-    """The deciding sentence by the score alone.
+def _deciding(
+    enc: Encoded, alone: np.ndarray, credit: np.ndarray, left_out: np.ndarray, threshold: float, about: np.ndarray
+) -> list[int]:
+    """The deciding sentences: the best alone, and the left-out ones that both alone and in the set count.
 
-    Among the sentences within :data:`QUESTION_MATCH` of the best score alone (every sentence that names the
-    answer, for a model that copies it): the one the question reaches best (:func:`_bridge`'s strength: a
-    direct answer first), then the later one (a copy of a sentence, or a later move, overrides an earlier one).
+    Leave-one-out alone is noisy with a 135M model: taking out one unrelated sentence moved the answer's score by
+    0.4-2.5 nats in about one example in three (state, qa), more than the deciding sentence's own credit where a
+    second copy or another sentence naming the answer stays in the set, and other people's moves to the answer's
+    place earned both credit and a high score alone. So a left-out sentence is deciding besides the best alone
+    only if its credit, its score alone (:data:`ALONE_SHARE` of the best) and the question all point at it: it
+    holds one of the question's rarest words (:func:`_bridge` reaches it directly).
+    """
+    top = float(alone.max()) if len(alone) else 0.0
+    if top <= threshold:  # nothing raises the answer alone: only facts that matter together, found left out
+        return [int(s) for s in left_out if credit[s] > threshold]
+    chosen = {_best_alone(enc, alone, about)}
+    tw = _words(enc)
+    chosen |= {
+        int(s)
+        for s in left_out
+        if credit[s] > threshold and alone[s] >= ALONE_SHARE * top and _bridge(tw, enc.question_text, s)[1] == np.inf
+    }
+    return sorted(chosen)
+
+
+def _best_alone(enc: Encoded, alone: np.ndarray, about: np.ndarray) -> int:
+    """The deciding sentence by the score alone (called where the best score alone is above the threshold).
+
+    Among the sentences whose score alone is at least :data:`ALONE_NEAR` of the best (every sentence that names
+    the answer, for a model that copies it, also other people's moves to the same place): of those the question
+    reaches about as strongly as the best (:func:`_bridge`'s weakest link within :data:`LINK_KEEP`; a sentence
+    holding one of the question's rarest words is the strongest), the one with the shortest path, then, among
+    sentences that hold such a word, the one most ``about`` the question (:func:`relevance`: in "Where is Jack
+    now?", "is" is as rare in the context as "Jack", so "Carol is in the garden" answers as directly as "Jack
+    walked to the garden" by words alone), then the later one (a copy of a sentence, or a later move, overrides
+    an earlier one).
     """
     tw = _words(enc)
     top = float(alone.max())
-    near = np.flatnonzero(alone >= top - (1 - QUESTION_MATCH) * abs(top)).tolist()
+    near = np.flatnonzero(alone >= ALONE_NEAR * top).tolist()
     paths = [_bridge(tw, enc.question_text, s) for s in near]
     strongest = max(strength for _, strength in paths)
     # the shortest of the paths about as strong as the strongest: a longer path joins more by chance
     return max(
-        (-len(path), s)
+        (-len(path), round(float(about[s]), 6) if strength == np.inf else 0.0, s)
         for s, (path, strength) in zip(near, paths, strict=True)
         if strength >= LINK_KEEP * strongest
-    )[1]
+    )[-1]
+
+
+def relevance(core: TokenKeepCore, enc: Encoded) -> np.ndarray:
+    """Each sentence's relevance to the question.
+
+    Its similarity from the sentence encoder where the processor has the semantic channel (it reads meaning, not
+    word rarity), else its BM25 against the question.
+    """
+    column = len(CHANNELS) if core.processor.semantic else CHANNELS.index("sent_bm25")
+    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
+    out = np.zeros(n_sent)
+    if enc.lexical.shape[1] > column:
+        np.maximum.at(out, enc.sentence_index, enc.lexical[:, column])
+    return out
 
 
 def _words(enc: Encoded) -> TextWords:

@@ -333,6 +333,18 @@ def test_warm_start_learns_from_credit_without_evidence_marks(tiny_lm, tmp_path)
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
+def test_warm_start_without_marks_reports_the_teacher_against_them(tiny_lm, capsys):
+    # marked data, marks not used: only the teacher's evidence is a target, and its report reads the marks
+    processor = ProcessorConfig(max_len=96)
+    core = TokenKeepCore(tiny_lm, "kv:train:n=8,distractors=3", processor=processor, reward=evidence_recall)
+    net = TokenKeepNetwork(NetworkConfig(d_model=16, n_layers=1, n_heads=2, sentence_layers=1), 32, 7, 3)
+    with pytest.warns(UserWarning, match="no training example"):
+        behaviour_cloning(net, core, WarmStartConfig(steps=2, batch_size=4, use_marks=False))
+    behaviour_cloning(net, core, WarmStartConfig(steps=2, batch_size=4, use_marks=False, credit_examples=8))
+    report = capsys.readouterr().out
+    assert "| kv:train | 8 | 1.00 | 1.00 | 100% |" in report, report
+
+
 def test_swap_exploration_with_counterfactual_credit_trains_and_loads(tiny_lm, tmp_path):
     cfg = smoke_config(total=32, eval_freq=0, exploration="swap", credit="counterfactual")
     final = train(cfg, tmp_path / "run", lm=tiny_lm, export=False)
