@@ -8,7 +8,10 @@ Users' data rarely marks its evidence. For each training example the teacher
    channel's best sentence, then the rest by their best channel, ties to the later sentence) and takes each of
    its best candidates out in turn (**leave-one-out**): the sentences the answer needs given the rest, and the
    distractors whose removal helps (the harmful set);
-3. **completes the chain** from the question to each deciding sentence with a bridge path over shared words
+3. picks the **deciding sentence**: the best alone, or of the sentences near it (every sentence that names the
+   answer scores high alone) the one the question reaches most directly; a left-out sentence joins it only where
+   its credit, its score alone and the question's words all point at it (leave-one-out alone is noisy);
+4. **completes the chain** from the question to each deciding sentence with a bridge path over shared words
    (:func:`bridge_path`): a 135M model answers from the only place left, so links that only name the next one
    (the bag that holds the coin, the person who took the bag) never earn credit with the frozen model, but the
    reducer needs them to find the last link.

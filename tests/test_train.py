@@ -298,9 +298,10 @@ def test_evidence_teacher_finds_the_marked_chain_where_the_model_copies_the_answ
     """Facts that matter together: the teacher must find the marked evidence, not only the answer's sentence.
 
     The score plays a frozen model that copies an answer it sees (the signal is present in every sentence that
-    names the answer, also other people's moves to the same place). Today's teacher finds the whole marked
-    chain in 94-100% of these examples; the previous one (leave-one-out in a lexical top 30%) found the state
-    move in 19% and the three-link chain in 3% of its candidate sets.
+    names the answer, also other people's moves to the same place). The teacher's evidence equals the marks in
+    94% / 100% / 88% / 94% of these state / multihop / multihop3 / before examples; the previous teacher
+    (leave-one-out in a lexical top 30%) held the state move in 19% and the three-link chain in 3% of its
+    candidate sets (with the real model, on 64-example training pools).
     """
     processor = replace(PRESETS["default"].processor, semantic=False, max_len=512)
     core = TokenKeepCore(tiny_lm, f"{family}:train:n=16", processor=processor, reward=answer_named)
