@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from envs.core import TokenKeepCore
 from policies.budget import Budget, fill_units
 from policies.lexical import CHANNELS, TextWords, text_words, words
+from policies.network import PRIOR_CHANNELS
 from policies.processor import Encoded
 
 CANDIDATE_CHANNELS = ("q_match", "hop_match", "sent_bm25", "sent_hop2", "sent_hop3", "last_mention")
@@ -133,44 +134,57 @@ def bridge_path(tw: TextWords, question: str, target: int) -> list[int]:
     examples per family: the path equals the marked evidence in 64 / 63 / 63 / 59 of state / multihop /
     multihop3 / before, and 64 of kv and qa.
     """
-    return _bridge(tw, question, target)[0]
+    return Bridges(tw, question).path(target)[0]
 
 
-def _bridge(tw: TextWords, question: str, target: int) -> tuple[list[int], float]:
-    """:func:`bridge_path` and its strength: inf where ``target`` answers directly, else its weakest link."""
-    sets = tw.sentence_sets
-    q = {w for w in words(question) if w in tw.inv}
-    if not q:
-        return [target], 0.0
-    rarest = max(tw.inv[w] for w in q)
-    if any(tw.inv[w] >= QUESTION_MATCH * rarest for w in q & sets[target]):
-        return [target], np.inf
-    n = len(sets)
-    match = np.array([sum(tw.inv[w] for w in q & s) for s in sets])
-    start = match >= QUESTION_MATCH * match.max()
-    link = np.zeros((n, n))
-    for a in range(n):
-        for b in range(a + 1, n):
-            link[a, b] = link[b, a] = max((tw.inv[w] for w in sets[a] & sets[b]), default=0.0)
-    # widest[k][s]: the weakest link of the best path from a question match to s through k links
-    widest = [np.where(start, np.inf, -np.inf)]
-    back = [np.full(n, -1)]
-    for _ in range(MAX_LINKS):
-        via = np.minimum(widest[-1][:, None], link)
-        np.fill_diagonal(via, -np.inf)
-        back.append(n - 1 - via[::-1].argmax(0))  # ties: the later sentence
-        widest.append(via.max(0))
-    reach = np.array([w[target] for w in widest])
-    finite = reach[np.isfinite(reach)]
-    best = finite.max() if len(finite) else -np.inf
-    if not np.isfinite(best):  # the target is a question match itself (no links needed), or nothing reaches it
-        return [target], float(reach[0]) if np.isfinite(reach[0]) else 0.0
-    links = int(np.flatnonzero(reach >= LINK_KEEP * best)[0])
-    path, s = [target], target
-    for k in range(links, 0, -1):
-        s = int(back[k][s])
-        path.append(s)
-    return sorted(set(path)), float(reach[links])
+class Bridges:
+    """The bridge paths of one context and question (:func:`bridge_path`) to any target sentence.
+
+    The widest-path table over the sentences does not depend on the target, so it is built once per example and
+    every candidate deciding sentence reads its path from it.
+    """
+
+    def __init__(self, tw: TextWords, question: str) -> None:
+        sets = tw.sentence_sets
+        self.sets = sets
+        self.inv = tw.inv
+        self.q = {w for w in words(question) if w in tw.inv}
+        self.rarest = max((tw.inv[w] for w in self.q), default=0.0)
+        if not self.q:
+            return
+        n = len(sets)
+        match = np.array([sum(tw.inv[w] for w in self.q & s) for s in sets])
+        start = match >= QUESTION_MATCH * match.max()
+        link = np.zeros((n, n))
+        for a in range(n):
+            for b in range(a + 1, n):
+                link[a, b] = link[b, a] = max((tw.inv[w] for w in sets[a] & sets[b]), default=0.0)
+        # widest[k][s]: the weakest link of the best path from a question match to s through k links
+        self.widest = [np.where(start, np.inf, -np.inf)]
+        self.back = [np.full(n, -1)]
+        for _ in range(MAX_LINKS):
+            via = np.minimum(self.widest[-1][:, None], link)
+            np.fill_diagonal(via, -np.inf)
+            self.back.append(n - 1 - via[::-1].argmax(0))  # ties: the later sentence
+            self.widest.append(via.max(0))
+
+    def path(self, target: int) -> tuple[list[int], float]:
+        """The path to ``target`` and its strength: inf where ``target`` answers directly, else its weakest link."""
+        if not self.q:
+            return [target], 0.0
+        if any(self.inv[w] >= QUESTION_MATCH * self.rarest for w in self.q & self.sets[target]):
+            return [target], np.inf
+        reach = np.array([w[target] for w in self.widest])
+        finite = reach[np.isfinite(reach)]
+        best = finite.max() if len(finite) else -np.inf
+        if not np.isfinite(best):  # the target is a question match itself (no links needed), or nothing reaches it
+            return [target], float(reach[0]) if np.isfinite(reach[0]) else 0.0
+        links = int(np.flatnonzero(reach >= LINK_KEEP * best)[0])
+        path, s = [target], target
+        for k in range(links, 0, -1):
+            s = int(self.back[k][s])
+            path.append(s)
+        return sorted(set(path)), float(reach[links])
 
 
 def _overhead(core: TokenKeepCore, i: int) -> int:
@@ -221,7 +235,6 @@ def unit_credit(
             n = len(sentences[i])
             alone[i] = scores[at + 1 : at + 1 + n] - scores[at]
             at += 1 + n
-        first_rows, first_contexts = rows, contexts
         # step 2: the candidate set, and its best candidates taken out one at a time
         rows, contexts, plans = [], [], []
         for i in chunk:
@@ -243,16 +256,17 @@ def unit_credit(
             n_sent = len(sentences[i])
             sent_credit = np.zeros(n_sent)
             sent_credit[out_one] = base - scores[first + 1 : first + 1 + len(out_one)]
-            deciding = _deciding(enc, alone[i], sent_credit, out_one, threshold, relevance(core, enc))
+            bridges = Bridges(_words(enc), enc.question_text)
+            deciding = _deciding(alone[i], sent_credit, out_one, threshold, relevance(core, enc), bridges)
             sent_evidence = np.zeros(n_sent, bool)
             for s in deciding:
-                sent_evidence[bridge_path(_words(enc), enc.question_text, s)] = True
+                sent_evidence[bridges.path(s)[0]] = True
             unit_sent = np.zeros(enc.n_units, dtype=np.int64)
             unit_sent[enc.unit_index] = enc.sentence_index
             assessed = np.isin(unit_sent, out_one)
-            mine = [c for r, c in zip(first_rows, first_contexts, strict=True) if r == i]
-            mine += contexts[first : first + 1 + len(out_one)]
-            tokens = sum(len(c) for c in mine)
+            # step 1 read the empty context and every sentence once; step 2 the set and its variants
+            prompts = len(sentences[i]) + 1 + 1 + len(out_one)
+            tokens = sum(map(len, sentences[i])) + sum(map(len, contexts[first : first + 1 + len(out_one)]))
             out[i] = UnitCredit(
                 evidence=sent_evidence[unit_sent],
                 credit=sent_credit[unit_sent] * assessed,
@@ -260,9 +274,9 @@ def unit_credit(
                 alone=alone[i],
                 candidates=cand,
                 base_score=base,
-                prompts=len(mine),
+                prompts=prompts,
                 tokens=tokens,
-                model_tokens=tokens + len(mine) * _overhead(core, i),
+                model_tokens=tokens + prompts * _overhead(core, i),
                 full_tokens=len(enc.context) + _overhead(core, i),
             )
         bar.update(len(chunk))
@@ -279,7 +293,12 @@ def _sentence_tokens(core: TokenKeepCore, i: int) -> list[tuple[int, ...]]:
 
 
 def _deciding(
-    enc: Encoded, alone: np.ndarray, credit: np.ndarray, left_out: np.ndarray, threshold: float, about: np.ndarray
+    alone: np.ndarray,
+    credit: np.ndarray,
+    left_out: np.ndarray,
+    threshold: float,
+    about: np.ndarray,
+    bridges: Bridges,
 ) -> list[int]:
     """The deciding sentences: the best alone, and the left-out ones that both alone and in the set count.
 
@@ -288,37 +307,35 @@ def _deciding(
     second copy or another sentence naming the answer stays in the set, and other people's moves to the answer's
     place earned both credit and a high score alone. So a left-out sentence is deciding besides the best alone
     only if its credit, its score alone (:data:`ALONE_SHARE` of the best) and the question all point at it: it
-    holds one of the question's rarest words (:func:`_bridge` reaches it directly).
+    holds one of the question's rarest words (``bridges`` reaches it directly).
     """
     top = float(alone.max()) if len(alone) else 0.0
     if top <= threshold:  # nothing raises the answer alone: only facts that matter together, found left out
         return [int(s) for s in left_out if credit[s] > threshold]
-    chosen = {_best_alone(enc, alone, about)}
-    tw = _words(enc)
+    chosen = {_best_alone(alone, about, bridges)}
     chosen |= {
         int(s)
         for s in left_out
-        if credit[s] > threshold and alone[s] >= ALONE_SHARE * top and _bridge(tw, enc.question_text, s)[1] == np.inf
+        if credit[s] > threshold and alone[s] >= ALONE_SHARE * top and bridges.path(s)[1] == np.inf
     }
     return sorted(chosen)
 
 
-def _best_alone(enc: Encoded, alone: np.ndarray, about: np.ndarray) -> int:
+def _best_alone(alone: np.ndarray, about: np.ndarray, bridges: Bridges) -> int:
     """The deciding sentence by the score alone (called where the best score alone is above the threshold).
 
     Among the sentences whose score alone is at least :data:`ALONE_NEAR` of the best (every sentence that names
     the answer, for a model that copies it, also other people's moves to the same place): of those the question
-    reaches about as strongly as the best (:func:`_bridge`'s weakest link within :data:`LINK_KEEP`; a sentence
+    reaches about as strongly as the best (:meth:`Bridges.path`'s weakest link within :data:`LINK_KEEP`; a sentence
     holding one of the question's rarest words is the strongest), the one with the shortest path, then, among
     sentences that hold such a word, the one most ``about`` the question (:func:`relevance`: in "Where is Jack
     now?", "is" is as rare in the context as "Jack", so "Carol is in the garden" answers as directly as "Jack
     walked to the garden" by words alone), then the later one (a copy of a sentence, or a later move, overrides
     an earlier one).
     """
-    tw = _words(enc)
     top = float(alone.max())
     near = np.flatnonzero(alone >= ALONE_NEAR * top).tolist()
-    paths = [_bridge(tw, enc.question_text, s) for s in near]
+    paths = [bridges.path(s) for s in near]
     strongest = max(strength for _, strength in paths)
     # the shortest of the paths about as strong as the strongest: a longer path joins more by chance
     return max(
@@ -334,7 +351,7 @@ def relevance(core: TokenKeepCore, enc: Encoded) -> np.ndarray:
     Its similarity from the sentence encoder where the processor has the semantic channel (it reads meaning, not
     word rarity), else its BM25 against the question.
     """
-    column = len(CHANNELS) if core.processor.semantic else CHANNELS.index("sent_bm25")
+    column = PRIOR_CHANNELS["semantic" if core.processor.semantic else "bm25"]
     n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
     out = np.zeros(n_sent)
     if enc.lexical.shape[1] > column:
