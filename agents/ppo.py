@@ -245,7 +245,13 @@ def _train(
     ]
     evaluator = None
     if run.eval_freq > 0 and config.tasks.heldout.strip():
-        heldout = load_eval_tasks(config.tasks.heldout, lm.tokenizer, config.tasks.eval_examples, seed=run.seed)
+        heldout = load_eval_tasks(
+            config.tasks.heldout,
+            lm.tokenizer,
+            config.tasks.eval_examples,
+            seed=run.seed,
+            n_real=config.tasks.eval_examples_real,
+        )
         evaluator = HeldoutEvalCallback(
             lm,
             config,

@@ -34,6 +34,7 @@ def test_config_json_round_trip(tmp_path):
         (lambda d: d["ppo"].update(group_size=3), "ppo.group_size 3 must divide"),
         (lambda d: d["network"].update(conv_kernel=4), "conv_kernel must be odd"),
         (lambda d: d["tasks"].update(reward="bleu"), r"tasks.reward: must be one of"),
+        (lambda d: d["tasks"].update(eval_examples_real=0), r"tasks.eval_examples_real must be >= 1"),
         (lambda d: d.update(surprise=1), r"unknown key\(s\) \['surprise'\]"),
         (lambda d: d["run"].update(eval_rates=[0.5, 1.5]), r"eval_rates must lie in \(0, 1\]"),
     ],
