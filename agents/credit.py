@@ -12,9 +12,9 @@ Users' data rarely marks its evidence. For each training example the teacher
    answer scores high alone) the one the question reaches most directly; a left-out sentence joins it only where
    its credit, its score alone and the question's words all point at it (leave-one-out alone is noisy);
 4. **completes the chain** from the question to each deciding sentence with a bridge path over shared words
-   (:func:`bridge_path`): a 135M model answers from the only place left, so links that only name the next one
-   (the bag that holds the coin, the person who took the bag) never earn credit with the frozen model, but the
-   reducer needs them to find the last link.
+   (:func:`bridge_path`), inside the deciding sentence's paragraph: a 135M model answers from the only place
+   left, so links that only name the next one (the bag that holds the coin, the person who took the bag) never
+   earn credit with the frozen model, but the reducer needs them to find the last link.
 
 Details: ``docs/internals.md``, section ``agents.credit``.
 """
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from envs.core import TokenKeepCore
 from policies.budget import Budget, fill_units
-from policies.lexical import CHANNELS, TextWords, text_words, words
+from policies.lexical import CHANNELS, TextWords, text_words, token_paragraphs, words
 from policies.network import PRIOR_CHANNELS
 from policies.processor import Encoded
 
@@ -121,7 +121,7 @@ def candidate_sentences(
     return fill_units(sentence_priority(enc, alone, threshold), lengths, budget)
 
 
-def bridge_path(tw: TextWords, question: str, target: int) -> list[int]:
+def bridge_path(tw: TextWords, question: str, target: int, paragraphs: np.ndarray | None = None) -> list[int]:
     """The sentences that lead from ``question`` to sentence ``target`` over shared words, ``target`` included.
 
     Words are weighted by their inverse sentence frequency in the context (``tw.inv``: no stop list; a word in
@@ -130,11 +130,15 @@ def bridge_path(tw: TextWords, question: str, target: int) -> list[int]:
     as well as the best one (:data:`QUESTION_MATCH`; for "where was X before Y" the sentence that names X and Y),
     and each link joins two sentences through the rarest word they share; of the paths with up to
     :data:`MAX_LINKS` links, the shortest whose weakest link is within :data:`LINK_KEEP` of the best path's is
-    taken (ties to later sentences). Measured with the marked answer-bearing sentence as ``target`` on 64 training
+    taken (ties to later sentences). With ``paragraphs`` (the paragraph of each sentence), a path that leaves
+    ``target``'s paragraph is not taken (``[target]``): across separately written passages (retrieved documents,
+    sections of a long text) a shared word ("band", "position", "secretary") joins by chance far more often than
+    it names the next link. Measured with the marked answer-bearing sentence as ``target`` on 64 training
     examples per family: the path equals the marked evidence in 64 / 63 / 63 / 59 of state / multihop /
-    multihop3 / before, and 64 of kv and qa.
+    multihop3 / before, 64 of kv and qa (no blank lines), and 62 of passages and 49 of longdoc (across
+    paragraphs: 23 and 48).
     """
-    return Bridges(tw, question).path(target)[0]
+    return Bridges(tw, question, paragraphs).chain(target)
 
 
 class Bridges:
@@ -144,8 +148,9 @@ class Bridges:
     every candidate deciding sentence reads its path from it.
     """
 
-    def __init__(self, tw: TextWords, question: str) -> None:
+    def __init__(self, tw: TextWords, question: str, paragraphs: np.ndarray | None = None) -> None:
         sets = tw.sentence_sets
+        self.paragraphs = paragraphs
         self.sets = sets
         self.inv = tw.inv
         self.q = {w for w in words(question) if w in tw.inv}
@@ -185,6 +190,16 @@ class Bridges:
             s = int(self.back[k][s])
             path.append(s)
         return sorted(set(path)), float(reach[links])
+
+    def chain(self, target: int) -> list[int]:
+        """The evidence a deciding sentence brings: its path, or only ``target`` where the path leaves its paragraph.
+
+        (The path's length and strength still rank the candidates in :func:`_best_alone`.)
+        """
+        path = self.path(target)[0]
+        if self.paragraphs is not None and (self.paragraphs[path] != self.paragraphs[target]).any():
+            return [target]  # a chain across paragraphs is joined by chance
+        return path
 
 
 def _overhead(core: TokenKeepCore, i: int) -> int:
@@ -256,11 +271,11 @@ def unit_credit(
             n_sent = len(sentences[i])
             sent_credit = np.zeros(n_sent)
             sent_credit[out_one] = base - scores[first + 1 : first + 1 + len(out_one)]
-            bridges = Bridges(_words(enc), enc.question_text)
+            bridges = Bridges(_words(enc), enc.question_text, sentence_paragraphs(enc))
             deciding = _deciding(alone[i], sent_credit, out_one, threshold, relevance(core, enc), bridges)
             sent_evidence = np.zeros(n_sent, bool)
             for s in deciding:
-                sent_evidence[bridges.path(s)[0]] = True
+                sent_evidence[bridges.chain(s)] = True
             unit_sent = np.zeros(enc.n_units, dtype=np.int64)
             unit_sent[enc.unit_index] = enc.sentence_index
             assessed = np.isin(unit_sent, out_one)
@@ -356,6 +371,15 @@ def relevance(core: TokenKeepCore, enc: Encoded) -> np.ndarray:
     out = np.zeros(n_sent)
     if enc.lexical.shape[1] > column:
         np.maximum.at(out, enc.sentence_index, enc.lexical[:, column])
+    return out
+
+
+def sentence_paragraphs(enc: Encoded) -> np.ndarray:
+    """The paragraph of each sentence of ``enc`` (that of its last token: a first token may hold the blank line)."""
+    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
+    out = np.zeros(n_sent, dtype=np.int64)
+    para = token_paragraphs(enc.text, enc.offsets)
+    out[enc.sentence_index] = para  # the last token of a sentence writes last
     return out
 
 

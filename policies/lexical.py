@@ -176,6 +176,12 @@ def lexical_channels(
     return out
 
 
+def token_paragraphs(text: str, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The paragraph of each token (the number of blank lines before its first character), ``[n_tokens]`` int64."""
+    cuts = np.asarray([m.end() for m in PARAGRAPH_BREAK.finditer(text)], dtype=np.int64)
+    return np.searchsorted(cuts, np.asarray([s for s, _ in offsets], dtype=np.int64), side="right")
+
+
 def paragraph_channels(
     text: str, offsets: Sequence[tuple[int, int]], question: str, context_words: TextWords
 ) -> np.ndarray:
@@ -191,8 +197,7 @@ def paragraph_channels(
     out = np.zeros((n, len(PARAGRAPH_CHANNELS)), dtype=np.float32)
     if n == 0:
         return out
-    cuts = np.asarray([m.end() for m in PARAGRAPH_BREAK.finditer(text)], dtype=np.int64)
-    para = np.searchsorted(cuts, np.asarray([s for s, _ in offsets], dtype=np.int64), side="right")
+    para = token_paragraphs(text, offsets)
     docs: list[list[str]] = [[] for _ in range(int(para.max()) + 1)]
     last: tuple[int, str] | None = None
     for p, ws in zip(para.tolist(), context_words.tokens, strict=True):

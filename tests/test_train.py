@@ -8,13 +8,13 @@ from stable_baselines3 import PPO
 
 from agents.checkpoints import latest_checkpoint
 from agents.config import PRESETS, ModelConfig, PPOConfig, RunConfig, TaskConfig, TrainConfig, WarmStartConfig
-from agents.credit import candidate_sentences, unit_credit
+from agents.credit import bridge_path, candidate_sentences, sentence_paragraphs, unit_credit
 from agents.ppo import build_ppo, train
 from agents.run_dir import RunDirectoryError, RunLock
 from agents.warm_start import behaviour_cloning, evidence_units
 from envs.core import TokenKeepCore
 from envs.credit import unit_credits
-from envs.tasks.examples import encode_example
+from envs.tasks.examples import Example, encode_example
 from envs.tasks.specs import load_tasks
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.budget import Budget, BudgetConfig
@@ -280,6 +280,24 @@ def test_credit_candidates_hold_the_deciding_move(tiny_tokenizer):
         cand = candidate_sentences(obs, 0.3)
         held.append(cand[np.unique(obs.sentence_index[np.asarray(enc.evidence, bool)])].all())
     assert np.mean(held) >= 0.7, np.mean(held)
+
+
+def test_bridge_paths_stay_inside_the_deciding_sentence_s_paragraph(tiny_tokenizer):
+    """A chain is completed inside one paragraph; across retrieved passages a shared word joins by chance."""
+    question = "Where did Jack keep the lantern?"
+    one = "Jack kept the lantern. The lantern is in the attic. Owls hunt across frosty meadows."
+    two = "Jack kept the lantern. Owls hunt across frosty meadows.\n\nThe lantern is in the attic."
+    processor = replace(PRESETS["default"].processor, semantic=False)
+    paths = []
+    for context in (one, two):
+        enc = encode_example(tiny_tokenizer, Example(context, question, " attic", family="t"))
+        q_ids = encode_question(tiny_tokenizer, question)
+        obs = prepare(processor, context, enc.context, enc.offsets, question, q_ids)
+        tw = obs.context_words
+        attic = next(s for s, ws in enumerate(tw.sentences) if "attic" in ws)
+        paths.append(bridge_path(tw, question, attic, sentence_paragraphs(obs)))
+        assert bridge_path(tw, question, attic) == [0, attic]  # without paragraphs: the chain
+    assert paths == [[0, 1], [2]]
 
 
 def answer_named(lm, encs, contexts):
