@@ -161,7 +161,11 @@ class HeldoutEvalCallback(BaseCallback):
         return self._baseline_rows
 
     def run_eval(self) -> dict[str, Any]:
-        """Evaluate now, log under ``eval/`` and append a summary to :attr:`history`."""
+        """Evaluate now, log under ``eval/`` and append a summary to :attr:`history`.
+
+        ``eval/seconds`` is the evaluation's wall time (the first one also computes the baselines' rows).
+        """
+        start = time.perf_counter()
         reducer = reducer_from_policy(self.model.policy, self.lm, self.config, self.encoder)
         policy = ReducerMethod(reducer, "policy")
         report = evaluate(self.lm, [policy], self.tasks, self.rates, progress=False, n_html_examples=1)
@@ -205,6 +209,7 @@ class HeldoutEvalCallback(BaseCallback):
             for ex in report["examples"][: self.n_text_examples]
         ]
         self.logger.record("eval/examples", "\n\n---\n\n".join(texts), exclude=("stdout", "log", "json", "csv"))
+        self.logger.record("eval/seconds", round(time.perf_counter() - start, 1))  # not in the history: not a result
         self.logger.dump(self.num_timesteps // self.steps_per_episode)
         self.history.append(summary)
         if self.history_path is not None:
