@@ -377,10 +377,9 @@ def relevance(core: TokenKeepCore, enc: Encoded) -> np.ndarray:
 def sentence_paragraphs(enc: Encoded) -> np.ndarray:
     """The paragraph of each sentence of ``enc`` (that of its last token: a first token may hold the blank line)."""
     n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
-    out = np.zeros(n_sent, dtype=np.int64)
-    para = token_paragraphs(enc.text, enc.offsets)
-    out[enc.sentence_index] = para  # the last token of a sentence writes last
-    return out
+    last = np.zeros(n_sent, dtype=np.int64)
+    np.maximum.at(last, enc.sentence_index, np.arange(len(enc.sentence_index)))
+    return token_paragraphs(enc.text, enc.offsets)[last]
 
 
 def _words(enc: Encoded) -> TextWords:

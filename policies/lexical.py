@@ -177,7 +177,11 @@ def lexical_channels(
 
 
 def token_paragraphs(text: str, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
-    """The paragraph of each token (the number of blank lines before its first character), ``[n_tokens]`` int64."""
+    """The paragraph of each token, ``[n_tokens]`` int64.
+
+    A token's paragraph counts the breaks (blank lines) that end at or before its first character, so a token that
+    holds a break belongs to the paragraph before it.
+    """
     cuts = np.asarray([m.end() for m in PARAGRAPH_BREAK.finditer(text)], dtype=np.int64)
     return np.searchsorted(cuts, np.asarray([s for s, _ in offsets], dtype=np.int64), side="right")
 
