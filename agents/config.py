@@ -181,8 +181,9 @@ class WarmStartConfig:
             order in which a rate's leftover budget is filled.
         credit_examples: Training examples (the first of the pool, which mixes the tasks evenly) the evidence
             teacher assesses (agents/credit.py; 0: off). Where an example has no evidence marks, the teacher's
-            evidence (deciding sentences and their bridge paths from the question) becomes its clone target;
-            everywhere, sentences whose leave-one-out credit is below -credit_threshold are kept out of the filler.
+            evidence (deciding sentences and their bridge paths from the question, inside a paragraph) becomes its
+            clone target; everywhere, sentences whose leave-one-out credit is below -credit_threshold are kept out
+            of the filler.
         credit_threshold: Score gain (the reward's units, nats per answer token for loglik) that makes a
             sentence count: alone against the empty context, or left out of the candidate set (negated: a
             distractor).
