@@ -94,7 +94,7 @@ def sentence_priority(enc: Encoded, alone: np.ndarray | None = None, threshold: 
     max-normalised channels alone let an expansion channel's 1.0 on an unrelated sentence, or an earlier tie,
     push out the deciding one (README, "Chained evidence").
     """
-    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
+    n_sent = enc.n_sentences
     per_channel = np.zeros((len(CANDIDATE_CHANNELS), n_sent))
     for row, c in zip(per_channel, CANDIDATE_CHANNELS, strict=True):
         if enc.lexical.shape[1]:
@@ -115,8 +115,7 @@ def candidate_sentences(
     enc: Encoded, rate: float, alone: np.ndarray | None = None, threshold: float = 0.0
 ) -> np.ndarray:
     """Bool per sentence of ``enc``: the candidates in :func:`sentence_priority`'s order, filled to ``rate``."""
-    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
-    lengths = np.bincount(enc.sentence_index, minlength=n_sent)
+    lengths = np.bincount(enc.sentence_index, minlength=enc.n_sentences)
     budget = Budget(rate=rate).max_tokens(len(enc.context)) or 0
     return fill_units(sentence_priority(enc, alone, threshold), lengths, budget)
 
@@ -302,7 +301,7 @@ def unit_credit(
 def _sentence_tokens(core: TokenKeepCore, i: int) -> list[tuple[int, ...]]:
     """The context token ids of each sentence of pool example ``i``."""
     enc = core.inputs[i]
-    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
+    n_sent = enc.n_sentences
     ids = np.asarray(enc.context)
     return [tuple(ids[enc.sentence_index == s].tolist()) for s in range(n_sent)]
 
@@ -367,8 +366,7 @@ def relevance(core: TokenKeepCore, enc: Encoded) -> np.ndarray:
     word rarity), else its BM25 against the question.
     """
     column = PRIOR_CHANNELS["semantic" if core.processor.semantic else "bm25"]
-    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
-    out = np.zeros(n_sent)
+    out = np.zeros(enc.n_sentences)
     if enc.lexical.shape[1] > column:
         np.maximum.at(out, enc.sentence_index, enc.lexical[:, column])
     return out
@@ -376,8 +374,7 @@ def relevance(core: TokenKeepCore, enc: Encoded) -> np.ndarray:
 
 def sentence_paragraphs(enc: Encoded) -> np.ndarray:
     """The paragraph of each sentence of ``enc`` (that of its last token: a first token may hold the blank line)."""
-    n_sent = int(enc.sentence_index.max()) + 1 if len(enc.sentence_index) else 0
-    last = np.zeros(n_sent, dtype=np.int64)
+    last = np.zeros(enc.n_sentences, dtype=np.int64)
     np.maximum.at(last, enc.sentence_index, np.arange(len(enc.sentence_index)))
     return token_paragraphs(enc.text, enc.offsets)[last]
 

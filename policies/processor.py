@@ -153,6 +153,11 @@ class Encoded:
         return int(self.unit_index[-1]) + 1 if len(self.unit_index) else 0
 
     @property
+    def n_sentences(self) -> int:
+        """Number of sentences."""
+        return int(self.sentence_index.max()) + 1 if len(self.sentence_index) else 0
+
+    @property
     def unit_lengths(self) -> np.ndarray:
         """Tokens per unit."""
         return unit_lengths(self.unit_index)
