@@ -10,8 +10,15 @@ observation is the one it is deployed with), and prints per task:
 * top-|E| recall: the share of the evidence tokens kept at that budget;
 * all on top: the share of examples whose every evidence token is kept (the evidence is the top of the ranking).
 
+A held-out split differs from the training split in two ways at once: new words (names, places, objects, verbs,
+filler) and longer stories (more moves per person). ``--vocab train`` draws every synthetic example's words from
+the training vocabulary whatever its split (``multihop3:heldout`` then has held-out lengths and training words),
+``--vocab heldout`` the other way round; which of the two costs the ranking tells where a policy fails to
+transfer. (It rewrites the word tables of :mod:`envs.tasks.data` in this process only.)
+
 Usage:
     python bench/ranking_precision.py --reducer DIR [DIR ...] [--tasks state:heldout,...] [--n 100]
+        [--seed 11] [--vocab split|train|heldout]
 """
 
 from __future__ import annotations
@@ -25,10 +32,18 @@ import numpy as np
 from agents.baselines import ReducerMethod
 from agents.evaluate import load_eval_tasks
 from agents.run_eval import reducer_name, unique_name
+from envs.tasks import data
 from policies.budget import Budget
 from policies.reducer import TokenReducer
 
 CHAINS = "state:heldout,multihop:heldout,multihop3:heldout,before:heldout"
+
+
+def use_vocabulary(split: str) -> None:
+    """Make every split of the synthetic families draw its words from ``split``'s tables (lengths unchanged)."""
+    for table in vars(data).values():
+        if isinstance(table, dict) and set(table) == {"train", "heldout"}:
+            table["train"] = table["heldout"] = table[split]
 
 
 def main() -> None:
@@ -38,7 +53,13 @@ def main() -> None:
     ap.add_argument("--tasks", default=CHAINS, help="comma-separated task specs (examples need evidence marks)")
     ap.add_argument("--n", type=int, default=100, help="examples per task spec without its own n=")
     ap.add_argument("--seed", type=int, default=0, help="task seed")
+    ap.add_argument(
+        "--vocab", choices=["split", "train", "heldout"], default="split",
+        help="whose words the synthetic examples use: their own split's (default), or this split's",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.vocab != "split":
+        use_vocabulary(args.vocab)
     names: set[str] = set()
     methods = []
     for d in args.reducer:
@@ -46,6 +67,8 @@ def main() -> None:
         reducer.network.config = replace(reducer.network.config, stop_margin=1e3)  # STOP never binds
         methods.append(ReducerMethod(reducer, unique_name(reducer_name(Path(d)), names)))
     tasks = load_eval_tasks(args.tasks, methods[0].reducer.tokenizer, args.n, seed=args.seed)
+    if args.vocab != "split":
+        print(f"words from the {args.vocab} vocabulary, lengths from each spec's split")
     print("| task | reducer | top-\\|E\\| recall | all evidence on top |")
     print("|---|---|---|---|")
     for task, items in tasks.items():
