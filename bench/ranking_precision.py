@@ -42,7 +42,7 @@ CHAINS = "state:heldout,multihop:heldout,multihop3:heldout,before:heldout"
 def use_vocabulary(split: str) -> None:
     """Make every split of the synthetic families draw its words from ``split``'s tables (lengths unchanged)."""
     for table in vars(data).values():
-        if isinstance(table, dict) and set(table) == {"train", "heldout"}:
+        if isinstance(table, dict) and {"train", "heldout"} <= set(table):
             table["train"] = table["heldout"] = table[split]
 
 

@@ -44,11 +44,41 @@ def test_heldout_differs_beyond_seed(family):
 
 
 def test_heldout_vocabulary_unseen():
-    banks = [getattr(task_data, name) for name in dir(task_data) if name.isupper()]
+    banks = [getattr(task_data, name) for name in dir(task_data) if name.isupper() and not name.startswith("_")]
     assert len(banks) >= 10
     for bank in banks:
-        assert set(bank) == {"train", "heldout"}
+        assert set(bank) == {"train", "heldout", "invented"}
         assert not set(bank["train"]) & set(bank["heldout"]), bank["heldout"]
+        assert not set(bank["invented"]) & set(bank["heldout"]), bank["heldout"]
+
+
+def _bank_words(split: str) -> set[str]:
+    """Every word of ``split``'s banks in envs/tasks/data.py, lower-cased."""
+    tables = [getattr(task_data, name) for name in dir(task_data) if name.isupper() and not name.startswith("_")]
+    return {w.lower() for table in tables for w in " ".join(table[split]).split()}
+
+
+def _text_words(examples) -> set[str]:
+    return {w.strip(".,?").lower() for ex in examples for w in (ex.context + " " + ex.question).split()}
+
+
+def test_invented_words_replace_every_entity_and_never_a_heldout_word():
+    real = _bank_words("train") | _bank_words("heldout")
+    for family in FAMILIES:
+        plain = make_examples(family, "train", 20, seed=0)
+        invented = make_examples(family, "train", 20, seed=0, invented=1)
+        assert [e.family for e in invented] == [e.family for e in plain]  # the same family, for the sampler
+        assert len(_text_words(invented) - real) >= 20, family  # made-up names, keys, places, objects
+        # the rest is the training banks' (filler, verbs) and the templates' words: never a held-out bank word
+        leaked = (_text_words(invented) & _bank_words("heldout")) - _bank_words("train") - _text_words(plain)
+        assert not leaked, family
+    spec = TaskSpec.parse("multihop3:train:n=3,invented=1")
+    assert spec.options == {"n": 3, "invented": 1}
+    assert spec.examples() == make_examples("multihop3", "train", 3, invented=1)
+    with pytest.raises(ValueError, match="invented must be 0 or 1"):
+        make_examples("kv", "train", 2, invented=2)
+    with pytest.raises(ValueError, match="known: n, seed, distractors"):
+        TaskSpec.parse("passages:train:invented=1")
 
 
 def test_multihop_chains_two_or_three_facts():

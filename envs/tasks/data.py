@@ -1,7 +1,8 @@
-"""Word banks of the synthetic task families, one per split.
+"""Word banks of the synthetic task families: one per split, and a bank of invented words for training.
 
 Held-out banks share no name, key, place, object or filler sentence with the training banks, so a held-out
-score measures transfer to unseen vocabulary (tests check the disjointness).
+score measures transfer to unseen vocabulary (tests check the disjointness). The ``invented`` bank (made-up
+words, below) is used only by specs with ``invented=1``.
 """
 
 from __future__ import annotations
@@ -91,3 +92,58 @@ CONTAINERS = {
 # Verbs: training and held-out splits phrase the same facts with different verbs.
 CARRY_VERBS = {"train": ["picked up", "took", "grabbed"], "heldout": ["collected", "fetched", "lifted"]}
 MOVE_VERBS = {"train": ["went to", "walked to", "moved to"], "heldout": ["travelled to", "headed to", "wandered to"]}
+
+# Invented words: a third bank (``invented``), for training only. The training banks are small (4 containers, 6
+# colours, 20 names): a policy cloned on them can rank by which words it has seen, and that does not carry to the
+# held-out banks or to a user's text. Examples drawn with ``invented=1`` (a task spec option) take every name,
+# key, city, job, pet, place, colour, object and container from thousands of made-up words, which forces the
+# ranking onto what transfers: which words the question, the kept text and the candidate share, and where they
+# stand. Filler sentences and verbs stay the training split's.
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "br", "st", "tr")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "", "n", "r", "l", "s")
+_INVENTED_SIZES = {
+    "NAMES": 400, "KV_KEYS": 400, "CITIES": 200, "JOBS": 200, "PETS": 200, "PLACES": 300, "COLOURS": 150,
+    "OBJECTS": 300, "CONTAINERS": 150,
+}  # fmt: skip
+
+
+def _invented_banks() -> dict[str, list[str]]:
+    """Made-up words of 2-3 syllables, distinct across banks and from every real bank word (deterministic)."""
+    import random
+
+    real = {w.lower() for table in (KV_KEYS, NAMES, CITIES, JOBS, PETS, PLACES, COLOURS, OBJECTS, CONTAINERS)
+            for split in ("train", "heldout") for w in " ".join(table[split]).split()}  # fmt: skip
+    rng = random.Random("invented-words")
+    seen: set[str] = set()
+    banks: dict[str, list[str]] = {}
+    for name, size in _INVENTED_SIZES.items():
+        words: list[str] = []
+        while len(words) < size:
+            syllables = 3 if rng.random() < 0.2 else 2
+            w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables))
+            if w not in seen and w not in real:
+                seen.add(w)
+                words.append(w)
+        banks[name] = words
+    banks["NAMES"] = [w.capitalize() for w in banks["NAMES"]]
+    banks["CITIES"] = [w.capitalize() for w in banks["CITIES"]]
+    banks["PETS"] = [f"a {w}" for w in banks["PETS"]]
+    return banks
+
+
+_INVENTED = _invented_banks()
+for _table, _name in (
+    (KV_KEYS, "KV_KEYS"),
+    (NAMES, "NAMES"),
+    (CITIES, "CITIES"),
+    (JOBS, "JOBS"),
+    (PETS, "PETS"),
+    (PLACES, "PLACES"),
+    (COLOURS, "COLOURS"),
+    (OBJECTS, "OBJECTS"),
+    (CONTAINERS, "CONTAINERS"),
+):
+    _table["invented"] = _INVENTED[_name]
+for _table in (FILLER, CARRY_VERBS, MOVE_VERBS):
+    _table["invented"] = _table["train"]

@@ -10,6 +10,7 @@ multihop3, before: people who move, where the order of the facts decides); their
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ class Family:
     """A synthetic family: its generator and its default sizes per split.
 
     Attributes:
-        generate: ``generate(rng, split, filler, distractors) -> Example``, one example per call.
+        generate: ``generate(rng, split, filler, distractors, vocab=None) -> Example``, one example per call;
+            ``vocab`` names the word banks of :mod:`envs.tasks.data` to draw from (None: the split's own).
         defaults: Per split, the default ``filler`` and ``distractors`` (held-out lengths lie outside the
             training range).
     """
 
-    generate: Callable[[random.Random, str, int, int], Example]
+    generate: Callable[..., Example]
     defaults: dict[str, dict[str, int]]
 
 
@@ -64,6 +66,7 @@ def make_examples(
     seed: int = 0,
     filler: int | None = None,
     distractors: int | None = None,
+    invented: int = 0,
 ) -> list[Example]:
     """Generate ``n`` examples of a synthetic family, deterministically from ``seed``.
 
@@ -76,6 +79,9 @@ def make_examples(
         filler: Filler sentences (for passkey the filler length range is ``filler`` to ``2*filler``); None
             takes the split's default.
         distractors: Distractor pairs, people or facts; None takes the split's default.
+        invented: 1: every name, key, place, object, colour and container is a made-up word (``data.py``'s
+            ``invented`` banks; lengths, verbs and filler stay the split's), for training a ranking that does not
+            lean on which words it has seen. 0: the split's own words.
 
     Returns:
         The examples.
@@ -92,5 +98,12 @@ def make_examples(
     distractors = d["distractors"] if distractors is None else distractors
     if n < 1 or filler < 0 or distractors < 0:
         raise ValueError(f"n must be >= 1 and filler, distractors >= 0 (got n={n}, {filler}, {distractors})")
-    rng = random.Random(f"{family}/{split}/{seed + _SPLIT_SEED[split]}")
-    return [REGISTRY[family].generate(rng, split, filler, distractors) for _ in range(n)]
+    if invented not in (0, 1):
+        raise ValueError(f"invented must be 0 or 1, got {invented}")
+    if not invented:
+        rng = random.Random(f"{family}/{split}/{seed + _SPLIT_SEED[split]}")
+        return [REGISTRY[family].generate(rng, split, filler, distractors) for _ in range(n)]
+    if "vocab" not in inspect.signature(REGISTRY[family].generate).parameters:
+        raise ValueError(f"family {family} cannot draw invented words: its generator takes no vocab argument")
+    rng = random.Random(f"{family}/{split}/invented/{seed + _SPLIT_SEED[split]}")
+    return [REGISTRY[family].generate(rng, split, filler, distractors, vocab="invented") for _ in range(n)]

@@ -18,9 +18,10 @@ from envs.tasks.builder import Builder, pick_choices
 from envs.tasks.examples import Example
 
 
-def passkey(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+def passkey(rng: random.Random, split: str, filler: int, distractors: int, vocab: str | None = None) -> Example:
     """A pass key hidden in filler sentences."""
-    bank = data.FILLER[split]
+    words = vocab or split  # whose word banks (data.py): the split's own, or "invented"
+    bank = data.FILLER[words]
     digits = 5 if split == "train" else 6
     key = str(rng.randrange(10 ** (digits - 1), 10**digits))
     n_fill = rng.randint(filler, 2 * filler)
@@ -41,16 +42,17 @@ def passkey(rng: random.Random, split: str, filler: int, distractors: int) -> Ex
     )
 
 
-def kv(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+def kv(rng: random.Random, split: str, filler: int, distractors: int, vocab: str | None = None) -> Example:
     """The code of one key among distractor key/code pairs."""
-    keys = rng.sample(data.KV_KEYS[split], k=min(distractors + 1, len(data.KV_KEYS[split])))
+    words = vocab or split  # whose word banks (data.py): the split's own, or "invented"
+    keys = rng.sample(data.KV_KEYS[words], k=min(distractors + 1, len(data.KV_KEYS[words])))
     values = [str(rng.randrange(1000, 10000)) for _ in keys]
     target = rng.randrange(len(keys))
     b = Builder()
     fill_at = set(rng.sample(range(len(keys) + 1), k=min(filler, len(keys) + 1)))
     for i in range(len(keys)):
         if i in fill_at:
-            b.add(rng.choice(data.FILLER[split]))
+            b.add(rng.choice(data.FILLER[words]))
         b.add(f"The code for {keys[i]} is {values[i]}.", evidence=(i == target))
     key = keys[target]
     return Example(
@@ -63,10 +65,11 @@ def kv(rng: random.Random, split: str, filler: int, distractors: int) -> Example
     )
 
 
-def qa(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+def qa(rng: random.Random, split: str, filler: int, distractors: int, vocab: str | None = None) -> Example:
     """Which city one person lives in, among facts about many people."""
-    names = rng.sample(data.NAMES[split], k=min(distractors + 1, len(data.NAMES[split])))
-    cities = data.CITIES[split]
+    words = vocab or split  # whose word banks (data.py): the split's own, or "invented"
+    names = rng.sample(data.NAMES[words], k=min(distractors + 1, len(data.NAMES[words])))
+    cities = data.CITIES[words]
     home = {n: rng.choice(cities) for n in names}
     target = names[0]
     # Distractor people never share the target's city, so the question has one right answer.
@@ -76,10 +79,10 @@ def qa(rng: random.Random, split: str, filler: int, distractors: int) -> Example
     facts: list[tuple[str, bool]] = []
     for n in names:
         facts.append((f"{n} lives in {home[n]}.", n == target))
-        facts.append((f"{n} works as a {rng.choice(data.JOBS[split])}.", False))
+        facts.append((f"{n} works as a {rng.choice(data.JOBS[words])}.", False))
         if rng.random() < 0.5:
-            facts.append((f"{n} has {rng.choice(data.PETS[split])}.", False))
-    facts += [(rng.choice(data.FILLER[split]), False) for _ in range(filler)]
+            facts.append((f"{n} has {rng.choice(data.PETS[words])}.", False))
+    facts += [(rng.choice(data.FILLER[words]), False) for _ in range(filler)]
     rng.shuffle(facts)
     b = Builder()
     for sentence, is_evidence in facts:
@@ -102,30 +105,31 @@ def qa(rng: random.Random, split: str, filler: int, distractors: int) -> Example
     )
 
 
-def multihop(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+def multihop(rng: random.Random, split: str, filler: int, distractors: int, vocab: str | None = None) -> Example:
     """Where an object is, through 2-3 chained facts (container, carrier, place)."""
-    n_people = min(distractors + 1, len(data.NAMES[split]), len(data.PLACES[split]), 9)
-    people = rng.sample(data.NAMES[split], k=n_people)
-    places = rng.sample(data.PLACES[split], k=n_people)
+    words = vocab or split  # whose word banks (data.py): the split's own, or "invented"
+    n_people = min(distractors + 1, len(data.NAMES[words]), len(data.PLACES[words]), 9)
+    people = rng.sample(data.NAMES[words], k=n_people)
+    places = rng.sample(data.PLACES[words], k=n_people)
     # Objects are drawn from a 3 x 3 grid of colours and nouns, so the asked object's words also appear in
     # distractor objects (same colour or same noun).
-    grid = [f"{c} {o}" for c in rng.sample(data.COLOURS[split], k=3) for o in rng.sample(data.OBJECTS[split], k=3)]
+    grid = [f"{c} {o}" for c in rng.sample(data.COLOURS[words], k=3) for o in rng.sample(data.OBJECTS[words], k=3)]
     asked = rng.choice(grid)
     similar = [g for g in grid if g != asked and set(g.split()) & set(asked.split())]
     rng.shuffle(similar)
     others = [g for g in grid if g != asked and g not in similar[:2]]
     objects = [asked, *similar[:2], *rng.sample(others, k=max(0, n_people - 3))][:n_people]
     three_hops = rng.random() < 0.5
-    container = f"{rng.choice(data.COLOURS[split])} {rng.choice(data.CONTAINERS[split])}"
+    container = f"{rng.choice(data.COLOURS[words])} {rng.choice(data.CONTAINERS[words])}"
     facts: list[tuple[str, bool]] = []
     for i, (person, place, obj) in enumerate(zip(people, places, objects, strict=True)):
         target = i == 0
         held = container if (target and three_hops) else obj
         if target and three_hops:
             facts.append((f"The {obj} is in the {container}.", True))
-        facts.append((f"{person} {rng.choice(data.CARRY_VERBS[split])} the {held}.", target))
-        facts.append((f"{person} {rng.choice(data.MOVE_VERBS[split])} the {place}.", target))
-    facts += [(rng.choice(data.FILLER[split]), False) for _ in range(filler)]
+        facts.append((f"{person} {rng.choice(data.CARRY_VERBS[words])} the {held}.", target))
+        facts.append((f"{person} {rng.choice(data.MOVE_VERBS[words])} the {place}.", target))
+    facts += [(rng.choice(data.FILLER[words]), False) for _ in range(filler)]
     rng.shuffle(facts)
     b = Builder()
     for sentence, is_evidence in facts:
@@ -134,7 +138,7 @@ def multihop(rng: random.Random, split: str, filler: int, distractors: int) -> E
         context=b.text(),
         question=f"Where is the {asked}?",
         answer=f" {places[0]}",
-        choices=pick_choices(rng, places[0], places[1:], data.PLACES[split]),
+        choices=pick_choices(rng, places[0], places[1:], data.PLACES[words]),
         answer_prefix=f"The {asked} is in the",
         evidence=tuple(b.evidence),
         family=f"multihop:{split}",

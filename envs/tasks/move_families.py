@@ -23,17 +23,18 @@ from envs.tasks.builder import Builder, pick_choices
 from envs.tasks.examples import Example
 
 
-def state(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+def state(rng: random.Random, split: str, filler: int, distractors: int, vocab: str | None = None) -> Example:
     """Where a person is now, after several moves."""
-    n_people = min(distractors + 1, len(data.NAMES[split]))
-    people = rng.sample(data.NAMES[split], k=n_people)
+    words = vocab or split  # whose word banks (data.py): the split's own, or "invented"
+    n_people = min(distractors + 1, len(data.NAMES[words]))
+    people = rng.sample(data.NAMES[words], k=n_people)
     target = people[0]
     moves_lo, moves_hi = (2, 4) if split == "train" else (3, 5)
 
     def trail(n: int) -> list[str]:
-        places = [rng.choice(data.PLACES[split])]
+        places = [rng.choice(data.PLACES[words])]
         while len(places) < n:
-            nxt = rng.choice(data.PLACES[split])
+            nxt = rng.choice(data.PLACES[words])
             if nxt != places[-1]:
                 places.append(nxt)
         return places
@@ -58,13 +59,13 @@ def state(rng: random.Random, split: str, filler: int, distractors: int) -> Exam
     facts: list[tuple[str, bool]] = []
     for i, (person, place) in enumerate(events):
         if person in first_seen:
-            sentence = f"Then {person} {rng.choice(data.MOVE_VERBS[split])} the {place}."
+            sentence = f"Then {person} {rng.choice(data.MOVE_VERBS[words])} the {place}."
         else:
             sentence = f"{person} is in the {place}."
             first_seen.add(person)
         facts.append((sentence, i == last))
     for _ in range(filler):
-        facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[split]), False))
+        facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[words]), False))
     b = Builder()
     for sentence, is_evidence in facts:
         b.add(sentence, evidence=is_evidence)
@@ -73,7 +74,7 @@ def state(rng: random.Random, split: str, filler: int, distractors: int) -> Exam
         context=b.text(),
         question=f"Where is {target} now?",
         answer=f" {answer}",
-        choices=pick_choices(rng, answer, [p for p in mine[:-1] if p != answer], data.PLACES[split]),
+        choices=pick_choices(rng, answer, [p for p in mine[:-1] if p != answer], data.PLACES[words]),
         answer_prefix=f"{target} is now in the",
         evidence=tuple(b.evidence),
         family=f"state:{split}",
@@ -91,7 +92,7 @@ def _trail(rng: random.Random, places: list[str], n: int, *, revisit: bool = Tru
 
 
 def _move_story(
-    rng: random.Random, split: str, trails: list[tuple[str, list[str]]], last_anywhere: bool
+    rng: random.Random, words: str, trails: list[tuple[str, list[str]]], last_anywhere: bool
 ) -> list[tuple[str, str, int]]:
     """The move sentences of several people, each person's in order, interleaved at random.
 
@@ -122,19 +123,20 @@ def _move_story(
         else:
             person, i = next(it_other)
         place = places[person][i]
-        verb = rng.choice(data.MOVE_VERBS[split])
+        verb = rng.choice(data.MOVE_VERBS[words])
         events.append((person, f"{person} is in the {place}." if i == 0 else f"Then {person} {verb} the {place}.", i))
     return events
 
 
-def multihop3(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+def multihop3(rng: random.Random, split: str, filler: int, distractors: int, vocab: str | None = None) -> Example:
     """Where an object is, through exactly three links; the last is the carrier's latest move."""
-    n_people = min(distractors + 1, len(data.NAMES[split]), 9)
-    people = rng.sample(data.NAMES[split], k=n_people)
+    words = vocab or split  # whose word banks (data.py): the split's own, or "invented"
+    n_people = min(distractors + 1, len(data.NAMES[words]), 9)
+    people = rng.sample(data.NAMES[words], k=n_people)
     # Containers and objects are drawn from colour x noun grids, so each shares words with others of its kind.
-    colours = data.COLOURS[split]
-    boxes = [f"{c} {k}" for c in rng.sample(colours, k=3) for k in rng.sample(data.CONTAINERS[split], k=3)]
-    grid = [f"{c} {o}" for c in rng.sample(colours, k=3) for o in rng.sample(data.OBJECTS[split], k=3)]
+    colours = data.COLOURS[words]
+    boxes = [f"{c} {k}" for c in rng.sample(colours, k=3) for k in rng.sample(data.CONTAINERS[words], k=3)]
+    grid = [f"{c} {o}" for c in rng.sample(colours, k=3) for o in rng.sample(data.OBJECTS[words], k=3)]
     asked = rng.choice(grid)
     similar = [g for g in grid if g != asked and set(g.split()) & set(asked.split())]
     rng.shuffle(similar)
@@ -142,18 +144,18 @@ def multihop3(rng: random.Random, split: str, filler: int, distractors: int) -> 
     objects = [asked, *similar[:2], *rng.sample(others, k=max(0, n_people - 3))][:n_people]
     containers = rng.sample(boxes, k=n_people)
     moves_lo, moves_hi = (2, 4) if split == "train" else (3, 5)
-    trails = [(people[0], _trail(rng, data.PLACES[split], rng.randint(moves_lo, moves_hi)))]
-    trails += [(p, _trail(rng, data.PLACES[split], rng.randint(1, 3))) for p in people[1:]]
-    story = _move_story(rng, split, trails, last_anywhere=True)
+    trails = [(people[0], _trail(rng, data.PLACES[words], rng.randint(moves_lo, moves_hi)))]
+    trails += [(p, _trail(rng, data.PLACES[words], rng.randint(1, 3))) for p in people[1:]]
+    story = _move_story(rng, words, trails, last_anywhere=True)
     last = max(i for i, (p, _, _) in enumerate(story) if p == people[0])
     facts = [(s, i == last) for i, (_, s, _) in enumerate(story)]
     for i, (person, obj, box) in enumerate(zip(people, objects, containers, strict=True)):
-        carry = f"{person} {rng.choice(data.CARRY_VERBS[split])} the {box}."
+        carry = f"{person} {rng.choice(data.CARRY_VERBS[words])} the {box}."
         inside = f"The {obj} is in the {box}."
         for sentence in (carry, inside):  # what a person carries goes wherever they go: any position is true
             facts.insert(rng.randrange(len(facts) + 1), (sentence, i == 0))
     for _ in range(filler):
-        facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[split]), False))
+        facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[words]), False))
     b = Builder()
     for sentence, is_evidence in facts:
         b.add(sentence, evidence=is_evidence)
@@ -162,25 +164,26 @@ def multihop3(rng: random.Random, split: str, filler: int, distractors: int) -> 
         context=b.text(),
         question=f"Where is the {asked}?",
         answer=f" {mine[-1]}",
-        choices=pick_choices(rng, mine[-1], [p for p in mine[:-1] if p != mine[-1]], data.PLACES[split]),
+        choices=pick_choices(rng, mine[-1], [p for p in mine[:-1] if p != mine[-1]], data.PLACES[words]),
         answer_prefix=f"The {asked} is in the",
         evidence=tuple(b.evidence),
         family=f"multihop3:{split}",
     )
 
 
-def before(rng: random.Random, split: str, filler: int, distractors: int) -> Example:
+def before(rng: random.Random, split: str, filler: int, distractors: int, vocab: str | None = None) -> Example:
     """Where a person was before a given place."""
-    n_people = min(distractors + 1, len(data.NAMES[split]))
-    people = rng.sample(data.NAMES[split], k=n_people)
+    words = vocab or split  # whose word banks (data.py): the split's own, or "invented"
+    n_people = min(distractors + 1, len(data.NAMES[words]))
+    people = rng.sample(data.NAMES[words], k=n_people)
     moves_lo, moves_hi = (3, 4) if split == "train" else (4, 5)
-    mine = _trail(rng, data.PLACES[split], rng.randint(moves_lo, moves_hi), revisit=False)
-    trails = [(people[0], mine)] + [(p, _trail(rng, data.PLACES[split], rng.randint(1, 3))) for p in people[1:]]
-    story = _move_story(rng, split, trails, last_anywhere=False)
+    mine = _trail(rng, data.PLACES[words], rng.randint(moves_lo, moves_hi), revisit=False)
+    trails = [(people[0], mine)] + [(p, _trail(rng, data.PLACES[words], rng.randint(1, 3))) for p in people[1:]]
+    story = _move_story(rng, words, trails, last_anywhere=False)
     j = rng.randint(1, len(mine) - 1)  # asked: where the person was before mine[j], i.e. mine[j - 1]
     facts = [(s, p == people[0] and step in (j - 1, j)) for p, s, step in story]
     for _ in range(filler):
-        facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[split]), False))
+        facts.insert(rng.randrange(len(facts) + 1), (rng.choice(data.FILLER[words]), False))
     b = Builder()
     for sentence, is_evidence in facts:
         b.add(sentence, evidence=is_evidence)
@@ -189,7 +192,7 @@ def before(rng: random.Random, split: str, filler: int, distractors: int) -> Exa
         context=b.text(),
         question=f"Where was {target} before the {asked}?",
         answer=f" {answer}",
-        choices=pick_choices(rng, answer, [asked, *(p for p in mine if p not in (asked, answer))], data.PLACES[split]),
+        choices=pick_choices(rng, answer, [asked, *(p for p in mine if p not in (asked, answer))], data.PLACES[words]),
         answer_prefix=f"Before the {asked}, {target} was in the",
         evidence=tuple(b.evidence),
         family=f"before:{split}",

@@ -10,7 +10,8 @@ Spec strings (comma-separated specs form a mixture, drawn round-robin)::
     jsonl:path/to/file.jsonl
 
 Options for synthetic families (:mod:`envs.tasks.families`): ``n`` (number of examples), ``seed``,
-``distractors`` (distractor pairs, people or facts), ``filler`` (filler sentences). Real-text families
+``distractors`` (distractor pairs, people or facts), ``filler`` (filler sentences), ``invented`` (1: made-up
+names, places and objects instead of the split's word banks; for training). Real-text families
 (:mod:`envs.tasks.real_text`: ``passages``, ``longdoc``) take ``n``, ``seed`` and, for ``passages``, ``distractors``
 (distractor passages).
 
@@ -38,6 +39,9 @@ def all_families() -> tuple[str, ...]:
     """Every family a spec may name: the synthetic ones (``families.REGISTRY``), then the real-text ones."""
     return (*families.REGISTRY, *REAL_FAMILIES)
 
+
+SYNTHETIC_OPTIONS = ("n", "seed", "filler", "distractors", "invented")
+"""Options of a synthetic family's spec (:func:`envs.tasks.families.make_examples`)."""
 
 LOGLIK_FAMILIES = REAL_FAMILIES
 """Families whose headline metric is the answer's log-likelihood (long extractive answers; EM says little)."""
@@ -81,7 +85,7 @@ class TaskSpec:
         options: dict[str, int] = {}
         for item in filter(None, opts.split(",")) if opts else []:
             key, eq, value = item.partition("=")
-            known = ("n", "seed", "distractors") if family in REAL_FAMILIES else ("n", "seed", "filler", "distractors")
+            known = ("n", "seed", "distractors") if family in REAL_FAMILIES else SYNTHETIC_OPTIONS
             if not eq or key not in known or (family == "longdoc" and key == "distractors"):
                 known_here = [k for k in known if not (family == "longdoc" and k == "distractors")]
                 raise ValueError(f"bad option {item!r} in task spec {spec!r} (known: {', '.join(known_here)})")
