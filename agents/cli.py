@@ -78,10 +78,12 @@ def train(argv: Sequence[str], run: str = "python train.py", prog: str | None = 
     from agents.ppo import train as run_training
     from agents.report import write_learning_curve
     from agents.run_dir import RunDirectoryError
+    from agents.runtime import reuse_freed_memory
     from envs.lm.backends import BackendError
 
     with _program_name(prog):
         cmd = parse_train_command(list(argv), description=TRAIN_DESCRIPTION.format(run=run))
+    reuse_freed_memory()
     try:
         final = run_training(cmd.config, cmd.out, resume=cmd.resume)
         curve = write_learning_curve(cmd.out)  # RUN/learning_curve.png from eval_history.json
@@ -107,10 +109,12 @@ def evaluate(argv: Sequence[str], run: str = "python eval.py", prog: str | None 
     import tyro
 
     from agents.run_eval import EvalArgs, run_eval
+    from agents.runtime import reuse_freed_memory
     from envs.lm.backends import BackendError
     from policies.reducer import ReducerError
 
     args = tyro.cli(EvalArgs, args=list(argv), prog=prog, description=EVAL_DESCRIPTION.format(run=run))
+    reuse_freed_memory()
     try:
         table = run_eval(args)
     except (ValueError, FileNotFoundError, FileExistsError, ReducerError, BackendError) as err:
