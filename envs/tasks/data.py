@@ -109,11 +109,13 @@ _INVENTED_SIZES = {
 
 
 def _invented_banks() -> dict[str, list[str]]:
-    """Made-up words of 2-3 syllables, distinct across banks and from every real bank word (deterministic)."""
+    """Made-up words of 2-3 syllables, distinct across banks and from every word of the real banks (filler too)."""
     import random
+    import re
 
-    real = {w.lower() for table in (KV_KEYS, NAMES, CITIES, JOBS, PETS, PLACES, COLOURS, OBJECTS, CONTAINERS)
-            for split in ("train", "heldout") for w in " ".join(table[split]).split()}  # fmt: skip
+    tables = (FILLER, KV_KEYS, NAMES, CITIES, JOBS, PETS, PLACES, COLOURS, OBJECTS, CONTAINERS, CARRY_VERBS, MOVE_VERBS)
+    real = {w.lower() for table in tables for split in ("train", "heldout")
+            for w in re.findall(r"[A-Za-z]+", " ".join(table[split]))}  # fmt: skip
     rng = random.Random("invented-words")
     seen: set[str] = set()
     banks: dict[str, list[str]] = {}
