@@ -7,6 +7,9 @@ words, below) is used only by specs with ``invented=1``.
 
 from __future__ import annotations
 
+import random
+import re
+
 FILLER = {
     "train": [
         "The grass is green.", "The sky is blue.", "The sun is warm today.", "Birds sing in the morning.",
@@ -96,9 +99,9 @@ MOVE_VERBS = {"train": ["went to", "walked to", "moved to"], "heldout": ["travel
 # Invented words: a third bank (``invented``), for training only. The training banks are small (4 containers, 6
 # colours, 20 names): a policy cloned on them can rank by which words it has seen, and that does not carry to the
 # held-out banks or to a user's text. Examples drawn with ``invented=1`` (a task spec option) take every name,
-# key, city, job, pet, place, colour, object and container from thousands of made-up words, which forces the
-# ranking onto what transfers: which words the question, the kept text and the candidate share, and where they
-# stand. Filler sentences and verbs stay the training split's.
+# key, city, job, pet, place, colour, object and container from 2,300 made-up words, so that a ranking fitted on
+# them has to use what transfers: which words the question, the kept text and the candidate share, and where
+# they stand. Filler sentences and verbs stay the training split's.
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "br", "st", "tr")
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "", "n", "r", "l", "s")
@@ -110,9 +113,6 @@ _INVENTED_SIZES = {
 
 def _invented_banks() -> dict[str, list[str]]:
     """Made-up words of 2-3 syllables, distinct across banks and from every word of the real banks (filler too)."""
-    import random
-    import re
-
     tables = (FILLER, KV_KEYS, NAMES, CITIES, JOBS, PETS, PLACES, COLOURS, OBJECTS, CONTAINERS, CARRY_VERBS, MOVE_VERBS)
     real = {w.lower() for table in tables for split in ("train", "heldout")
             for w in re.findall(r"[A-Za-z]+", " ".join(table[split]))}  # fmt: skip
