@@ -105,21 +105,20 @@ MOVE_VERBS = {"train": ["went to", "walked to", "moved to"], "heldout": ["travel
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "br", "st", "tr")
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "", "n", "r", "l", "s")
-_INVENTED_SIZES = {
-    "NAMES": 400, "KV_KEYS": 400, "CITIES": 200, "JOBS": 200, "PETS": 200, "PLACES": 300, "COLOURS": 150,
-    "OBJECTS": 300, "CONTAINERS": 150,
-}  # fmt: skip
+_INVENTED_SIZES = (
+    (NAMES, 400), (KV_KEYS, 400), (CITIES, 200), (JOBS, 200), (PETS, 200), (PLACES, 300), (COLOURS, 150),
+    (OBJECTS, 300), (CONTAINERS, 150),
+)  # fmt: skip
+_KEPT_FROM_TRAINING = (FILLER, CARRY_VERBS, MOVE_VERBS)
 
 
-def _invented_banks() -> dict[str, list[str]]:
+def _add_invented_banks() -> None:
     """Made-up words of 2-3 syllables, distinct across banks and from every word of the real banks (filler too)."""
-    tables = (FILLER, KV_KEYS, NAMES, CITIES, JOBS, PETS, PLACES, COLOURS, OBJECTS, CONTAINERS, CARRY_VERBS, MOVE_VERBS)
-    real = {w.lower() for table in tables for split in ("train", "heldout")
-            for w in re.findall(r"[A-Za-z]+", " ".join(table[split]))}  # fmt: skip
+    real = {w.lower() for table in (*(t for t, _ in _INVENTED_SIZES), *_KEPT_FROM_TRAINING)
+            for split in ("train", "heldout") for w in re.findall(r"[A-Za-z]+", " ".join(table[split]))}  # fmt: skip
     rng = random.Random("invented-words")
     seen: set[str] = set()
-    banks: dict[str, list[str]] = {}
-    for name, size in _INVENTED_SIZES.items():
+    for table, size in _INVENTED_SIZES:
         words: list[str] = []
         while len(words) < size:
             syllables = 3 if rng.random() < 0.2 else 2
@@ -127,25 +126,13 @@ def _invented_banks() -> dict[str, list[str]]:
             if w not in seen and w not in real:
                 seen.add(w)
                 words.append(w)
-        banks[name] = words
-    banks["NAMES"] = [w.capitalize() for w in banks["NAMES"]]
-    banks["CITIES"] = [w.capitalize() for w in banks["CITIES"]]
-    banks["PETS"] = [f"a {w}" for w in banks["PETS"]]
-    return banks
+        if table is NAMES or table is CITIES:
+            words = [w.capitalize() for w in words]
+        elif table is PETS:
+            words = [f"a {w}" for w in words]
+        table["invented"] = words
+    for table in _KEPT_FROM_TRAINING:
+        table["invented"] = table["train"]
 
 
-_INVENTED = _invented_banks()
-for _table, _name in (
-    (KV_KEYS, "KV_KEYS"),
-    (NAMES, "NAMES"),
-    (CITIES, "CITIES"),
-    (JOBS, "JOBS"),
-    (PETS, "PETS"),
-    (PLACES, "PLACES"),
-    (COLOURS, "COLOURS"),
-    (OBJECTS, "OBJECTS"),
-    (CONTAINERS, "CONTAINERS"),
-):
-    _table["invented"] = _INVENTED[_name]
-for _table in (FILLER, CARRY_VERBS, MOVE_VERBS):
-    _table["invented"] = _table["train"]
+_add_invented_banks()

@@ -100,10 +100,10 @@ def make_examples(
         raise ValueError(f"n must be >= 1 and filler, distractors >= 0 (got n={n}, {filler}, {distractors})")
     if invented not in (0, 1):
         raise ValueError(f"invented must be 0 or 1, got {invented}")
-    if not invented:
-        rng = random.Random(f"{family}/{split}/{seed + _SPLIT_SEED[split]}")
-        return [REGISTRY[family].generate(rng, split, filler, distractors) for _ in range(n)]
-    if "vocab" not in inspect.signature(REGISTRY[family].generate).parameters:
-        raise ValueError(f"family {family} cannot draw invented words: its generator takes no vocab argument")
-    rng = random.Random(f"{family}/{split}/invented/{seed + _SPLIT_SEED[split]}")
-    return [REGISTRY[family].generate(rng, split, filler, distractors, vocab="invented") for _ in range(n)]
+    generate, words = REGISTRY[family].generate, {}
+    if invented:
+        if "vocab" not in inspect.signature(generate).parameters:
+            raise ValueError(f"family {family} cannot draw invented words: its generator takes no vocab argument")
+        words = {"vocab": "invented"}
+    rng = random.Random(f"{family}/{split}/{'invented/' if invented else ''}{seed + _SPLIT_SEED[split]}")
+    return [generate(rng, split, filler, distractors, **words) for _ in range(n)]
