@@ -98,6 +98,8 @@ def mark_tokens(tokenizer: Any, ids: Sequence[int], keep: Sequence[int]) -> str:
 class HeldoutEvalCallback(BaseCallback):
     """Evaluates the current policy on held-out tasks every ``eval_freq`` episodes, against heuristics.
 
+    The baselines (the full context where ``config.run.eval_full``, and ``heuristics``) are scored once per run.
+
     Args:
         lm: The frozen model (shared with training).
         config: The run's config (processor, budget, the held-out rates).
@@ -155,7 +157,10 @@ class HeldoutEvalCallback(BaseCallback):
 
     def _baselines(self) -> list[dict[str, Any]]:
         if self._baseline_rows is None:
-            names = ["full", *self.heuristic_names]
+            names = ["full", *self.heuristic_names] if self.config.run.eval_full else list(self.heuristic_names)
+            if not names:
+                self._baseline_rows = []
+                return self._baseline_rows
             methods: list[KeepMethod] = make_baselines(names, self.lm, seed=self.config.run.seed)
             self._baseline_rows = evaluate(self.lm, methods, self.tasks, self.rates, progress=False)["results"]
         return self._baseline_rows
@@ -173,10 +178,11 @@ class HeldoutEvalCallback(BaseCallback):
         summary: dict[str, Any] = {"timesteps": self.num_timesteps // self.steps_per_episode}
         for task in self.tasks:
             mine = [r for r in rows if r["task"] == task]
-            full = next(r for r in mine if r["method"] == "full")
-            self.logger.record(f"eval/{task}/full", task_metric(full))
-            summary[f"{task}/full"] = task_metric(full)
-            summary[f"{task}/metric"] = full.get("metric", "")
+            full = next((r for r in mine if r["method"] == "full"), None)
+            if full is not None:
+                self.logger.record(f"eval/{task}/full", task_metric(full))
+                summary[f"{task}/full"] = task_metric(full)
+            summary[f"{task}/metric"] = mine[0].get("metric", "")
             auto = next((r for r in mine if r["method"] == "policy" and r["budget"] == "adaptive"), None)
             if auto is not None:  # the no-rate reducer: its score and how much it chose to keep
                 for key, value in (("policy_auto", task_metric(auto)), ("policy_auto_kept", auto["kept_ratio"])):

@@ -237,6 +237,8 @@ class RunConfig:
         eval_rates: Keep rates the periodic evaluation compares the policy and the heuristics at.
         eval_heuristics: Heuristics the periodic evaluation compares the policy with (computed once per run; see
             agents/baselines.py for the names).
+        eval_full: Also score the full context in the periodic evaluation (once per run; the learning curve's
+            reference line): a frozen-model forward over every whole held-out prompt.
         checkpoint_freq: Save a checkpoint every this many episodes.
         keep_checkpoints: How many recent checkpoints to keep.
         torch_threads: Torch CPU threads (0: torch's default).
@@ -247,6 +249,7 @@ class RunConfig:
     eval_freq: int = 1024
     eval_rates: tuple[float, ...] = (0.3, 0.5)
     eval_heuristics: tuple[str, ...] = HEURISTICS
+    eval_full: bool = True
     checkpoint_freq: int = 1024
     keep_checkpoints: int = 3
     torch_threads: int = 0
@@ -349,9 +352,10 @@ PRESETS: dict[str, TrainConfig] = {
         # stop_recall 9: STOP is learned where a unit's odds of being evidence are about 1 in 10, so a rate's ceiling
         # is cut only below units that are unlikely to matter
         warm_start=WarmStartConfig(steps=400, batch_size=32, stop_recall=9.0, stop_holdout=0.25),
-        # On 2 cores an evaluation is minutes: one before PPO and one at the end, at rate 0.3, against the
-        # cheap heuristics.
-        run=RunConfig(eval_freq=1024, eval_rates=(0.3,), eval_heuristics=_CHEAP, checkpoint_freq=512),
+        # On 2 cores an evaluation is minutes: one before PPO and one at the end, at rate 0.3, of the policy
+        # alone. The baselines' rows (full context, heuristics) cost about 4 of the run's 20 minutes, and eval.py
+        # (make train's second half) scores them on 100 examples per family anyway.
+        run=RunConfig(eval_freq=1024, eval_rates=(0.3,), eval_heuristics=(), eval_full=False, checkpoint_freq=512),
     ),
     # The same recipe with larger pools and more episodes (not timed on 2 cores).
     "long": TrainConfig(

@@ -92,14 +92,18 @@ class SentenceEncoder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``[n, d]`` float32 unit vectors, one per text.
 
-        Batched by length: a text's vector does not depend on the others beyond float rounding.
+        Batched by length: a text's vector does not depend on the others beyond float rounding. Each distinct
+        text is encoded once (a training pool repeats many: its long documents share essays, its passages
+        distractors; 12k distinct sentences among the default pool's 27k).
         """
         if not texts:
             return np.zeros((0, int(self.model.config.hidden_size)), np.float32)
+        row = {t: i for i, t in enumerate(dict.fromkeys(texts))}  # text -> its row among the distinct texts
+        distinct = list(row)
         ids = [
-            self.tokenizer(t, truncation=True, max_length=self.max_tokens)["input_ids"] for t in texts
+            self.tokenizer(t, truncation=True, max_length=self.max_tokens)["input_ids"] for t in distinct
         ]  # [CLS] ... [SEP]
-        out = np.zeros((len(texts), int(self.model.config.hidden_size)), np.float32)
+        out = np.zeros((len(distinct), int(self.model.config.hidden_size)), np.float32)
         pad = self.tokenizer.pad_token_id or 0
         for batch in micro_batches([len(x) for x in ids], self.batch_tokens):
             x, mask = pad_right([ids[i] for i in batch], pad)
@@ -107,7 +111,7 @@ class SentenceEncoder:
             m = mask[..., None].to(h.dtype)
             e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
             out[batch] = e.float().numpy()
-        return out
+        return out[[row[t] for t in texts]]
 
 
 def similarity_columns(

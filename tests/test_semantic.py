@@ -61,6 +61,22 @@ def test_channel_is_per_sentence_in_unit_range_and_batching_does_not_change_it(t
         np.testing.assert_allclose(alone, col, atol=2e-3)
 
 
+def test_repeated_texts_are_encoded_once_and_keep_their_rows(tiny_encoder, monkeypatch):
+    texts = ["The otter swims.", "A cat sleeps on the mat.", "The otter swims.", "Rain.", "A cat sleeps on the mat."]
+    distinct = tiny_encoder.embed(["The otter swims.", "A cat sleeps on the mat.", "Rain."])
+    forward = tiny_encoder.model.forward
+    rows = []
+
+    def counting_forward(input_ids, **kwargs):
+        rows.append(len(input_ids))
+        return forward(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(tiny_encoder.model, "forward", counting_forward)
+    emb = tiny_encoder.embed(texts)
+    assert sum(rows) == 3  # three distinct texts through the encoder, not five
+    np.testing.assert_allclose(emb, distinct[[0, 1, 0, 2, 1]], atol=1e-6)
+
+
 def test_processor_needs_the_encoder_and_places_the_channel_after_the_lexical_ones(tiny_tokenizer, tiny_encoder):
     config = ProcessorConfig(unit="sentence", semantic=True, paragraphs=True, rounds=2)
     with pytest.raises(ValueError, match="sentence encoder"):

@@ -10,6 +10,7 @@ from agents.checkpoints import latest_checkpoint
 from agents.config import PRESETS, ModelConfig, PPOConfig, RunConfig, TaskConfig, TrainConfig, WarmStartConfig
 from agents.credit import bridge_path, candidate_sentences, sentence_paragraphs, unit_credit
 from agents.ppo import build_ppo, train
+from agents.report import write_learning_curve
 from agents.run_dir import RunDirectoryError, RunLock
 from agents.warm_start import behaviour_cloning, evidence_units
 from envs.core import TokenKeepCore
@@ -120,6 +121,20 @@ def test_smoke_training_leaves_checkpoint_and_logs(tiny_lm, tmp_path):
         train(smoke_config(), out, lm=tiny_lm, export=False)
     model = PPO.load(final)
     assert model.num_timesteps == 64
+
+
+def test_periodic_evaluation_of_the_policy_alone(tiny_lm, tmp_path):
+    # the default preset's setting: no baseline rows during training (eval.py scores them after)
+    cfg = smoke_config(total=32, eval_freq=32)
+    cfg = replace(cfg, run=replace(cfg.run, eval_heuristics=(), eval_full=False))
+    train(cfg, tmp_path / "run", lm=tiny_lm, export=False)
+    history = json.loads((tmp_path / "run" / "eval_history.json").read_text())
+    task = "kv:heldout:n=4,distractors=3"
+    assert [h["timesteps"] for h in history] == [0, 32]
+    assert f"{task}/policy_rate0.5" in history[-1] and history[-1][f"{task}/metric"] == "em"
+    assert not [k for k in history[-1] if k.endswith(("/full", "best_heuristic_rate0.5", "random_rate0.5"))]
+    write_learning_curve(tmp_path / "run")  # the curve draws without reference lines
+    assert (tmp_path / "run" / "learning_curve.png").exists()
 
 
 def test_run_dir_guards(tiny_lm, tmp_path):
