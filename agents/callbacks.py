@@ -157,12 +157,11 @@ class HeldoutEvalCallback(BaseCallback):
 
     def _baselines(self) -> list[dict[str, Any]]:
         if self._baseline_rows is None:
-            names = ["full", *self.heuristic_names] if self.config.run.eval_full else list(self.heuristic_names)
-            if not names:
-                self._baseline_rows = []
-                return self._baseline_rows
+            names = (["full"] if self.config.run.eval_full else []) + self.heuristic_names
             methods: list[KeepMethod] = make_baselines(names, self.lm, seed=self.config.run.seed)
-            self._baseline_rows = evaluate(self.lm, methods, self.tasks, self.rates, progress=False)["results"]
+            self._baseline_rows = (
+                evaluate(self.lm, methods, self.tasks, self.rates, progress=False)["results"] if methods else []
+            )
         return self._baseline_rows
 
     def run_eval(self) -> dict[str, Any]:

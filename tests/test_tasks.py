@@ -65,8 +65,8 @@ def _text_words(examples) -> set[str]:
 
 def test_invented_words_replace_every_entity_and_never_a_heldout_word():
     real = _bank_words("train") | _bank_words("heldout")
-    invented = _bank_words("invented") - _bank_words("train")  # the invented banks reuse the training filler, verbs
-    assert len(invented) >= 2000 and not invented & real  # not even a word of a held-out filler sentence
+    made_up = _bank_words("invented") - _bank_words("train")  # the invented banks reuse the training filler, verbs
+    assert len(made_up) >= 2000 and not made_up & real  # not even a word of a held-out filler sentence
     for family in FAMILIES:
         plain = make_examples(family, "train", 20, seed=0)
         invented = make_examples(family, "train", 20, seed=0, invented=1)
