@@ -197,6 +197,9 @@ class WarmStartConfig:
         stop_holdout: Share of each family's examples held out of the ranking loss to calibrate STOP alone, on
             the network's scores of examples it was not fitted on (0: STOP learns on every example, against
             scores the ranking has fitted, and so sits where memorised evidence scores, above new text's).
+        family_weights: ``FAMILY=WEIGHT`` entries: how often a family is drawn against one of weight 1 (the
+            default of every family; draws are balanced over families, whatever their number of examples), e.g.
+            ``passages=2`` to clone real text more often than each synthetic family.
         init_from: A checkpoint (``.zip``) whose policy starts PPO instead of a new warm start, e.g. another run's
             ``checkpoints/ckpt_000000000.zip`` (its warm start): ablations of the RL stage then share one warm start
             and cost no warm-start time; ``steps`` is not used. The network config must match the checkpoint's.
@@ -212,6 +215,7 @@ class WarmStartConfig:
     use_marks: bool = True
     stop_recall: float = 1.0
     stop_holdout: float = 0.0
+    family_weights: tuple[str, ...] = ()
     init_from: str = ""
 
     def __post_init__(self) -> None:
@@ -225,6 +229,28 @@ class WarmStartConfig:
             raise ValueError(f"warm_start.stop_recall must be > 0, got {self.stop_recall}")
         if self.credit_examples < 0 or self.credit_threshold <= 0 or not 0 < self.credit_rate <= 1:
             raise ValueError("warm_start.credit_examples must be >= 0, credit_threshold > 0 and credit_rate in (0, 1]")
+        self.weights()  # raises on a malformed entry
+
+    def weights(self) -> dict[str, float]:
+        """``family_weights`` as a mapping (families not named weigh 1).
+
+        Raises:
+            ValueError: If an entry is not ``FAMILY=WEIGHT`` with a positive number, or names a family twice.
+        """
+        out: dict[str, float] = {}
+        for entry in self.family_weights:
+            family, eq, value = entry.partition("=")
+            try:
+                weight = float(value) if eq and family else -1.0
+            except ValueError:
+                weight = -1.0
+            if weight <= 0 or family in out:
+                raise ValueError(
+                    f"warm_start.family_weights: {entry!r} is not FAMILY=WEIGHT with a positive weight and a family "
+                    "named once (e.g. passages=2)"
+                )
+            out[family] = weight
+        return out
 
 
 @dataclass

@@ -117,6 +117,13 @@ def teacher_report(core: TokenKeepCore, credits: dict, marks: dict[int, np.ndarr
     return "\n".join(lines)
 
 
+def draw_families(rng: np.random.Generator, weights: np.ndarray, size: int) -> np.ndarray:
+    """``size`` family indices drawn in proportion to ``weights``."""
+    if np.all(weights == weights[0]):  # uniform: the random stream of runs from before family weights existed
+        return rng.integers(len(weights), size=size)
+    return rng.choice(len(weights), size=size, p=weights / weights.sum())
+
+
 def behaviour_cloning(
     net: torch.nn.Module,
     core: TokenKeepCore,
@@ -162,14 +169,23 @@ def behaviour_cloning(
     if not labelled:
         warnings.warn("warm start skipped: no training example records evidence spans or earned credit", stacklevel=2)
         return []
-    # Draws are balanced over families (a family with more examples is not seen more often), and with
-    # stop_holdout a share of each family's examples only calibrates STOP: on examples the ranking never fitted,
-    # the network's scores are what they will be on new text, so STOP learns where evidence really scores.
+    # Draws are balanced over families (a family with more examples is not seen more often; family_weights tilt
+    # that), and with stop_holdout a share of each family's examples only calibrates STOP: on examples the ranking
+    # never fitted, the network's scores are what they will be on new text, so STOP learns where evidence really
+    # scores.
     families: dict[str, list[int]] = {}
     for i in labelled:
         families.setdefault(core.pool[i].example.family, []).append(i)
     calibrate = {i for members in families.values() for i in members[: int(config.stop_holdout * len(members))]}
     groups = list(families.values())
+    weights = config.weights()
+    unknown = sorted(set(weights) - set(families))
+    if unknown:
+        raise ValueError(
+            f"warm_start.family_weights names {unknown}, which the training pool does not hold "
+            f"(its families: {', '.join(families)})"
+        )
+    p = np.array([weights.get(f, 1.0) for f in families])
     rng = np.random.default_rng(seed)
     device = next(net.parameters()).device
     opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
@@ -178,7 +194,7 @@ def behaviour_cloning(
     losses = []
     net.train()
     for step in tqdm(range(config.steps), desc="warm start", unit="step", disable=not progress):
-        drawn = rng.integers(len(groups), size=config.batch_size)
+        drawn = draw_families(rng, p, config.batch_size)
         batch = [groups[f][int(rng.integers(len(groups[f])))] for f in drawn]
         budgets = [core.budget.sample(rng) for _ in batch]
         opt.zero_grad()

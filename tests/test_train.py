@@ -12,7 +12,7 @@ from agents.credit import bridge_path, candidate_sentences, sentence_paragraphs,
 from agents.ppo import build_ppo, train
 from agents.report import write_learning_curve
 from agents.run_dir import RunDirectoryError, RunLock
-from agents.warm_start import behaviour_cloning, evidence_units
+from agents.warm_start import behaviour_cloning, draw_families, evidence_units
 from envs.core import TokenKeepCore
 from envs.credit import unit_credits
 from envs.tasks.examples import Example, encode_example
@@ -377,6 +377,24 @@ def test_warm_start_without_marks_reports_the_teacher_against_them(tiny_lm, caps
     behaviour_cloning(net, core, WarmStartConfig(steps=2, batch_size=4, use_marks=False, credit_examples=8))
     report = capsys.readouterr().out
     assert "| kv:train | 8 | 1.00 | 1.00 | 100% |" in report, report
+
+
+def test_family_weights_tilt_the_warm_start_s_draws_and_name_real_families(tiny_lm):
+    drawn = draw_families(np.random.default_rng(0), np.array([1.0, 3.0]), 4000)
+    assert abs(drawn.mean() - 0.75) < 0.03
+    # equal weights draw as runs without weights did
+    uniform = draw_families(np.random.default_rng(0), np.array([2.0, 2.0, 2.0]), 50)
+    assert (uniform == np.random.default_rng(0).integers(3, size=50)).all()
+    for bad in [("kv:train",), ("kv:train=0",), ("kv:train=x",), ("=2",), ("kv:train=2", "kv:train=3")]:
+        with pytest.raises(ValueError, match="FAMILY=WEIGHT"):
+            WarmStartConfig(family_weights=bad)
+    assert WarmStartConfig(family_weights=("kv:train=2",)).weights() == {"kv:train": 2.0}
+    core = TokenKeepCore(tiny_lm, "kv:train:n=8,distractors=3", processor=ProcessorConfig(max_len=96))
+    net = TokenKeepNetwork(NetworkConfig(d_model=16, n_layers=1, n_heads=2, sentence_layers=1), 32, 7, 3)
+    with pytest.raises(ValueError, match=r"\['kv'\].*its families: kv:train"):
+        behaviour_cloning(net, core, WarmStartConfig(steps=2, batch_size=4, family_weights=("kv=2",)))
+    weighted = WarmStartConfig(steps=2, batch_size=4, family_weights=("kv:train=2",))
+    assert len(behaviour_cloning(net, core, weighted)) == 2
 
 
 def test_swap_exploration_with_counterfactual_credit_trains_and_loads(tiny_lm, tmp_path):
