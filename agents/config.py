@@ -235,7 +235,7 @@ class WarmStartConfig:
         """``family_weights`` as a mapping (families not named weigh 1).
 
         Raises:
-            ValueError: If an entry is not ``FAMILY=WEIGHT`` with a positive number, or names a family twice.
+            ValueError: If an entry is not ``FAMILY=WEIGHT`` with a positive finite number, or names a family twice.
         """
         out: dict[str, float] = {}
         for entry in self.family_weights:
@@ -244,10 +244,10 @@ class WarmStartConfig:
                 weight = float(value) if eq and family else -1.0
             except ValueError:
                 weight = -1.0
-            if weight <= 0 or family in out:
+            if not 0 < weight < float("inf") or family in out:  # NaN fails the comparison too
                 raise ValueError(
-                    f"warm_start.family_weights: {entry!r} is not FAMILY=WEIGHT with a positive weight and a family "
-                    "named once (e.g. passages=2)"
+                    f"warm_start.family_weights: {entry!r} is not FAMILY=WEIGHT with a positive finite weight and "
+                    "a family named once (e.g. passages=2)"
                 )
             out[family] = weight
         return out

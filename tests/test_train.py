@@ -379,13 +379,14 @@ def test_warm_start_without_marks_reports_the_teacher_against_them(tiny_lm, caps
     assert "| kv:train | 8 | 1.00 | 1.00 | 100% |" in report, report
 
 
-def test_family_weights_tilt_the_warm_start_s_draws_and_name_real_families(tiny_lm):
+def test_family_weights_tilt_the_warm_start_s_draws_and_refuse_unknown_families(tiny_lm):
     drawn = draw_families(np.random.default_rng(0), np.array([1.0, 3.0]), 4000)
     assert abs(drawn.mean() - 0.75) < 0.03
     # equal weights draw as runs without weights did
     uniform = draw_families(np.random.default_rng(0), np.array([2.0, 2.0, 2.0]), 50)
     assert (uniform == np.random.default_rng(0).integers(3, size=50)).all()
-    for bad in [("kv:train",), ("kv:train=0",), ("kv:train=x",), ("=2",), ("kv:train=2", "kv:train=3")]:
+    bad_entries = [("kv:train",), ("kv:train=0",), ("kv:train=x",), ("kv:train=nan",), ("kv:train=inf",), ("=2",)]
+    for bad in [*bad_entries, ("kv:train=2", "kv:train=3")]:
         with pytest.raises(ValueError, match="FAMILY=WEIGHT"):
             WarmStartConfig(family_weights=bad)
     assert WarmStartConfig(family_weights=("kv:train=2",)).weights() == {"kv:train": 2.0}
