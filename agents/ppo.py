@@ -16,6 +16,7 @@ The run directory (layout, lock, resume rules) is :mod:`agents.run_dir`; checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ from agents.checkpoints import (
     write_atomic,
     write_progress,
 )
-from agents.config import TrainConfig
+from agents.config import TrainConfig, WarmStartConfig
 from agents.credit_ppo import CreditPPO
 from agents.eval_metrics import machine_info
 from agents.evaluate import load_eval_tasks
@@ -115,6 +116,20 @@ def _init_from_file(path: str | os.PathLike[str]) -> Path:
     if not path.is_file():
         raise ValueError(f"warm_start.init_from: {path} is not a file (a checkpoint such as checkpoints/ckpt_*.zip)")
     return path
+
+
+def unused_warm_start_settings(ws: WarmStartConfig) -> list[str]:
+    """The warm-start settings that differ from their defaults and that ``init_from`` leaves unused, as ``name=value``.
+
+    With ``init_from`` no warm start runs: a preset's ``steps`` or a user's ``family_weights`` would otherwise be
+    silently ignored.
+    """
+    default = WarmStartConfig()
+    return [
+        f"{f.name}={getattr(ws, f.name)}"
+        for f in dataclasses.fields(ws)
+        if f.name != "init_from" and getattr(ws, f.name) != getattr(default, f.name)
+    ]
 
 
 def load_policy_weights(model: PPO, path: str | os.PathLike[str]) -> None:
@@ -223,6 +238,9 @@ def _train(
         if config.warm_start.init_from:
             load_policy_weights(model, config.warm_start.init_from)
             print(f"warm start: the policy of {config.warm_start.init_from}")
+            unused = unused_warm_start_settings(config.warm_start)
+            if unused:
+                print(f"warm start: not run, so these settings are not used: {', '.join(unused)}")
         elif config.warm_start.steps:
             from stable_baselines3.common.logger import configure
 

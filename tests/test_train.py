@@ -454,7 +454,7 @@ def test_dense_credit_training_runs_and_scores_every_kept_unit(tiny_lm, tmp_path
     assert own[0] == pytest.approx(core.score_contexts([0], [np.asarray(core.pool[0].context)[masks[0]]])[0], abs=1e-5)
 
 
-def test_init_from_starts_ppo_from_another_runs_warm_start(tiny_lm, tmp_path):
+def test_init_from_starts_ppo_from_another_runs_warm_start(tiny_lm, tmp_path, capsys):
     base = replace(smoke_config(total=32, eval_freq=0), warm_start=WarmStartConfig(steps=3, batch_size=4))
     train(base, tmp_path / "a", lm=tiny_lm, export=False)
     start = tmp_path / "a" / "checkpoints" / "ckpt_000000000.zip"
@@ -465,6 +465,7 @@ def test_init_from_starts_ppo_from_another_runs_warm_start(tiny_lm, tmp_path):
     a = PPO.load(start).policy.state_dict()
     b = PPO.load(tmp_path / "b" / "checkpoints" / "ckpt_000000000.zip").policy.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # no warm start of its own ran
+    assert "not used: steps=3, batch_size=4" in capsys.readouterr().out  # the ignored settings are named
     with pytest.raises(ValueError, match="is not a file"):
         train(replace(cfg, warm_start=WarmStartConfig(init_from=str(tmp_path / "nope.zip"))), tmp_path / "c")
     wide = replace(cfg, network=replace(cfg.network, d_model=48))
