@@ -52,6 +52,10 @@ class NetworkConfig:
             unsure, that keeps far less than a rate allows and loses evidence, so the deployed STOP sits lower:
             a rate used as a ceiling (or the adaptive mode) keeps less only where the policy is sure (0: STOP as
             fitted).
+        stop_relative: The STOP head scores STOP against the example's best unit (its output is added to the
+            highest unit score, held fixed for STOP's gradient) instead of on an absolute scale. Where a kind of
+            text scores all its units lower (new words, a family the ranking is less sure of), an absolute STOP
+            trained on every family moves for all of them; a relative one keeps the units close to the best.
     """
 
     d_model: int = 128
@@ -66,6 +70,7 @@ class NetworkConfig:
     prior_scale: float = 0.0
     prior: Literal["bm25", "semantic"] = "bm25"
     stop_margin: float = 0.0
+    stop_relative: bool = False
 
     def __post_init__(self) -> None:
         if self.conv_kernel % 2 != 1:
@@ -319,7 +324,11 @@ class TokenKeepNetwork(nn.Module):
             scores = torch.cat([scores, scores.new_full((b, length - n_units), NEG)], 1)
         mean_u = (u * unit_valid[..., None]).sum(1) / unit_valid.sum(1).clamp(min=1)[:, None]
         pooled_all = torch.cat([mean_u, budget], -1)
-        stop = self.stop_head(pooled_all).squeeze(-1) - self.config.stop_margin
+        stop = self.stop_head(pooled_all).squeeze(-1)
+        if self.config.stop_relative:
+            # detached: STOP's own loss (the warm start's calibration rows, PPO's cut) must not move the ranking
+            stop = stop + scores.max(1).values.detach()
+        stop = stop - self.config.stop_margin
         return scores, stop, self.value_head(pooled_all).squeeze(-1)
 
     def _sentences(

@@ -57,6 +57,11 @@ def unit_scores(
             stops[i].append(np.full(w.n_units, float(stop[r])))
     out = []
     for ws, sc, st in zip(parts, scores, stops, strict=True):
+        if network.config.stop_relative and len(ws) > 1:
+            # each window's STOP was set against that window's best unit: set it against the context's best, as
+            # one window over the whole context would, so a window with nothing relevant keeps nothing
+            best = max(float(x.max()) for x in sc)
+            st = [s - float(x.max()) + best for s, x in zip(st, sc, strict=True)]
         joined = np.concatenate(sc)
         before = np.cumsum([0] + [w.n_units for w in ws[:-1]])
         token_unit = np.concatenate([w.unit_index + k for w, k in zip(ws, before, strict=True)])

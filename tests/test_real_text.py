@@ -23,7 +23,7 @@ from envs.tasks.specs import load_tasks
 from policies.budget import Budget, BudgetConfig, TokenLimits, ceiling_units, select_units
 from policies.lexical import PARAGRAPH_CHANNELS
 from policies.network import EncoderBlock, NetworkConfig
-from policies.processor import ProcessorConfig, process
+from policies.processor import ProcessorConfig, process, windows
 from policies.reducer import TokenReducer
 from policies.reduction import DOCUMENT_SEPARATOR as REDUCER_SEPARATOR
 from policies.unit_scores import unit_scores
@@ -274,6 +274,24 @@ def test_passages_reduce_as_documents_and_as_one_context(tiny_lm):
         whole = reducer.reduce(ex.context, ex.question, rate=0.3)
         assert docs.reduction.kept_spans == whole.kept_spans and docs.reduction.kept_tokens == whole.kept_tokens
         assert 0 < whole.kept_tokens <= whole.max_tokens
+
+
+def test_relative_stop_sits_against_the_best_unit_of_the_whole_context(tiny_lm):
+    """``stop_relative`` adds the best unit's score to the STOP head's output; cut into windows, the context's best."""
+    processor, reducer = _sentence_reducer(tiny_lm)
+    relative = copy.deepcopy(reducer)
+    relative.network.config = dataclasses.replace(reducer.network.config, stop_relative=True)
+    encs = [encode_example(tiny_lm.tokenizer, ex) for ex in load_tasks("state:heldout:n=4")]
+    budgets = [Budget(rate=0.5)] * len(encs)
+    items = [process(processor, tiny_lm.tokenizer, e.example.context, e.example.question) for e in encs]
+    for max_len in (512, 96):  # one window per context; several (the tiny contexts hold 120-160 tokens)
+        config = dataclasses.replace(reducer.config, processor=dataclasses.replace(processor, max_len=max_len))
+        if max_len < 512:
+            assert all(len(windows(it, config.processor.window_len)) > 1 for it in items)
+        scored = [unit_scores(r.features, r.network, config, items, budgets, 8, 8192) for r in (reducer, relative)]
+        for (s0, stop0, _, _), (s1, stop1, _, _) in zip(*scored, strict=True):
+            assert np.array_equal(s0, s1)
+            assert np.allclose(stop1 - stop0, s0.max(), atol=1e-4)  # every window's STOP: against the context's best
 
 
 def test_stop_margin_lowers_the_deployed_stop_and_nothing_else(tiny_lm):
