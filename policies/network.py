@@ -55,7 +55,8 @@ class NetworkConfig:
         stop_relative: The STOP head scores STOP against the example's best unit (its output is added to the
             highest unit score, held fixed for STOP's gradient) instead of on an absolute scale. Where a kind of
             text scores all its units lower (new words, a family the ranking is less sure of), an absolute STOP
-            trained on every family moves for all of them; a relative one keeps the units close to the best.
+            trained on every family moves for all of them; a relative one keeps the units close to the best, and
+            so also cuts a chain's weaker links (not the default; docs/eval_stop_2026-12-07.md).
     """
 
     d_model: int = 128
