@@ -280,8 +280,10 @@ def _clone_loss(
     above STOP, the others below) an evidence unit weighs ``stop_recall`` times a non-evidence unit.
 
     Without ``calibrate`` every row trains both, in every round. With it (a bool per row), the rows marked True
-    train only STOP, against the scores detached (STOP moves, the ranking does not), and only in the ``final``
-    round, whose STOP is the one that selects; the other rows train only the ranking.
+    train only STOP's loss, against the scores detached (the ranking loss never sees them), and only in the
+    ``final`` round, whose STOP is the one that selects; the other rows train only the ranking. STOP's gradient
+    still reaches the unit states its head reads, so it moves the trunk the scores share
+    (docs/eval_stop_2026-12-07.md).
     """
     target = torch.zeros_like(scores)
     allowed = torch.ones_like(scores)

@@ -327,7 +327,7 @@ class TokenKeepNetwork(nn.Module):
         pooled_all = torch.cat([mean_u, budget], -1)
         stop = self.stop_head(pooled_all).squeeze(-1)
         if self.config.stop_relative:
-            # detached: STOP's own loss (the warm start's calibration rows, PPO's cut) must not move the ranking
+            # detached: STOP's loss (the warm start's calibration rows, PPO's cut) gets no path into the scores here
             stop = stop + scores.max(1).values.detach()
         stop = stop - self.config.stop_margin
         return scores, stop, self.value_head(pooled_all).squeeze(-1)
