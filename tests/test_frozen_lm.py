@@ -8,6 +8,7 @@ from envs.lm.model_cache import DEFAULT_MODEL_SPEC, embedded_gguf_path
 from envs.scoring import build_prompts, exact_match
 from envs.tasks.examples import encode_example
 from envs.tasks.families import make_examples
+from policies.features import ACCELERATOR_BATCH_TOKENS, CPU_BATCH_TOKENS, default_batch_tokens
 from policies.tokenization import encode_text
 from tests.conftest import make_tiny_lm
 
@@ -47,6 +48,12 @@ def test_micro_batching_does_not_change_scores(tiny_lm):
     finally:
         tiny_lm.max_batch_tokens = old
     assert torch.allclose(one, many, atol=1e-4)
+
+
+def test_micro_batch_budget_defaults_to_the_devices(tiny_lm):
+    assert FrozenLM(tiny_lm.model, tiny_lm.tokenizer).max_batch_tokens == CPU_BATCH_TOKENS
+    assert FrozenLM(tiny_lm.model, tiny_lm.tokenizer, max_batch_tokens=7).max_batch_tokens == 7
+    assert default_batch_tokens("cuda:0") == ACCELERATOR_BATCH_TOKENS > CPU_BATCH_TOKENS
 
 
 def test_logprob_matches_plain_forward(tiny_lm):

@@ -28,7 +28,7 @@ from torch import nn
 from envs.lm.backends import AnswerScores, PromptScores, RemoteSpec, ScoringBackend, is_remote_spec, remote_backend
 from envs.lm.hf_backend import TransformersBackend
 from envs.lm.model_cache import DEFAULT_MODEL_SPEC, load_model
-from policies.features import FeatureModule
+from policies.features import FeatureModule, default_batch_tokens
 from policies.tokenization import encode_text, pad_token_id
 
 __all__ = ["INSTRUCTION", "AnswerScores", "FrozenLM", "PromptLayout", "PromptScores"]
@@ -77,7 +77,8 @@ class FrozenLM:
         tokenizer: Its tokenizer. Its settings are never changed.
         spec: The spec the model was loaded from (recorded in exported reducers).
         use_chat_template: Wrap prompts in the tokenizer's chat template when it has one.
-        max_batch_tokens: Padded-token budget of one local forward micro-batch (scoring in process, features).
+        max_batch_tokens: Padded-token budget of one local forward micro-batch (scoring in process, features);
+            None: :func:`~policies.features.default_batch_tokens` for the model's device.
         file_hash: Hash of the weights file the model came from, when known.
         backend: The scoring backend (default: :class:`~envs.lm.hf_backend.TransformersBackend` over ``model``).
     """
@@ -89,7 +90,7 @@ class FrozenLM:
         spec: str = "custom",
         *,
         use_chat_template: bool = True,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
         file_hash: str | None = None,
         backend: ScoringBackend | None = None,
     ) -> None:
@@ -100,7 +101,9 @@ class FrozenLM:
         self.tokenizer = tokenizer
         self.spec = spec
         self.file_hash = file_hash
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = (
+            default_batch_tokens(next(model.parameters()).device) if max_batch_tokens is None else max_batch_tokens
+        )
         self.pad_id = pad_token_id(tokenizer)
         self.use_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.layout = self._make_layout()
@@ -123,7 +126,7 @@ class FrozenLM:
         device: str = "cpu",
         trust_remote_code: bool = False,
         use_chat_template: bool = True,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
     ) -> FrozenLM:
         """Load a frozen model from a spec (see :mod:`envs.lm.model_cache`), or connect to a served one.
 
@@ -136,7 +139,7 @@ class FrozenLM:
             device: Torch device string (of the local model).
             trust_remote_code: Passed to ``from_pretrained``; off unless asked for.
             use_chat_template: Wrap prompts in the chat template when the tokenizer has one.
-            max_batch_tokens: Padded-token budget of one local forward micro-batch.
+            max_batch_tokens: Padded-token budget of one local forward micro-batch (None: the device's default).
 
         Raises:
             ValueError: On an unknown dtype or a malformed remote spec.
