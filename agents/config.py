@@ -339,11 +339,12 @@ _CHEAP = ("random", "tail", "bm25", "semantic")  # heuristics that need no froze
 
 # The default recipe, shared by the default and long presets. Whole sentences are the units (kept text reads as
 # text); a rate is a ceiling (STOP keeps less where nothing more is relevant; deployed 4 below its fitted
-# classifier, which lost evidence on real text: README "Real text and the previous default `d5`"); the network scores a
-# residual on top of each sentence's similarity to the question (the semantic channel: an untrained reducer ranks
-# as the sentence encoder does); the paragraph channel gives a passage's relevance. max_len 1024 holds the
-# real-text training examples; the reducer reads up to 8,192 tokens whole (read_len). Three selection rounds, each
-# conditioned on the words the one before kept: a chain's next fact is named only by the fact before it.
+# classifier, which lost evidence on real text: docs/results/2026-12-06.md, "Real text and the previous default
+# `d5`"); the network scores a residual on top of each sentence's similarity to the question (the semantic channel:
+# an untrained reducer ranks as the sentence encoder does); the paragraph channel gives a passage's relevance.
+# max_len 1024 holds the real-text training examples; the reducer reads up to 8,192 tokens whole (read_len). Three
+# selection rounds, each conditioned on the words the one before kept: a chain's next fact is named only by the fact
+# before it.
 _PROCESSOR = ProcessorConfig(max_len=1024, unit="sentence", rounds=3, paragraphs=True, semantic=True, read_len=8192)
 _NETWORK = NetworkConfig(sentence_layers=1, token_window=128, prior_scale=4.0, prior="semantic", stop_margin=4.0)
 _BUDGET = BudgetConfig(ceiling=True)
@@ -365,7 +366,7 @@ PRESETS: dict[str, TrainConfig] = {
     # The real run: SmolLM2-135M on CPU, the synthetic and the real-text families, sized for 2 cores. The warm
     # start does most of the learning there; PPO then trains on the frozen model's reward (64 episodes per
     # rollout: 16 envs x 12 steps / 3 rounds) at learning rate 2e-5, where runs stay at their warm start's level
-    # (at 1e-4 they fell 10-20 points below it: README, "PPO after the warm start").
+    # (at 1e-4 they fell 10-20 points below it: docs/results/2026-12-03.md, "PPO after the warm start").
     "default": TrainConfig(
         # 8 examples per real-text family in the periodic evaluation: at 16 they took 5.4 of its 7.6 min per run
         tasks=TaskConfig(

@@ -92,7 +92,7 @@ def sentence_priority(enc: Encoded, alone: np.ndarray | None = None, threshold: 
     lexical channel of :data:`CANDIDATE_CHANNELS`, each channel ranked on its own; then the rest by their best
     channel. Ties go to the later sentence (a later mention overrides an earlier one). A maximum over the
     max-normalised channels alone let an expansion channel's 1.0 on an unrelated sentence, or an earlier tie,
-    push out the deciding one (README, "Chained evidence").
+    push out the deciding one (docs/results/2026-12-03.md, "Chained evidence").
     """
     n_sent = enc.n_sentences
     per_channel = np.zeros((len(CANDIDATE_CHANNELS), n_sent))

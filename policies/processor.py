@@ -70,7 +70,7 @@ class ProcessorConfig:
             observations have a fixed ``max_len``; the network has no absolute positions, so with local token
             attention (``NetworkConfig.token_window``) and input-embedding features it reads a longer context
             whole at a cost linear in its length, where windows of ``max_len`` would each be ranked without
-            the rest of the document (README, "Real text").
+            the rest of the document (docs/results/2026-12-06.md, "Real text and the previous default `d5`").
     """
 
     max_len: int = 256
