@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,8 +108,8 @@ class HeldoutEvalCallback(BaseCallback):
         eval_freq: Episodes between evaluations.
         heuristics: Baseline names to compare with; their rows are computed once and reused.
         n_text_examples: How many examples to log as text with dropped tokens struck through.
-        history_path: A JSON file that holds every evaluation so far, rewritten atomically after each one (earlier
-            entries, e.g. from before a resume, are kept).
+        history_path: A JSON file that holds every evaluation so far, rewritten atomically after each one (on a
+            resume, the entries up to the resumed checkpoint are kept).
         steps_per_episode: Env steps per episode (``processor.rounds``): SB3 counts steps, ``eval_freq`` and the
             history's ``timesteps`` count episodes.
         encoder: The training core's sentence encoder, shared by every evaluated reducer (None: loaded per
@@ -145,9 +146,18 @@ class HeldoutEvalCallback(BaseCallback):
         self._baseline_rows: list[dict[str, Any]] | None = None
 
     def _on_training_start(self) -> None:
+        # A resumed run repeats the episodes after its checkpoint, and with them their evaluations: drop the
+        # killed run's, or the curve would show them twice.
+        self.history = [h for h in self.history if self._env_steps(h) <= self.num_timesteps]
+        if self.history:  # the next evaluation falls where the uninterrupted run's did
+            self.last_eval = self._env_steps(self.history[-1])
         # A fresh run is evaluated before its first PPO step, so the curve shows what the warm start gave.
         if self.num_timesteps == 0 and not self.history:
             self.run_eval()
+
+    def _env_steps(self, entry: dict[str, Any]) -> int:
+        """The env steps at which a history entry was evaluated (an evaluation may fall inside an episode)."""
+        return int(entry.get("env_steps", entry["timesteps"] * self.steps_per_episode))
 
     def _on_step(self) -> bool:
         if (self.num_timesteps - self.last_eval) // self.steps_per_episode >= self.eval_freq:
@@ -170,11 +180,17 @@ class HeldoutEvalCallback(BaseCallback):
         ``eval/seconds`` is the evaluation's wall time (the first one also computes the baselines' rows).
         """
         start = time.perf_counter()
+        episodes = self.num_timesteps // self.steps_per_episode
+        # minutes without a sign of life otherwise (the progress bar stands still while it runs)
+        print(f"held-out evaluation at {episodes} episodes ({len(self.tasks)} tasks)...", file=sys.stderr, flush=True)
         reducer = reducer_from_policy(self.model.policy, self.lm, self.config, self.encoder)
         policy = ReducerMethod(reducer, "policy")
         report = evaluate(self.lm, [policy], self.tasks, self.rates, progress=False, n_html_examples=1)
         rows = report["results"] + self._baselines()
-        summary: dict[str, Any] = {"timesteps": self.num_timesteps // self.steps_per_episode}
+        summary: dict[str, Any] = {
+            "timesteps": self.num_timesteps // self.steps_per_episode,
+            "env_steps": self.num_timesteps,
+        }
         for task in self.tasks:
             mine = [r for r in rows if r["task"] == task]
             full = next((r for r in mine if r["method"] == "full"), None)
@@ -214,7 +230,9 @@ class HeldoutEvalCallback(BaseCallback):
             for ex in report["examples"][: self.n_text_examples]
         ]
         self.logger.record("eval/examples", "\n\n---\n\n".join(texts), exclude=("stdout", "log", "json", "csv"))
-        self.logger.record("eval/seconds", round(time.perf_counter() - start, 1))  # not in the history: not a result
+        seconds = round(time.perf_counter() - start, 1)
+        print(f"held-out evaluation at {episodes} episodes: done in {seconds} s", file=sys.stderr, flush=True)
+        self.logger.record("eval/seconds", seconds)  # not in the history: not a result
         self.logger.dump(self.num_timesteps // self.steps_per_episode)
         self.history.append(summary)
         if self.history_path is not None:

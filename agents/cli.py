@@ -83,11 +83,20 @@ def train(argv: Sequence[str], run: str = "python train.py", prog: str | None = 
 
     with _program_name(prog):
         cmd = parse_train_command(list(argv), description=TRAIN_DESCRIPTION.format(run=run))
+    if cmd.resume:
+        ignored = resume_ignores(argv)
+        if ignored:
+            print(
+                f"error: --resume continues the run with its own config.json, so {', '.join(ignored)} would be "
+                "ignored; drop them, or start a new run with another --out to change them",
+                file=sys.stderr,
+            )
+            return 1
     reuse_freed_memory()
     try:
         final = run_training(cmd.config, cmd.out, resume=cmd.resume)
         curve = write_learning_curve(cmd.out)  # RUN/learning_curve.png from eval_history.json
-    except (ValueError, RunDirectoryError, FileNotFoundError, BackendError) as err:
+    except (ValueError, RunDirectoryError, OSError, BackendError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -96,6 +105,11 @@ def train(argv: Sequence[str], run: str = "python train.py", prog: str | None = 
     if curve is not None:
         print(f"learning curve: {curve}")
     return 0
+
+
+def resume_ignores(argv: Sequence[str]) -> list[str]:
+    """The options of a ``--resume`` command line that a resumed run does not read (all but ``--out``)."""
+    return [a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0] not in ("--out", "--resume")]
 
 
 def evaluate(argv: Sequence[str], run: str = "python eval.py", prog: str | None = None) -> int:
@@ -117,9 +131,11 @@ def evaluate(argv: Sequence[str], run: str = "python eval.py", prog: str | None 
     reuse_freed_memory()
     try:
         table = run_eval(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ReducerError, BackendError) as err:
+    except (ValueError, OSError, ReducerError, BackendError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     print(table)
     return 0
 

@@ -100,7 +100,9 @@ def evaluate(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     budgets = _method_budgets(methods, rates, adaptive)
-    bar = tqdm(desc="evaluating", unit="example", disable=not progress)
+    sizes = [len(items) if hasattr(items, "__len__") else None for items in tasks.values()]
+    total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+    bar = tqdm(desc="evaluating", unit="example", total=total, disable=not progress)
     results, examples, counts = [], [], {}
     for task, items in tasks.items():
         rows, shown, counts[task] = _evaluate_task(

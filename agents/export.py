@@ -13,6 +13,7 @@ Training calls :func:`export_reducer` when it ends.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -199,16 +200,24 @@ def main(argv: list[str] | None = None) -> None:
         help="run config.json for a checkpoint outside a run directory; checkpoints are pickles, so give only "
         "ones you made",
     )
+    parser.prog = "python -m agents.export"
     args = parser.parse_args(argv)
     from stable_baselines3 import PPO
 
+    from envs.lm.backends import BackendError
+
+    target = Path(args.out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        sys.exit(f"error: {target} exists and is not an empty directory; choose another --out")
+    if args.onnx and importlib.util.find_spec("onnx") is None:
+        sys.exit("error: --onnx needs the onnx package (pip install onnx)")
     try:
         ckpt, config_path = resolve_checkpoint(args.checkpoint, args.config)
         config = load_config(config_path)
         lm = FrozenLM.load(config.model.spec, dtype=config.model.dtype)
         model = PPO.load(ckpt, device="cpu")
         out = export_reducer(model, lm, config, args.out, onnx=args.onnx)
-    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as err:
+    except (OSError, ValueError, BackendError) as err:
         sys.exit(f"error: {err}")
     print(f"exported {ckpt} -> {out}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ from agents.credit_ppo import CreditPPO
 from agents.eval_metrics import machine_info
 from agents.evaluate import load_eval_tasks
 from agents.export import export_reducer
-from agents.run_dir import RunLock, prepare_run_dir
+from agents.run_dir import RunDirectoryError, RunLock, abandon_start, prepare_run_dir
 from agents.warm_start import behaviour_cloning
 from envs.core import TokenKeepCore
 from envs.lm.frozen_lm import FrozenLM
@@ -185,10 +186,22 @@ def train(
         RunDirectoryError: If the run directory cannot be used as asked (see :mod:`agents.run_dir`).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"{out} is a file, not a run directory; choose another --out")
+    if resume and not (out / "config.json").exists():
+        raise RunDirectoryError(f"--resume: {out} holds no run (no config.json); start one without --resume")
+    existed = out.exists()
     lock = RunLock(out)
-    lock.acquire()
+    lock.acquire()  # creates the directory
+    fresh = not resume and not (out / "config.json").exists()
     try:
         return _train(config, out, resume=resume, lm=lm, command=command, export=export)
+    except Exception:
+        if fresh:
+            # a start that failed before its first checkpoint (a missing model, a bad task spec) trained
+            # nothing: leave the directory as it was, not holding a config that --resume would reuse
+            abandon_start(out, existed)
+        raise
     finally:
         lock.release()
 
@@ -295,7 +308,9 @@ def _train(
     except KeyboardInterrupt:
         last = latest_checkpoint(out / "checkpoints")
         where = f"the checkpoint at {int(last.stem.split('_')[1]) // rounds} episodes" if last else "the start"
-        print(f"\ninterrupted: continue from {where} with: python train.py --resume --out {out}", file=sys.stderr)
+        q = shlex.quote(str(out))
+        hint = f"python train.py --resume --out {q} (or tokenkeep train --resume --out {q})"
+        print(f"\ninterrupted: continue from {where} with: {hint}", file=sys.stderr)
         raise
     if evaluator is not None and evaluator.last_eval != model.num_timesteps:
         evaluator.run_eval()

@@ -6,7 +6,7 @@ Layout of ``--out DIR``::
     command.txt          the exact command line
     machine.json         where the run started: platform, CPU count, torch version and threads
     .lock                held (flock) by the one train.py writing to DIR; the OS frees it when that process dies
-    progress.json        episodes done, rewritten at every rollout end
+    progress.json        episodes done and the phase, rewritten at every rollout's start and end, the export and the end
     tb/                  tensorboard logs
     checkpoints/         ckpt_<env steps>.zip + .rng.json, env steps = episodes x rounds (agents/checkpoints.py)
     eval_history.json    periodic held-out evaluations, rewritten after each one
@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +57,7 @@ class RunLock:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RunDirectoryError(
-                f"{self.path.parent} is being written by another train.py (pid {holder}); "
+                f"{self.path.parent} is being written by another training process (pid {holder}); "
                 "wait for it to end or stop it, then continue with --resume"
             ) from None
         os.ftruncate(fd, 0)
@@ -98,3 +99,36 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, command: Seque
     write_atomic(out / "command.txt", " ".join(shlex.quote(c) for c in cmd) + "\n")
     write_atomic(out / "config.json", config.to_json() + "\n")
     return config
+
+
+START_FILES = ("command.txt", "config.json", "machine.json", "progress.json", "eval_history.json", "tb", "checkpoints")
+"""What a run writes into its directory before its first checkpoint."""
+
+
+def abandon_start(out: Path, existed: bool) -> None:
+    """Undo a fresh start that failed before its first checkpoint (the caller still holds the lock).
+
+    Removes what the start wrote (:data:`START_FILES`, only when its ``config.json`` is there: otherwise the
+    directory's check failed and nothing was written), then the lock file and the directory itself when the
+    start created them. A run with a checkpoint is left alone: ``--resume`` continues it.
+
+    Args:
+        out: The run directory.
+        existed: Whether ``out`` existed before the start.
+    """
+    if latest_checkpoint(out / "checkpoints") is not None:
+        return
+    try:
+        if (out / "config.json").exists():
+            for name in START_FILES:
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.exists():
+                    path.unlink()
+        if not existed:
+            (out / ".lock").unlink(missing_ok=True)
+            if out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+    except OSError as err:  # the error that stopped the start is the one to report
+        print(f"warning: could not clean up {out} after the failed start: {err}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from agents.baselines import BASELINES, KeepMethod, ReducerMethod, make_baselines
 from agents.evaluate import evaluate, load_eval_tasks
@@ -11,6 +13,7 @@ from agents.report import markdown_table, write_report
 from envs.lm.backends import is_remote_spec
 from envs.lm.frozen_lm import FrozenLM
 from envs.lm.model_cache import DEFAULT_MODEL_SPEC
+from envs.tasks.specs import TaskSpec, split_specs
 from policies.reducer import TokenReducer
 from policies.reducer_config import tokenizer_fingerprint
 
@@ -54,7 +57,7 @@ class EvalArgs:
     n: int = 24
     n_real: int | None = None
     seed: int = 0
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     token_cost: float | None = None
     retokenize: bool = False
     adaptive: bool = True
@@ -73,6 +76,29 @@ def unique_name(name: str, taken: set[str]) -> str:
         name += "'"
     taken.add(name)
     return name
+
+
+def check_task_specs(tasks: str) -> None:
+    """Parse every task spec and check that JSONL files exist; warn where a spec evaluates a training split.
+
+    Raises:
+        ValueError: On a malformed or unknown spec.
+        FileNotFoundError: On a missing JSONL file.
+    """
+    specs = split_specs(tasks)
+    if not specs:
+        raise ValueError("give at least one task spec, e.g. --tasks kv:heldout")
+    for text in specs:
+        spec = TaskSpec.parse(text)
+        if spec.family == "jsonl":
+            if not Path(spec.split).is_file():
+                raise FileNotFoundError(f"task spec {text!r}: no such file {spec.split}")
+        elif spec.split == "train":
+            print(
+                f"warning: task spec {text!r} evaluates the family's training split; write "
+                f"{spec.family}:heldout for examples no policy was trained on",
+                file=sys.stderr,
+            )
 
 
 def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
@@ -96,6 +122,9 @@ def run_eval(args: EvalArgs, lm: FrozenLM | None = None) -> str:
     unknown = [b for b in args.baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+    if args.n < 1 or (args.n_real is not None and args.n_real < 1):
+        raise ValueError(f"--n and --n-real must be >= 1, got {args.n} and {args.n_real}")
+    check_task_specs(args.tasks)  # before minutes of loading
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out")

@@ -150,7 +150,7 @@ def behaviour_cloning(
     harmful: dict[int, np.ndarray] = {}
     if config.credit_examples:
         assessed = list(range(min(config.credit_examples, len(core.pool))))
-        credits = unit_credit(core, assessed, config.credit_rate, config.credit_threshold, progress=True)
+        credits = unit_credit(core, assessed, config.credit_rate, config.credit_threshold, progress=progress)
         for i, c in credits.items():
             if not labels[i].any():  # no evidence marks (or not used): the teacher's evidence is the target
                 labels[i] = c.evidence

@@ -12,7 +12,7 @@ The last line reads ``resumed R/K, C corrupt files, max lost L episodes (checkpo
 that reached a live run (a run that ends before all kills are spent says so and stops early).
 
 Usage:
-    python bench/crash_safety.py --out runs/crash                       # smoke preset (tiny model), ~2 minutes
+    python bench/crash_safety.py --out runs/crash [--replace]           # smoke preset (tiny model), ~2 minutes
     python bench/crash_safety.py --out runs/crash-default --preset default --episodes 512 --checkpoint-freq 128
 """
 
@@ -115,7 +115,8 @@ def wait_for(phase: str, proc: subprocess.Popen, out: Path, rng: random.Random, 
 def main() -> None:
     """Kill, check, resume; print the report."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="run directory (replaced)")
+    ap.add_argument("--out", required=True, help="run directory (new or empty; see --replace)")
+    ap.add_argument("--replace", action="store_true", help="delete --out first (an earlier run of this bench)")
     ap.add_argument("--preset", default="smoke", help="train.py preset")
     ap.add_argument("--kills", type=int, default=10, help=f"SIGKILLs (at most {len(SCHEDULE)})")
     ap.add_argument("--episodes", type=int, default=1024, help="training episodes")
@@ -126,11 +127,15 @@ def main() -> None:
     ap.add_argument("--rollout", type=int, default=64, help="episodes per rollout of the preset (smoke: 8 x 8)")
     args = ap.parse_args()
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    if out.exists() and any(out.iterdir()):
+        if not args.replace:
+            sys.exit(f"error: {out} is not empty; choose another --out, or pass --replace to delete it first")
+        shutil.rmtree(out)
     rng = random.Random(args.seed)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENKEEP_SLOW_WRITES=str(args.write_window))
     base = [sys.executable, "train.py", "--preset", args.preset, "--out", str(out), "--run.no-progress-bar"]
     base += ["--ppo.total-timesteps", str(args.episodes), "--run.checkpoint-freq", str(args.checkpoint_freq)]
+    resume = [sys.executable, "train.py", "--out", str(out), "--resume"]  # the run's own config.json: no options
     out.parent.mkdir(parents=True, exist_ok=True)
     log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115
     resumed = corrupt = 0
@@ -142,7 +147,7 @@ def main() -> None:
             print(f"the run finished after {kills} kills; give more --episodes for {args.kills}")
             break
         resuming = (out / "config.json").exists()
-        proc = subprocess.Popen(base + (["--resume"] if resuming else []), cwd=ROOT, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(resume if resuming else base, cwd=ROOT, env=env, stdout=log, stderr=log)
         hit = wait_for(phase, proc, out, rng, args.timeout, args.rollout)
         done_before = progress(out).get("episodes", 0)
         alive = proc.poll() is None
@@ -166,7 +171,7 @@ def main() -> None:
             flush=True,
         )
     if pending:  # the last kill's resume runs to the end
-        final = subprocess.run([*base, "--resume"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        final = subprocess.run(resume, cwd=ROOT, env=env, stdout=log, stderr=log)
         if final.returncode == 0 and (out / "final_model.zip").exists():
             resumed += 1
         else:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
 from agents.config import load_config
 from agents.credit_ppo import CreditPPO
+from agents.export import resolve_checkpoint
 from agents.ppo import make_core
 from envs.vec_env import BatchedTokenKeepVecEnv
 
@@ -61,10 +61,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=32, help="episodes (training examples) per family")
     ap.add_argument("--candidates", type=int, default=8, help="units scored on each side of the selection's edge")
     args = ap.parse_args()
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        sys.exit(f"{checkpoint} is not a checkpoint file")
-    config = load_config(checkpoint.parent.parent / "config.json")
+    try:  # a run directory or a checkpoint inside one, as agents.export takes them
+        checkpoint, config_path = resolve_checkpoint(args.checkpoint)
+    except (FileNotFoundError, PermissionError) as err:
+        sys.exit(f"error: {err}")
+    config = load_config(config_path)
     if args.reward:
         config = replace(config, tasks=replace(config.tasks, reward=args.reward))
     print(f"checkpoint {checkpoint}, reward {config.tasks.reward}, {args.episodes} training examples per family")

@@ -17,6 +17,7 @@ semantic prior it must rank as the ``semantic`` baseline does (the floor of issu
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,11 @@ import numpy as np
 from agents.baselines import KeepMethod, ReducerMethod, make_baselines
 from agents.eval_metrics import readability
 from agents.evaluate import load_eval_tasks
-from agents.run_eval import reducer_name, unique_name
+from agents.run_eval import check_task_specs, reducer_name, unique_name
 from envs.lm.model_cache import load_model
 from policies.budget import Budget
 from policies.reducer import TokenReducer
+from policies.reducer_config import ReducerError
 
 
 def main() -> None:
@@ -40,11 +42,22 @@ def main() -> None:
     ap.add_argument("--untrained", action="store_true", help="add the default preset's untrained reducer")
     ap.add_argument("--seed", type=int, default=0, help="task seed")
     args = ap.parse_args()
+    bad = [r for r in args.rates if not 0 < r <= 1]
+    if bad:
+        sys.exit(f"error: rates must lie in (0, 1], got {bad}")
+    try:
+        check_task_specs(args.tasks)  # before the model loads
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
     loaded = load_model("smollm2-135m")
     methods: list[KeepMethod] = make_baselines(["bm25", "semantic", "random"], lm=None, seed=args.seed)  # type: ignore[arg-type]
     names: set[str] = set()
     for d in args.reducer:
-        methods.append(ReducerMethod(TokenReducer.from_pretrained(d), unique_name(reducer_name(Path(d)), names)))
+        try:
+            reducer = TokenReducer.from_pretrained(d)
+        except ReducerError as err:
+            sys.exit(f"error: {err}")
+        methods.append(ReducerMethod(reducer, unique_name(reducer_name(Path(d)), names)))
     if args.untrained:
         from agents.config import PRESETS
 

@@ -31,9 +31,9 @@ policy PPO starts from.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from stable_baselines3 import PPO
 
 from agents.config import load_config
 from agents.credit_ppo import CreditPPO, swap_objective
+from agents.export import resolve_checkpoint
 from agents.ppo import algorithm, make_core
 from envs.vec_env import BatchedTokenKeepVecEnv
 from policies.ranking import swap_probabilities
@@ -110,8 +111,11 @@ def main() -> None:
     )
     ap.add_argument("--last-round", action="store_true", help="the gradient of the last round's picks only")
     args = ap.parse_args()
-    ckpt = Path(args.checkpoint)
-    config = load_config(ckpt.parent.parent / "config.json")
+    try:  # a run directory or a checkpoint inside one, as agents.export takes them
+        ckpt, config_path = resolve_checkpoint(args.checkpoint)
+    except (FileNotFoundError, PermissionError) as err:
+        sys.exit(f"error: {err}")
+    config = load_config(config_path)
     if args.reward or args.tasks:
         tasks = replace(config.tasks, reward=args.reward or config.tasks.reward, train=args.tasks or config.tasks.train)
         config = replace(config, tasks=tasks)

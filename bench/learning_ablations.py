@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from agents.baselines import BASELINES
+from agents.checkpoints import write_atomic
 from agents.eval_metrics import task_metric
 from agents.report import learning_curve_plot
 
@@ -54,7 +55,8 @@ def arm_command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
         sys.executable, "train.py", "--preset", "default", "--out", str(out / name),
         "--model.spec", args.model, "--model.device", args.device,
         "--ppo.total-timesteps", str(args.episodes), "--run.eval-freq", str(args.eval_every),
-        "--run.eval-rates", "0.3", "--tasks.eval-examples", str(args.eval_n), "--run.torch-threads", "1",
+        "--run.eval-rates", "0.3", "--tasks.eval-examples", str(args.eval_n),
+        "--tasks.eval-examples-real", str(args.eval_n), "--run.torch-threads", "1",
         "--run.no-progress-bar", "--run.checkpoint-freq", str(args.episodes), *ARMS[name],
     ]  # fmt: skip
 
@@ -119,6 +121,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
     out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"error: {out} is not empty (its arms' runs would be read as this run's); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     deadline = start + 60 * args.deadline_minutes
@@ -140,7 +144,7 @@ def main() -> None:
             "curve": json.loads(hist_path.read_text()) if hist_path.exists() else [],
             "final": json.loads(report_path.read_text())["results"] if report_path.exists() else [],
         }
-    (out / "ablations.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "ablations.json", json.dumps(summary, indent=2) + "\n")
     lines = ["| arm | episodes | " + " | ".join(FAMILIES) + " |", "|---" * (len(FAMILIES) + 2) + "|"]
     for a, data in summary["arms"].items():
         cells = []
@@ -156,7 +160,7 @@ def main() -> None:
                 cells.append("-")
         steps = data["curve"][-1]["timesteps"] if data["curve"] else 0
         lines.append(f"| {a} | {steps} | " + " | ".join(cells) + " |")
-    (out / "ablations.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "ablations.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     curves = {a: d["curve"] for a, d in summary["arms"].items() if d["curve"]}
     if curves:

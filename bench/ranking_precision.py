@@ -24,6 +24,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from agents.run_eval import reducer_name, unique_name
 from envs.tasks import data
 from policies.budget import Budget
 from policies.reducer import TokenReducer
+from policies.reducer_config import ReducerError
 
 CHAINS = "state:heldout,multihop:heldout,multihop3:heldout,before:heldout"
 
@@ -63,7 +65,10 @@ def main() -> None:
     names: set[str] = set()
     methods = []
     for d in args.reducer:
-        reducer = TokenReducer.from_pretrained(d)
+        try:
+            reducer = TokenReducer.from_pretrained(d)
+        except ReducerError as err:
+            sys.exit(f"error: {err}")
         reducer.network.config = replace(reducer.network.config, stop_margin=1e3)  # STOP never binds
         methods.append(ReducerMethod(reducer, unique_name(reducer_name(Path(d)), names)))
     tasks = load_eval_tasks(args.tasks, methods[0].reducer.tokenizer, args.n, seed=args.seed)

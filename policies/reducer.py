@@ -257,7 +257,7 @@ class TokenReducer(nn.Module):
             target_tokens: Keep at most this many context tokens.
             token_cost: Without rate or target: the token cost the adaptive policy is conditioned on (default:
                 the reducer's ``budget.default_token_cost``).
-            too_long: ``"chunk"`` or ``"error"`` for contexts longer than one window (module docstring).
+            too_long: ``"chunk"`` or ``"error"`` for contexts longer than one window (docs/reducer.md, "Long contexts").
             force_keep: One list per context (or None for a context without): ``(start, end)`` character spans of
                 the context, and strings, each standing for *every* non-overlapping occurrence of it in the
                 context. They are always kept, as whole units (with word units a span over part of a word keeps

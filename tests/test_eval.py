@@ -201,6 +201,13 @@ def test_cli_errors_are_clear():
         text=True,
     )
     assert out.returncode != 0 and "(0, 1]" in out.stderr
+    out = subprocess.run(  # the spec is checked before the (missing) model is looked for
+        [sys.executable, "eval.py", "--tasks", "kvv:heldout", "--model", "/nonexistent/m.gguf", "--out", "/tmp/x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "unknown task spec 'kvv:heldout'" in out.stderr
     out = subprocess.run(
         [sys.executable, "train.py", "--preset", "nope", "--out", "/tmp/x"], cwd=ROOT, capture_output=True, text=True
     )

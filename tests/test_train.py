@@ -140,17 +140,45 @@ def test_periodic_evaluation_of_the_policy_alone(tiny_lm, tmp_path):
 def test_run_dir_guards(tiny_lm, tmp_path):
     with pytest.raises(RunDirectoryError, match="no config.json"):
         train(smoke_config(), tmp_path / "nothing", resume=True, lm=tiny_lm, export=False)
+    assert not (tmp_path / "nothing").exists()  # refused before taking the lock: no directory left behind
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     with pytest.raises(RunDirectoryError, match="not empty"):
         train(smoke_config(), tmp_path / "busy", lm=tiny_lm, export=False)
+    assert {p.name for p in (tmp_path / "busy").iterdir()} == {"x", ".lock"}  # the user's file untouched
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="is a file"):
+        train(smoke_config(), tmp_path / "file", lm=tiny_lm, export=False)
+
+
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_nothing(tiny_lm, tmp_path):
+    cfg = smoke_config()
+    cfg.tasks.train = "kv:train,nosuchfamily:train"
+    with pytest.raises(ValueError, match="nosuchfamily"):
+        train(cfg, tmp_path / "new", lm=tiny_lm, export=False)
+    assert not (tmp_path / "new").exists()  # no config.json that --resume would reuse
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="nosuchfamily"):
+        train(cfg, tmp_path / "empty", lm=tiny_lm, export=False)
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == [".lock"]
+    train(smoke_config(total=32, eval_freq=0), tmp_path / "empty", lm=tiny_lm, export=False)  # usable again
+
+
+def test_resume_refuses_options_it_would_ignore():
+    from agents.cli import resume_ignores
+
+    assert resume_ignores(["--resume", "--out", "runs/x"]) == []
+    assert resume_ignores(["--out=runs/x", "--resume", "--model.spec", "m.gguf", "--preset", "smoke"]) == [
+        "--model.spec",
+        "--preset",
+    ]
 
 
 def test_one_writer_per_run_directory(tiny_lm, tmp_path):
     out = tmp_path / "run"
     holder = RunLock(out)
     holder.acquire()  # as another train.py would
-    with pytest.raises(RunDirectoryError, match=r"another train.py \(pid \d+\)"):
+    with pytest.raises(RunDirectoryError, match=r"another training process \(pid \d+\)"):
         train(smoke_config(), out, lm=tiny_lm, export=False)
     assert not (out / "config.json").exists()  # refused before writing anything
     holder.release()  # a lock is dropped with its holder
@@ -174,14 +202,16 @@ def _interrupt_at(monkeypatch, episodes: int) -> None:
 def test_resume_is_exact(tiny_lm, tmp_path, monkeypatch):
     cfg = smoke_config(total=96, eval_freq=48)
     straight = train(cfg, tmp_path / "straight", lm=tiny_lm, export=False)
-    # Interrupted in the middle of the third rollout (checkpoints are taken at 0, 32 and 64 episodes) ...
+    # Interrupted in the middle of the second rollout (checkpoints are taken at 0, 32 and 64 episodes), after
+    # its evaluation at 48 episodes, which the resumed run repeats ...
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        _interrupt_at(m, 72)
+        _interrupt_at(m, 56)
         with pytest.raises(KeyboardInterrupt):
             train(cfg, out, lm=tiny_lm, export=False)
-    assert latest_checkpoint(out / "checkpoints").name == "ckpt_000000064.zip"
-    assert json.loads((out / "progress.json").read_text())["episodes"] == 64
+    assert latest_checkpoint(out / "checkpoints").name == "ckpt_000000032.zip"
+    assert json.loads((out / "progress.json").read_text())["episodes"] == 32
+    assert [h["timesteps"] for h in json.loads((out / "eval_history.json").read_text())] == [0, 48]
     with pytest.raises(RunDirectoryError, match="pass --resume"):
         train(cfg, out, lm=tiny_lm, export=False)
     # ... and resumed: the same weights as the uninterrupted run, bit for bit.
