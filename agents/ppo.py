@@ -169,7 +169,8 @@ def train(
     """Train (or resume) a PPO policy; returns the path of the final SB3 model.
 
     Holds the run directory's lock throughout. Ctrl-C (or a kill) loses at most the episodes since the last
-    checkpoint; ``--resume`` then continues exactly as an uninterrupted run would have.
+    checkpoint; ``--resume`` then continues exactly as an uninterrupted run would have. A fresh start that raises
+    before its first checkpoint removes what it wrote (:func:`agents.run_dir.abandon_start`).
 
     Args:
         config: The resolved config (ignored in favour of the run's own on resume).
