@@ -65,6 +65,7 @@ bench: install
 	$(PY) bench/env_throughput.py
 	$(PY) bench/reducer_latency.py
 	$(PY) bench/documents_latency.py
+	$(PY) bench/batch_tokens.py --n 8
 
 $(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_VENV)
