@@ -100,7 +100,10 @@ def evaluate(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     budgets = _method_budgets(methods, rates, adaptive)
-    sizes = [len(items) if hasattr(items, "__len__") else None for items in tasks.values()]
+    sizes = [
+        items.n if isinstance(items, StreamedTask) else len(items) if hasattr(items, "__len__") else None
+        for items in tasks.values()
+    ]
     total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
     bar = tqdm(desc="evaluating", unit="example", total=total, disable=not progress)
     results, examples, counts = [], [], {}
@@ -342,11 +345,16 @@ def _budget_kind(method: KeepMethod, budget: Budget) -> str:
 
 
 class StreamedTask:
-    """A JSONL task read and encoded example by example each time it is iterated (constant memory)."""
+    """A JSONL task read and encoded example by example each time it is iterated (constant memory).
 
-    def __init__(self, path: Path, tokenizer: Any) -> None:
+    ``n``: its number of examples when known (:func:`~envs.tasks.jsonl.validate_jsonl` counts them), for the
+    progress bar's total.
+    """
+
+    def __init__(self, path: Path, tokenizer: Any, n: int | None = None) -> None:
         self.path = path
         self.tokenizer = tokenizer
+        self.n = n
 
     def __iter__(self) -> Iterator[EncodedExample]:
         for ex in iter_jsonl(self.path):
@@ -377,8 +385,7 @@ def load_eval_tasks(
     out: dict[str, Iterable[EncodedExample]] = {}
     for text, p in zip(specs, parsed, strict=True):
         if p.family == "jsonl":
-            validate_jsonl(p.split)
-            out[text] = StreamedTask(Path(p.split), tokenizer)
+            out[text] = StreamedTask(Path(p.split), tokenizer, n=validate_jsonl(p.split))
         else:
             count = n_real if n_real is not None and p.family in REAL_FAMILIES else n
             out[text] = [encode_example(tokenizer, ex) for ex in p.examples(count, seed)]
