@@ -100,10 +100,7 @@ def evaluate(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     budgets = _method_budgets(methods, rates, adaptive)
-    sizes = [
-        items.n if isinstance(items, StreamedTask) else len(items) if hasattr(items, "__len__") else None
-        for items in tasks.values()
-    ]
+    sizes = [len(items) if hasattr(items, "__len__") else None for items in tasks.values()]
     total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
     bar = tqdm(desc="evaluating", unit="example", total=total, disable=not progress)
     results, examples, counts = [], [], {}
@@ -347,14 +344,16 @@ def _budget_kind(method: KeepMethod, budget: Budget) -> str:
 class StreamedTask:
     """A JSONL task read and encoded example by example each time it is iterated (constant memory).
 
-    ``n``: its number of examples when known (:func:`~envs.tasks.jsonl.validate_jsonl` counts them), for the
-    progress bar's total.
+    ``n``: its number of examples (:func:`~envs.tasks.jsonl.validate_jsonl` counts them), its ``len``.
     """
 
-    def __init__(self, path: Path, tokenizer: Any, n: int | None = None) -> None:
+    def __init__(self, path: Path, tokenizer: Any, n: int) -> None:
         self.path = path
         self.tokenizer = tokenizer
         self.n = n
+
+    def __len__(self) -> int:
+        return self.n
 
     def __iter__(self) -> Iterator[EncodedExample]:
         for ex in iter_jsonl(self.path):

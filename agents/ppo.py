@@ -46,7 +46,7 @@ from agents.credit_ppo import CreditPPO
 from agents.eval_metrics import machine_info
 from agents.evaluate import load_eval_tasks
 from agents.export import export_reducer
-from agents.run_dir import RunDirectoryError, RunLock, abandon_start, prepare_run_dir
+from agents.run_dir import RunLock, abandon_start, check_run_path, prepare_run_dir
 from agents.warm_start import behaviour_cloning
 from envs.core import TokenKeepCore
 from envs.lm.frozen_lm import FrozenLM
@@ -187,10 +187,7 @@ def train(
         RunDirectoryError: If the run directory cannot be used as asked (see :mod:`agents.run_dir`).
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"{out} is a file, not a run directory; choose another --out")
-    if resume and not (out / "config.json").exists():
-        raise RunDirectoryError(f"--resume: {out} holds no run (no config.json); start one without --resume")
+    check_run_path(out, resume)  # before the lock creates the directory
     existed = out.exists()
     lock = RunLock(out)
     lock.acquire()  # creates the directory

@@ -71,6 +71,20 @@ class RunLock:
             self.fd = None
 
 
+def check_run_path(out: Path, resume: bool) -> None:
+    """Check what needs no lock, so that a refused command creates nothing.
+
+    ``out`` must not be a file, and must hold a run when ``resume``.
+
+    Raises:
+        RunDirectoryError: Saying what to do.
+    """
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"{out} is a file, not a run directory; choose another --out")
+    if resume and not (out / "config.json").exists():
+        raise RunDirectoryError(f"--resume: {out} holds no run (no config.json); start one without --resume")
+
+
 def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, command: Sequence[str] | None) -> TrainConfig:
     """Check and initialise the run directory (the caller holds its :class:`RunLock`); return the config to use.
 
@@ -85,8 +99,7 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, command: Seque
         raise RunDirectoryError(f"{out} holds a finished run (final_model.zip); choose another --out")
     started = (out / "config.json").exists()
     if resume:
-        if not started:
-            raise RunDirectoryError(f"--resume: {out} holds no run (no config.json); start one without --resume")
+        check_run_path(out, resume)
         config = load_config(out / "config.json")
         if latest_checkpoint(out / "checkpoints") is None:
             print(f"{out} has no checkpoint yet: starting its run from the beginning", file=sys.stderr)

@@ -101,9 +101,7 @@ class FrozenLM:
         self.tokenizer = tokenizer
         self.spec = spec
         self.file_hash = file_hash
-        self.max_batch_tokens = (
-            default_batch_tokens(next(model.parameters()).device) if max_batch_tokens is None else max_batch_tokens
-        )
+        self.max_batch_tokens = default_batch_tokens(self.device) if max_batch_tokens is None else max_batch_tokens
         self.pad_id = pad_token_id(tokenizer)
         self.use_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.layout = self._make_layout()
